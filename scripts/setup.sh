@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what pg_billing needs on a Debian machine; quick when everything is there already.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+
+PACKAGES="postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-pgtap
+          libtap-parser-sourcehandler-pgtap-perl pgbouncer python3-venv"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "== installing Debian packages:$missing"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+# Debian starts a default cluster on 5432; pg_billing uses its own, so leave that one alone.
+
+if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.0"; then
+  echo "== installing cargo-pgrx 0.18.0 (about 5 minutes)"
+  cargo install cargo-pgrx --version 0.18.0 --locked
+fi
+
+export PGRX_HOME="$ROOT/pgrx-config"
+if [ ! -f "$PGRX_HOME/.initialized-pg15" ]; then
+  echo "== cargo pgrx init --pg15 (offline, uses the system pg_config)"
+  cargo pgrx init --pg15 /usr/lib/postgresql/15/bin/pg_config
+  touch "$PGRX_HOME/.initialized-pg15"
+fi
+
+if [ ! -x .venv/bin/pytest ] || ! .venv/bin/python -c "import psycopg, stripe, pytest" 2>/dev/null; then
+  echo "== creating .venv (pytest, psycopg, stripe)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r tests/requirements.txt
+fi

@@ -1,0 +1,633 @@
+-- pg_billing ledger: grants, consumption, reservations, expiry, debt and the ledger check.
+--
+-- One rule keeps concurrent writers correct: every function that changes a user's grants, usage or
+-- reservations first locks that user's billing.balances row (UPDATE or SELECT ... FOR UPDATE), and
+-- reads the grants only afterwards (READ COMMITTED takes a fresh snapshot per statement).
+-- Balances are then recomputed from the grants (billing._recompute_balance), except on the
+-- consume_tokens fast path, which updates them incrementally.
+--
+-- SQLSTATEs (README "Errors"): PT402 insufficient tokens, 42501 not allowed, 22023 invalid argument,
+-- PT409 idempotency conflict, PT404 unknown reservation, PT410 reservation no longer held.
+
+-- Caller rules: service callers act for anyone, `authenticated` only for itself, `anon` never.
+create function billing._require_access(p_user_id uuid) returns void
+language plpgsql stable set search_path = '' as $$
+declare
+  v_kind text := billing.caller_kind();
+begin
+  if v_kind = 'service' then
+    return;
+  elsif v_kind = 'anon' then
+    raise exception using errcode = '42501', message = 'anonymous callers cannot use billing functions';
+  elsif p_user_id is distinct from billing.auth_uid() then
+    raise exception using errcode = '42501', message = 'not allowed to act for another user';
+  end if;
+end
+$$;
+
+create function billing._require_service() returns void
+language plpgsql stable set search_path = '' as $$
+begin
+  if billing.caller_kind() <> 'service' then
+    raise exception using errcode = '42501', message = 'only the service role or the backend may call this function';
+  end if;
+end
+$$;
+
+create function billing._check_amount(p_name text, p_amount bigint) returns void
+language plpgsql immutable set search_path = '' as $$
+begin
+  if p_amount is null or p_amount <= 0 then
+    raise exception using errcode = '22023',
+      message = pg_catalog.format('%s must be a positive number of tokens', p_name),
+      detail = pg_catalog.format('%s = %s', p_name, coalesce(p_amount::text, 'NULL'));
+  end if;
+end
+$$;
+
+create function billing._check_key(p_key text) returns void
+language plpgsql immutable set search_path = '' as $$
+begin
+  if p_key is not null and (pg_catalog.length(p_key) < 1 or pg_catalog.length(p_key) > 255) then
+    raise exception using errcode = '22023', message = 'idempotency key must be 1 to 255 characters';
+  end if;
+end
+$$;
+
+create function billing._check_metadata(p_metadata jsonb) returns jsonb
+language plpgsql immutable set search_path = '' as $$
+begin
+  if p_metadata is null then
+    return '{}'::jsonb;
+  elsif pg_catalog.jsonb_typeof(p_metadata) <> 'object' then
+    raise exception using errcode = '22023', message = 'metadata must be a JSON object';
+  end if;
+  return p_metadata;
+end
+$$;
+
+create function billing._raise_insufficient(p_requested bigint, p_available bigint, p_debt bigint) returns void
+language plpgsql immutable set search_path = '' as $$
+begin
+  raise exception using errcode = 'PT402', message = 'insufficient tokens',
+    detail = pg_catalog.format('requested %s, available %s', p_requested, p_available)
+             || case when p_debt > 0 then pg_catalog.format(', debt %s', p_debt) else '' end,
+    hint = case when p_debt > 0 then 'A refund or lost dispute left a debt; new tokens pay it off first.'
+                else 'Buy more tokens or wait for the plan to renew.' end;
+end
+$$;
+
+-- Takes p_amount tokens from the user's grants, soonest expiry first (never-expiring last), and
+-- returns {{grant_id, tokens}, ...}. The caller holds the balance lock and has checked that enough
+-- is spendable. p_repays_debt marks the tokens as used to cover debt.
+create function billing._burn(p_user_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
+language plpgsql set search_path = '' as $$
+declare
+  v_drawn bigint[];
+  v_total numeric;
+begin
+  with ordered as (
+    select g.id, g.remaining, g.expires_at,
+           pg_catalog.sum(g.remaining) over (order by g.expires_at, g.id) - g.remaining as before
+      from billing.token_grants g
+     where g.user_id = p_user_id and g.remaining > 0
+       and (g.expires_at is null or g.expires_at > pg_catalog.now())
+  ), take as (
+    select o.id, o.expires_at, least(o.remaining, p_amount - o.before)::bigint as t
+      from ordered o where o.before < p_amount
+  ), upd as (
+    update billing.token_grants g
+       set remaining = g.remaining - take.t,
+           debt_repaid = g.debt_repaid + case when p_repays_debt then take.t else 0 end
+      from take where g.id = take.id
+    returning g.id, take.t, take.expires_at
+  )
+  select pg_catalog.array_agg(array[upd.id, upd.t] order by upd.expires_at, upd.id),
+         pg_catalog.sum(upd.t)
+    into v_drawn, v_total
+    from upd;
+  if v_total is distinct from p_amount then
+    raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+      detail = pg_catalog.format('needed %s tokens for user %s, grants held %s', p_amount, p_user_id, coalesce(v_total, 0));
+  end if;
+  return v_drawn;
+end
+$$;
+
+-- Gives tokens back to the grants they were drawn from ({{grant_id, tokens}, ...}); tokens of a
+-- grant that expired in the meantime expire. Returns how many became spendable again.
+create function billing._return_to_grants(p_drawn bigint[]) returns bigint
+language plpgsql set search_path = '' as $$
+declare
+  v_back bigint;
+begin
+  with parts as (
+    select p_drawn[i][1] as grant_id, pg_catalog.sum(p_drawn[i][2]) as t
+      from pg_catalog.generate_subscripts(p_drawn, 1) as i
+     group by 1
+  ), upd as (
+    update billing.token_grants g
+       set remaining = g.remaining + case when g.expires_at is null or g.expires_at > pg_catalog.now() then parts.t else 0 end,
+           expired   = g.expired   + case when g.expires_at is null or g.expires_at > pg_catalog.now() then 0 else parts.t end
+      from parts where g.id = parts.grant_id
+    returning case when g.expires_at is null or g.expires_at > pg_catalog.now() then parts.t else 0 end as back
+  )
+  select coalesce(pg_catalog.sum(back), 0) into v_back from upd;
+  return v_back;
+end
+$$;
+
+-- Recomputes the user's balance row from the ledger, after covering debt with spendable tokens.
+-- The caller holds the balance lock and has settled expired grants and holds.
+create function billing._recompute_balance(p_user_id uuid) returns billing.balances
+language plpgsql set search_path = '' as $$
+declare
+  v_debt bigint;
+  v_spendable bigint;
+  v_row billing.balances;
+begin
+  select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
+    into v_debt, v_spendable
+    from billing.token_grants g where g.user_id = p_user_id;
+  if v_debt > 0 and v_spendable > 0 then
+    perform billing._burn(p_user_id, least(v_debt, v_spendable), true);
+  end if;
+  update billing.balances b
+     set spendable = (select coalesce(pg_catalog.sum(g.remaining), 0) from billing.token_grants g
+                       where g.user_id = p_user_id),
+         held = (select coalesce(pg_catalog.sum(r.tokens), 0) from billing.token_reservations r
+                  where r.user_id = p_user_id and r.status = 'held'),
+         debt = (select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0) from billing.token_grants g
+                  where g.user_id = p_user_id),
+         next_event_at = least(
+           (select pg_catalog.min(g.expires_at) from billing.token_grants g
+             where g.user_id = p_user_id and g.remaining > 0),
+           (select pg_catalog.min(r.expires_at) from billing.token_reservations r
+             where r.user_id = p_user_id and r.status = 'held')),
+         updated_at = pg_catalog.now()
+   where b.user_id = p_user_id
+  returning b.* into v_row;
+  return v_row;
+end
+$$;
+
+-- Locks the user's balance row (creating it when p_create) and settles what is due: holds past
+-- their TTL go back to their grants, grants past expiry expire, debt is covered, the row is
+-- recomputed. Returns the settled row, or NULL when the user has none and p_create is false.
+create function billing._lock_and_settle(p_user_id uuid, p_create boolean) returns billing.balances
+language plpgsql set search_path = '' as $$
+declare
+  v_row billing.balances;
+  v_hold record;
+begin
+  select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
+  if not found then
+    if not p_create then
+      return null;
+    end if;
+    insert into billing.balances (user_id) values (p_user_id) on conflict (user_id) do nothing;
+    select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
+  end if;
+  if v_row.next_event_at is null or v_row.next_event_at > pg_catalog.now() then
+    return v_row;
+  end if;
+  for v_hold in
+    select r.id, r.drawn_from from billing.token_reservations r
+     where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
+  loop
+    perform billing._return_to_grants(v_hold.drawn_from);
+    update billing.token_reservations set status = 'expired', settled_at = pg_catalog.now() where id = v_hold.id;
+  end loop;
+  update billing.token_grants g set expired = g.expired + g.remaining, remaining = 0
+   where g.user_id = p_user_id and g.remaining > 0 and g.expires_at <= pg_catalog.now();
+  return billing._recompute_balance(p_user_id);
+end
+$$;
+
+-- Spendable tokens now, without writing: the cached balance unless something expired since the
+-- last settle, in which case the grants and holds are read directly.
+create function billing._spendable_now(p_user_id uuid) returns bigint
+language sql stable set search_path = '' as $$
+  select case
+    when b.user_id is null then 0
+    when b.next_event_at is null or b.next_event_at > pg_catalog.now() then b.spendable
+    else greatest(0,
+      (select coalesce(pg_catalog.sum(g.remaining), 0) from billing.token_grants g
+        where g.user_id = p_user_id and g.remaining > 0
+          and (g.expires_at is null or g.expires_at > pg_catalog.now()))
+      + (select coalesce(pg_catalog.sum(r.drawn_from[i][2]), 0)
+           from billing.token_reservations r
+           cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
+           join billing.token_grants g on g.id = r.drawn_from[i][1]
+          where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
+            and (g.expires_at is null or g.expires_at > pg_catalog.now()))
+      - b.debt)
+  end
+  from (select p_user_id as id) u
+  left join billing.balances b on b.user_id = u.id
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Public functions
+-- ---------------------------------------------------------------------------------------------
+
+create function billing.get_balance(p_user_id uuid) returns bigint
+language plpgsql stable security definer set search_path = '' as $$
+begin
+  perform billing._require_access(p_user_id);
+  if p_user_id is null then
+    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+  end if;
+  return billing._spendable_now(p_user_id);
+end
+$$;
+comment on function billing.get_balance(uuid) is 'Spendable tokens now (excludes expired and held tokens).';
+
+create function billing.consume_tokens(
+  p_user_id uuid,
+  p_amount bigint,
+  p_idempotency_key text default null,
+  p_metadata jsonb default '{}'
+) returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
+language plpgsql volatile security definer set search_path = '' as $$
+declare
+  v_after bigint;
+  v_row billing.balances;
+  v_prev record;
+  v_id bigint;
+begin
+  perform billing._require_access(p_user_id);
+  if p_user_id is null then
+    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+  end if;
+  perform billing._check_amount('p_amount', p_amount);
+  perform billing._check_key(p_idempotency_key);
+  p_metadata := billing._check_metadata(p_metadata);
+
+  -- Fast path: lock and debit in one statement while nothing is due to expire.
+  update billing.balances b
+     set spendable = b.spendable - p_amount, updated_at = pg_catalog.now()
+   where b.user_id = p_user_id and b.spendable >= p_amount and b.debt = 0
+     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+  returning b.spendable into v_after;
+
+  if not found then
+    v_row := billing._lock_and_settle(p_user_id, false);
+    if v_row.user_id is not null and p_idempotency_key is not null then
+      select u.id, u.tokens, u.balance_after into v_prev
+        from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_idempotency_key;
+      if found then
+        if v_prev.tokens <> p_amount then
+          raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
+            detail = pg_catalog.format('key %L charged %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
+        end if;
+        return query select v_prev.id, v_prev.tokens, v_prev.balance_after, true;
+        return;
+      end if;
+    end if;
+    if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+      perform billing._raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+    end if;
+    update billing.balances b set spendable = b.spendable - p_amount, updated_at = pg_catalog.now()
+     where b.user_id = p_user_id
+    returning b.spendable into v_after;
+  elsif p_idempotency_key is not null then
+    -- Under the lock now: a key used before (or by a racing call that committed first) is a replay.
+    select u.id, u.tokens, u.balance_after into v_prev
+      from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_idempotency_key;
+    if found then
+      if v_prev.tokens <> p_amount then
+        raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
+          detail = pg_catalog.format('key %L charged %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
+      end if;
+      update billing.balances b set spendable = b.spendable + p_amount where b.user_id = p_user_id;
+      return query select v_prev.id, v_prev.tokens, v_prev.balance_after, true;
+      return;
+    end if;
+  end if;
+
+  insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+  values (p_user_id, p_amount, p_idempotency_key, p_metadata, billing._burn(p_user_id, p_amount, false), v_after)
+  returning id into v_id;
+  return query select v_id, p_amount, v_after, false;
+end
+$$;
+comment on function billing.consume_tokens(uuid, bigint, text, jsonb) is
+  'Atomically debits tokens (soonest-expiring first); PT402 when not enough, PT409 on a key reused with another amount.';
+
+-- Inserts a grant once per (kind, reference). Returns its id and whether this call inserted it
+-- (false: the reference was granted before). Caller holds the balance lock and recomputes after.
+create function billing._insert_grant(
+  p_user_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb,
+  p_payment_intent text, p_price_id text, p_amount_paid bigint, p_currency text,
+  out grant_id bigint, out inserted boolean
+)
+language plpgsql set search_path = '' as $$
+begin
+  insert into billing.token_grants (user_id, kind, reference, tokens, remaining, expires_at, metadata,
+                                    stripe_payment_intent, stripe_price_id, amount_paid, currency)
+  values (p_user_id, p_kind, p_reference, p_tokens, p_tokens, p_expires_at, p_metadata,
+          p_payment_intent, p_price_id, p_amount_paid, p_currency)
+  on conflict (kind, reference) do nothing
+  returning id into grant_id;
+  inserted := found;
+  if not inserted then
+    select g.id into grant_id from billing.token_grants g where g.kind = p_kind and g.reference = p_reference;
+  end if;
+end
+$$;
+
+create function billing.grant_purchase(
+  p_user_id uuid,
+  p_tokens bigint,
+  p_reference text,
+  p_kind text default 'purchase',
+  p_expires_at timestamptz default null,
+  p_metadata jsonb default '{}'
+) returns table (grant_id bigint, tokens bigint, balance_after bigint, replayed boolean)
+language plpgsql volatile security definer set search_path = '' as $$
+declare
+  v_grant billing.token_grants;
+  v_ins record;
+  v_row billing.balances;
+begin
+  perform billing._require_service();
+  if p_user_id is null then
+    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+  end if;
+  perform billing._check_amount('p_tokens', p_tokens);
+  if p_reference is null or pg_catalog.length(p_reference) < 1 or pg_catalog.length(p_reference) > 255 then
+    raise exception using errcode = '22023', message = 'p_reference must be 1 to 255 characters';
+  end if;
+  if p_kind is null or p_kind !~ '^[a-z][a-z_]{0,31}$' then
+    raise exception using errcode = '22023', message = 'p_kind must be a lowercase word such as purchase, subscription, promo or admin';
+  end if;
+  if p_expires_at is not null and p_expires_at <= pg_catalog.now() then
+    raise exception using errcode = '22023', message = 'p_expires_at must be in the future';
+  end if;
+  p_metadata := billing._check_metadata(p_metadata);
+
+  perform billing._lock_and_settle(p_user_id, true);
+  select * into v_ins from billing._insert_grant(p_user_id, p_tokens, p_reference, p_kind, p_expires_at,
+                                                p_metadata, null, null, null, null);
+  select g.* into v_grant from billing.token_grants g where g.id = v_ins.grant_id;
+  if v_grant.user_id is distinct from p_user_id or v_grant.tokens <> p_tokens
+     or v_grant.expires_at is distinct from p_expires_at then
+    raise exception using errcode = 'PT409', message = 'grant reference already used with different terms',
+      detail = pg_catalog.format('(%s, %s) already granted %s tokens', p_kind, p_reference, v_grant.tokens);
+  end if;
+  v_row := billing._recompute_balance(p_user_id);
+  return query select v_grant.id, v_grant.tokens, v_row.spendable, not v_ins.inserted;
+end
+$$;
+comment on function billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb) is
+  'Credits tokens once per (kind, reference); repeats return the same grant.';
+
+create function billing.reserve_tokens(
+  p_user_id uuid,
+  p_amount bigint,
+  p_idempotency_key text,
+  p_ttl interval default '15 minutes'
+) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
+language plpgsql volatile security definer set search_path = '' as $$
+declare
+  v_row billing.balances;
+  v_prev billing.token_reservations;
+  v_res billing.token_reservations;
+begin
+  perform billing._require_access(p_user_id);
+  if p_user_id is null then
+    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+  end if;
+  perform billing._check_amount('p_amount', p_amount);
+  perform billing._check_key(p_idempotency_key);
+  if p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day' then
+    raise exception using errcode = '22023', message = 'p_ttl must be between 0 and 1 day (exclusive of 0)';
+  end if;
+
+  v_row := billing._lock_and_settle(p_user_id, false);
+  if v_row.user_id is not null and p_idempotency_key is not null then
+    select r.* into v_prev from billing.token_reservations r
+     where r.user_id = p_user_id and r.idempotency_key = p_idempotency_key;
+    if found then
+      if v_prev.tokens <> p_amount then
+        raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
+          detail = pg_catalog.format('key %L reserved %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
+      end if;
+      return query select v_prev.id, v_prev.tokens, v_prev.expires_at, v_row.spendable, true;
+      return;
+    end if;
+  end if;
+  if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+    perform billing._raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+  end if;
+
+  insert into billing.token_reservations (user_id, tokens, idempotency_key, expires_at, drawn_from)
+  values (p_user_id, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, billing._burn(p_user_id, p_amount, false))
+  returning * into v_res;
+  update billing.balances b
+     set spendable = b.spendable - p_amount, held = b.held + p_amount,
+         next_event_at = least(b.next_event_at, v_res.expires_at), updated_at = pg_catalog.now()
+   where b.user_id = p_user_id
+  returning b.* into v_row;
+  return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable, false;
+end
+$$;
+comment on function billing.reserve_tokens(uuid, bigint, text, interval) is
+  'Holds tokens for a streaming request; expired holds are released lazily or by billing.run_maintenance().';
+
+-- Locks the reservation's user and returns the reservation after settling (so a hold past its TTL
+-- reads as expired). PT404 when it does not exist or belongs to someone the caller cannot act for.
+create function billing._lock_reservation(p_reservation_id uuid) returns billing.token_reservations
+language plpgsql set search_path = '' as $$
+declare
+  v_user uuid;
+  v_res billing.token_reservations;
+begin
+  if p_reservation_id is null then
+    raise exception using errcode = '22023', message = 'p_reservation_id must not be NULL';
+  end if;
+  if billing.caller_kind() = 'anon' then
+    perform billing._require_access(null); -- 42501, as everywhere for anon
+  end if;
+  select r.user_id into v_user from billing.token_reservations r where r.id = p_reservation_id;
+  -- Another user's reservation reads as missing: its existence is not theirs to learn.
+  if not found or (billing.caller_kind() <> 'service' and v_user is distinct from billing.auth_uid()) then
+    raise exception using errcode = 'PT404', message = 'reservation not found';
+  end if;
+  perform billing._lock_and_settle(v_user, false);
+  select r.* into v_res from billing.token_reservations r where r.id = p_reservation_id;
+  return v_res;
+end
+$$;
+
+create function billing.commit_reservation(p_reservation_id uuid, p_actual_amount bigint)
+returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, balance_after bigint, replayed boolean)
+language plpgsql volatile security definer set search_path = '' as $$
+declare
+  v_res billing.token_reservations;
+  v_charged bigint[] := '{}';
+  v_returned bigint[] := '{}';
+  v_left bigint;
+  v_part bigint;
+  v_row billing.balances;
+  v_usage bigint;
+  i int;
+begin
+  v_res := billing._lock_reservation(p_reservation_id);
+  if v_res.status = 'committed' then
+    if v_res.committed_tokens is distinct from p_actual_amount then
+      raise exception using errcode = 'PT409', message = 'reservation already committed with a different amount',
+        detail = pg_catalog.format('committed %s tokens, this call asks for %s', v_res.committed_tokens, p_actual_amount);
+    end if;
+    return query select v_res.usage_id, v_res.committed_tokens, v_res.tokens - v_res.committed_tokens,
+                        billing._spendable_now(v_res.user_id), true;
+    return;
+  elsif v_res.status <> 'held' then
+    raise exception using errcode = 'PT410', message = pg_catalog.format('reservation is %s', v_res.status),
+      hint = 'Reserve again; an expired or released hold no longer guarantees tokens.';
+  end if;
+  if p_actual_amount is null or p_actual_amount < 0 or p_actual_amount > v_res.tokens then
+    raise exception using errcode = '22023', message = 'p_actual_amount must be between 0 and the reserved amount',
+      detail = pg_catalog.format('reserved %s, p_actual_amount = %s', v_res.tokens, coalesce(p_actual_amount::text, 'NULL'));
+  end if;
+
+  -- The soonest-expiring part of the hold is charged; the rest goes back to its grants.
+  v_left := p_actual_amount;
+  for i in 1 .. pg_catalog.array_length(v_res.drawn_from, 1) loop
+    v_part := least(v_left, v_res.drawn_from[i][2]);
+    if v_part > 0 then
+      v_charged := v_charged || array[[v_res.drawn_from[i][1], v_part]];
+    end if;
+    if v_res.drawn_from[i][2] - v_part > 0 then
+      v_returned := v_returned || array[[v_res.drawn_from[i][1], v_res.drawn_from[i][2] - v_part]];
+    end if;
+    v_left := v_left - v_part;
+  end loop;
+  if pg_catalog.cardinality(v_returned) > 0 then
+    perform billing._return_to_grants(v_returned);
+  end if;
+  update billing.token_reservations set status = 'committed', committed_tokens = p_actual_amount,
+         settled_at = pg_catalog.now() where id = v_res.id;
+  v_row := billing._recompute_balance(v_res.user_id);
+  if p_actual_amount > 0 then
+    insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
+    values (v_res.user_id, p_actual_amount, v_res.metadata, v_charged, v_row.spendable, v_res.id)
+    returning id into v_usage;
+    update billing.token_reservations set usage_id = v_usage where id = v_res.id;
+  end if;
+  return query select v_usage, p_actual_amount, v_res.tokens - p_actual_amount, v_row.spendable, false;
+end
+$$;
+comment on function billing.commit_reservation(uuid, bigint) is
+  'Charges the actual amount (<= held) of a reservation and releases the rest.';
+
+create function billing.release_reservation(p_reservation_id uuid)
+returns table (tokens_released bigint, balance_after bigint, replayed boolean)
+language plpgsql volatile security definer set search_path = '' as $$
+declare
+  v_res billing.token_reservations;
+  v_row billing.balances;
+begin
+  v_res := billing._lock_reservation(p_reservation_id);
+  if v_res.status in ('released', 'expired') then
+    -- Releasing twice (or after the TTL released it) is harmless: report what is there.
+    return query select 0::bigint, billing._spendable_now(v_res.user_id), true;
+    return;
+  elsif v_res.status = 'committed' then
+    raise exception using errcode = 'PT410', message = 'reservation is committed',
+      hint = 'A committed reservation was charged; it cannot be released.';
+  end if;
+  perform billing._return_to_grants(v_res.drawn_from);
+  update billing.token_reservations set status = 'released', settled_at = pg_catalog.now() where id = v_res.id;
+  v_row := billing._recompute_balance(v_res.user_id);
+  return query select v_res.tokens, v_row.spendable, false;
+end
+$$;
+comment on function billing.release_reservation(uuid) is 'Releases every token of a held reservation.';
+
+-- Maintenance for pg_cron: settles every user with something due (expired holds and grants).
+-- Users whose balance row is locked by a running transaction are skipped; they settle lazily.
+create function billing.run_maintenance(p_limit integer default 10000) returns integer
+language plpgsql volatile security definer set search_path = '' as $$
+declare
+  v_user uuid;
+  v_count integer := 0;
+begin
+  perform billing._require_service();
+  for v_user in
+    select b.user_id from billing.balances b
+     where b.next_event_at <= pg_catalog.now()
+     order by b.next_event_at
+     limit greatest(p_limit, 0)
+       for update skip locked
+  loop
+    perform billing._lock_and_settle(v_user, false);
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end
+$$;
+comment on function billing.run_maintenance(integer) is
+  'Expires grants and holds that are due; schedule with pg_cron, e.g. every minute.';
+
+-- Every violated invariant, one row each; no rows means the ledger is consistent.
+create function billing.verify_ledger()
+returns table (invariant text, user_id uuid, detail text)
+language sql stable security definer set search_path = '' as $$
+  with spent as (
+    select (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
+      from billing.token_usage u cross join lateral pg_catalog.generate_subscripts(u.drawn_from, 1) as i
+     group by 1
+  ), held as (
+    select (r.drawn_from[i][1]) as grant_id, pg_catalog.sum(r.drawn_from[i][2]) as t
+      from billing.token_reservations r cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
+     where r.status = 'held'
+     group by 1
+  ), per_user as (
+    select g.user_id, pg_catalog.sum(g.remaining) as remaining,
+           pg_catalog.sum(g.debt_incurred - g.debt_repaid) as debt
+      from billing.token_grants g group by g.user_id
+  ), holds as (
+    select r.user_id, pg_catalog.sum(r.tokens) as held
+      from billing.token_reservations r where r.status = 'held' group by r.user_id
+  )
+  select 'grant tokens do not add up', g.user_id,
+         pg_catalog.format('grant %s: tokens %s <> remaining %s + frozen %s + expired %s + clawed back %s + debt repaid %s + spent %s + held %s',
+           g.id, g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_repaid, coalesce(s.t, 0), coalesce(h.t, 0))
+    from billing.token_grants g
+    left join spent s on s.grant_id = g.id
+    left join held h on h.grant_id = g.id
+   where g.tokens <> g.remaining + g.frozen + g.expired + g.clawed_back + g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
+  union all
+  select 'grant remaining out of range', g.user_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.remaining, g.tokens)
+    from billing.token_grants g where g.remaining < 0 or g.remaining > g.tokens
+  union all
+  select 'balance does not match ledger', coalesce(b.user_id, p.user_id),
+         pg_catalog.format('spendable %s vs grants %s; held %s vs reservations %s; debt %s vs grants %s',
+           b.spendable, coalesce(p.remaining, 0), b.held, coalesce(hs.held, 0), b.debt, coalesce(p.debt, 0))
+    from billing.balances b
+    full join per_user p on p.user_id = b.user_id
+    left join holds hs on hs.user_id = coalesce(b.user_id, p.user_id)
+   where b.user_id is null
+      or b.spendable <> coalesce(p.remaining, 0)
+      or b.held <> coalesce(hs.held, 0)
+      or b.debt <> coalesce(p.debt, 0)
+  union all
+  select 'negative balance', b.user_id, pg_catalog.format('spendable %s, held %s, debt %s', b.spendable, b.held, b.debt)
+    from billing.balances b where b.spendable < 0 or b.held < 0 or b.debt < 0
+  union all
+  select 'debt with spendable tokens', b.user_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
+    from billing.balances b where b.debt > 0 and b.spendable > 0
+  union all
+  select 'usage does not match its grants', u.user_id,
+         pg_catalog.format('usage %s: tokens %s, drawn %s', u.id, u.tokens,
+           (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i))
+    from billing.token_usage u
+   where u.tokens is distinct from
+         (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i)
+  union all
+  select 'duplicate grant reference', null::uuid, pg_catalog.format('(%s, %s) granted %s times', g.kind, g.reference, pg_catalog.count(*))
+    from billing.token_grants g group by g.kind, g.reference having pg_catalog.count(*) > 1
+$$;
+comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';

@@ -1,0 +1,223 @@
+-- pg_billing: tables of the billing data model, in schema billing (pg_billing.control).
+-- Row-level security is enabled on every table here; policies and grants are in policies.sql and
+-- grants.sql. Nobody but the extension's own functions writes the ledger tables.
+--
+-- Ledger invariants (checked by billing.verify_ledger()):
+--   per grant:  tokens = remaining + frozen + expired + clawed_back + debt_repaid
+--                        + spent (token_usage.drawn_from) + held (held reservations' drawn_from)
+--   per user:   balances.spendable = sum(remaining), balances.held = sum(held reservations),
+--               balances.debt = sum(debt_incurred - debt_repaid); debt > 0 implies spendable = 0.
+
+-- Identity, exactly as Supabase's auth.uid() computes it (supabase/auth migrations), so policies and
+-- functions work where schema auth does not exist (plain PostgreSQL, `cargo pgrx test`).
+create function billing.auth_uid() returns uuid
+language sql stable parallel safe set search_path = '' as $$
+  select coalesce(
+    nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+    (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb operator(pg_catalog.->>) 'sub')
+  )::uuid
+$$;
+
+-- The JWT claims, exactly as Supabase's auth.jwt() reads them.
+create function billing.jwt_claims() returns jsonb
+language sql stable parallel safe set search_path = '' as $$
+  select coalesce(nullif(pg_catalog.current_setting('request.jwt.claim', true), ''),
+                  nullif(pg_catalog.current_setting('request.jwt.claims', true), ''))::jsonb
+$$;
+
+-- Admin rule: a JWT whose app_metadata has "billing_admin": true reads every billing row.
+-- app_metadata is writable only with the service role (Supabase Auth), so users cannot set it.
+create function billing.is_billing_admin() returns boolean
+language sql stable parallel safe set search_path = '' as $$
+  select coalesce((billing.jwt_claims() operator(pg_catalog.->) 'app_metadata'
+                   operator(pg_catalog.->>) 'billing_admin') = 'true', false)
+$$;
+
+-- Who is calling, decided from the role PostgREST (or the backend) set, never from current_user
+-- (inside SECURITY DEFINER that is the owner): 'anon', 'user' (authenticated) or 'service'
+-- (service_role, postgres, any other role that was granted EXECUTE).
+create function billing.caller_kind() returns text
+language sql stable parallel safe set search_path = '' as $$
+  select case coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text)
+           when 'anon' then 'anon'
+           when 'authenticated' then 'user'
+           else 'service'
+         end
+$$;
+
+create table billing.plans (
+  id                bigint generated always as identity primary key,
+  code              text not null unique check (code ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
+  name              text not null default '',
+  stripe_price_id   text not null unique check (stripe_price_id <> ''),
+  tokens_per_period bigint not null check (tokens_per_period > 0),
+  rollover          boolean not null default false,
+  price_amount      bigint not null default 0 check (price_amount >= 0), -- minor units (cents)
+  currency          text not null default 'usd' check (currency ~ '^[a-z]{3}$'),
+  active            boolean not null default true,
+  created_at        timestamptz not null default now()
+);
+comment on table billing.plans is 'Subscription plans (catalog). A DBA fills it with plain INSERTs.';
+
+create table billing.token_packs (
+  id              bigint generated always as identity primary key,
+  stripe_price_id text not null unique check (stripe_price_id <> ''),
+  tokens          bigint not null check (tokens > 0),
+  name            text not null default '',
+  price_amount    bigint not null default 0 check (price_amount >= 0),
+  currency        text not null default 'usd' check (currency ~ '^[a-z]{3}$'),
+  active          boolean not null default true,
+  created_at      timestamptz not null default now()
+);
+comment on table billing.token_packs is 'One-time purchasable token packs (catalog).';
+
+create table billing.stripe_customers (
+  user_id            uuid primary key,
+  stripe_customer_id text not null unique check (stripe_customer_id <> ''),
+  created_at         timestamptz not null default now()
+);
+
+create table billing.user_subscriptions (
+  stripe_subscription_id text primary key,
+  user_id                uuid not null,
+  plan_id                bigint references billing.plans (id),
+  stripe_price_id        text,
+  status                 text not null check (status in ('incomplete', 'incomplete_expired', 'trialing',
+                           'active', 'past_due', 'canceled', 'unpaid', 'paused')),
+  current_period_start   timestamptz,
+  current_period_end     timestamptz,
+  cancel_at_period_end   boolean not null default false,
+  canceled_at            timestamptz,
+  last_event_created     timestamptz not null, -- `created` of the newest Stripe event applied
+  last_event_id          text not null,
+  created_at             timestamptz not null default now(),
+  updated_at             timestamptz not null default now()
+);
+create index user_subscriptions_user_id on billing.user_subscriptions (user_id);
+create index user_subscriptions_plan_id on billing.user_subscriptions (plan_id);
+
+-- One row per user: the O(1) balance. Every writer of a user's grants, usage or reservations locks
+-- this row first, so the user's ledger changes are serialized without locking grant rows.
+create table billing.balances (
+  user_id       uuid primary key,
+  spendable     bigint not null default 0 check (spendable >= 0),
+  held          bigint not null default 0 check (held >= 0),
+  debt          bigint not null default 0 check (debt >= 0),
+  -- soonest expiry of a grant with tokens left or of a held reservation: from then on the cached
+  -- numbers may include expired tokens, and the next writer settles them first.
+  next_event_at timestamptz,
+  updated_at    timestamptz not null default now()
+) with (fillfactor = 70); -- room for HOT updates: every consume updates this row
+
+create table billing.token_grants (
+  id                    bigint generated always as identity primary key,
+  user_id               uuid not null,
+  kind                  text not null check (kind ~ '^[a-z][a-z_]{0,31}$'),
+  reference             text not null check (length(reference) between 1 and 255),
+  tokens                bigint not null check (tokens > 0),
+  remaining             bigint not null check (remaining >= 0),
+  frozen                bigint not null default 0 check (frozen >= 0),       -- disputed
+  expired               bigint not null default 0 check (expired >= 0),
+  clawed_back           bigint not null default 0 check (clawed_back >= 0),  -- refunds, lost disputes
+  debt_incurred         bigint not null default 0 check (debt_incurred >= 0), -- clawback already spent
+  debt_repaid           bigint not null default 0 check (debt_repaid >= 0),  -- used to cover debt
+  expires_at            timestamptz,                                        -- null: never
+  stripe_payment_intent text,
+  stripe_price_id       text,
+  amount_paid           bigint,
+  currency              text,
+  metadata              jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
+  created_at            timestamptz not null default now(),
+  unique (kind, reference),
+  check (remaining + frozen + expired + clawed_back + debt_repaid <= tokens)
+) with (fillfactor = 80); -- remaining changes on every consume; no index covers it, so updates stay HOT
+comment on table billing.token_grants is 'Every credit (the seed''s token_purchases). Idempotent on (kind, reference).';
+-- Burn-down order (soonest expiry first, never-expiring last) and per-user reads.
+create index token_grants_burn_order on billing.token_grants (user_id, expires_at, id);
+create index token_grants_payment_intent on billing.token_grants (stripe_payment_intent)
+  where stripe_payment_intent is not null;
+
+create table billing.token_usage (
+  id              bigint generated always as identity primary key,
+  user_id         uuid not null,
+  tokens          bigint not null check (tokens > 0),
+  idempotency_key text check (length(idempotency_key) between 1 and 255),
+  metadata        jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
+  drawn_from      bigint[] not null, -- {{grant_id, tokens}, ...}: which grants paid for it
+  balance_after   bigint not null,
+  reservation_id  uuid,
+  created_at      timestamptz not null default now()
+);
+comment on table billing.token_usage is 'Append-only debit ledger.';
+create unique index token_usage_idempotency on billing.token_usage (user_id, idempotency_key)
+  where idempotency_key is not null;
+create index token_usage_user_time on billing.token_usage (user_id, created_at);
+
+create table billing.token_reservations (
+  id              uuid primary key default gen_random_uuid(),
+  user_id         uuid not null,
+  tokens          bigint not null check (tokens > 0),
+  idempotency_key text check (length(idempotency_key) between 1 and 255),
+  status          text not null default 'held' check (status in ('held', 'committed', 'released', 'expired')),
+  expires_at      timestamptz not null,
+  drawn_from      bigint[] not null,
+  committed_tokens bigint check (committed_tokens >= 0),
+  usage_id        bigint references billing.token_usage (id),
+  metadata        jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
+  created_at      timestamptz not null default now(),
+  settled_at      timestamptz
+);
+create unique index token_reservations_idempotency on billing.token_reservations (user_id, idempotency_key)
+  where idempotency_key is not null;
+create index token_reservations_held on billing.token_reservations (user_id, expires_at) where status = 'held';
+create index token_reservations_usage_id on billing.token_reservations (usage_id) where usage_id is not null;
+create index token_reservations_user on billing.token_reservations (user_id, created_at);
+
+-- The Stripe event inbox and audit trail: one row per event id, written in the same transaction
+-- as the event's effects (a failed delivery leaves no row, so Stripe's retry can succeed).
+create table billing.payment_transactions (
+  stripe_event_id text primary key,
+  event_type      text not null,
+  event_created   timestamptz not null,
+  livemode        boolean,
+  api_version     text,
+  user_id         uuid,
+  status          text not null check (status in ('processed', 'ignored', 'stale')),
+  outcome         jsonb not null default '{}',
+  payload         jsonb not null,
+  received_at     timestamptz not null default now(),
+  processed_at    timestamptz not null default now()
+);
+create index payment_transactions_user on billing.payment_transactions (user_id, event_created)
+  where user_id is not null;
+
+-- Webhook signing secrets when Supabase Vault is not used. Several active rows = rotation.
+-- RLS on and no policy: only the owner and BYPASSRLS roles granted access (service_role) see it.
+create table billing.webhook_secrets (
+  id          bigint generated always as identity primary key,
+  secret      text not null check (secret <> ''),
+  description text not null default '',
+  active      boolean not null default true,
+  created_at  timestamptz not null default now()
+);
+
+-- Stripe customer ids reference auth.users where Supabase's auth schema exists.
+do $$
+begin
+  if pg_catalog.to_regclass('auth.users') is not null then
+    alter table billing.stripe_customers
+      add constraint stripe_customers_user_id_fkey foreign key (user_id) references auth.users (id) on delete cascade;
+  end if;
+end
+$$;
+
+alter table billing.plans enable row level security;
+alter table billing.token_packs enable row level security;
+alter table billing.stripe_customers enable row level security;
+alter table billing.user_subscriptions enable row level security;
+alter table billing.balances enable row level security;
+alter table billing.token_grants enable row level security;
+alter table billing.token_usage enable row level security;
+alter table billing.token_reservations enable row level security;
+alter table billing.payment_transactions enable row level security;
+alter table billing.webhook_secrets enable row level security;

@@ -1,0 +1,31 @@
+//! pg_billing: wiring only. The ledger, policies and grants are SQL files under `sql/` (readable by a
+//! DBA, with PL/pgSQL where a custom SQLSTATE such as PT402 must be raised); Stripe signature
+//! verification and event decoding are pure Rust in `pg_billing_core`, exposed by `sql_api`.
+
+use pgrx::prelude::*;
+
+mod sql_api;
+
+pgrx::pg_module_magic!();
+
+// Order matters: tables and helpers first, then the Rust functions (generated), then the
+// PL/pgSQL functions that call them, then grants that name every function.
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"]);
+extension_sql_file!("../sql/stripe.sql", name = "stripe", requires = ["ledger", sql_api::stripe::stripe_signature_check, sql_api::stripe::decode_stripe_event]);
+extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["stripe"]);
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

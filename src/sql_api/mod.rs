@@ -1,0 +1,3 @@
+//! `#[pg_extern]` functions: check arguments, call the pure core, map errors to SQLSTATEs.
+
+pub mod stripe;
