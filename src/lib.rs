@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 
 mod sql_api;
 
-pgrx::pg_module_magic!();
+pgrx::pg_module_magic!(name, version);
 
 // Order matters: tables and helpers first, then the Rust functions (generated), then the
 // PL/pgSQL functions that call them, then grants that name every function.
@@ -16,9 +16,12 @@ extension_sql_file!("../sql/stripe.sql", name = "stripe", requires = ["ledger", 
 extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["stripe"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
+// In-database tests, in schema `tests` where cargo pgrx test calls them; only in `pg_test` builds.
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
-mod tests;
+mod tests {
+    include!("pg_tests.rs");
+}
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -1,0 +1,58 @@
+# pg_billing — the two commands: `make run` (demo) and `make test` (every test layer).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PGRX_HOME := $(CURDIR)/pgrx-config
+PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+PORT ?= 54329
+CLUSTER_DIR = $(shell bash scripts/cluster.sh dir)
+PSQL = PGOPTIONS=--client-min-messages=warning psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -v ON_ERROR_STOP=1 -X -q
+DEMO_DB ?= pg_billing_demo
+
+.PHONY: help setup build install start stop run demo test test-unit test-pg test-integration bench clean
+
+help:
+	@echo "make run    set up, start a local cluster, install pg_billing, run the demo"
+	@echo "make test   set up if needed, run every test layer"
+	@echo "make setup | install | start | stop | bench | clean"
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build --lib
+
+# Installs the extension (debug build) into the system PostgreSQL 15.
+install: setup
+	cargo pgrx install --pg-config $(PG_CONFIG)
+
+start: setup
+	@bash scripts/cluster.sh start
+
+stop:
+	@bash scripts/cluster.sh stop
+
+run: install start
+	@$(PSQL) -d postgres -c "drop database if exists $(DEMO_DB) with (force)" -c "create database $(DEMO_DB)"
+	@$(PSQL) -d $(DEMO_DB) -f sql/supabase-compat.sql
+	@$(PSQL) -d $(DEMO_DB) -c "create extension pg_billing"
+	@.venv/bin/python scripts/demo.py --host $(CLUSTER_DIR)/sock --port $(PORT) --dbname $(DEMO_DB)
+	@echo
+	@echo "Connect:  psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres $(DEMO_DB)"
+	@echo "Stop:     make stop"
+
+test: test-unit test-pg test-integration
+	@echo "all test layers passed"
+
+test-unit: setup
+	cargo test -p pg_billing_core
+
+# In-database #[pg_test]s; cargo pgrx test needs a non-root server owner and a data dir it owns.
+test-pg: setup
+	@mkdir -p $(CLUSTER_DIR)/pgrx-test-data && chown postgres $(CLUSTER_DIR)/pgrx-test-data
+	cargo pgrx test pg15 --runas postgres --pgdata $(CLUSTER_DIR)/pgrx-test-data
+
+test-integration: install start
+	PG_BILLING_HOST=$(CLUSTER_DIR)/sock PG_BILLING_PORT=$(PORT) .venv/bin/pytest -q tests/integration
+
+clean: stop
+	rm -rf .cluster target .venv

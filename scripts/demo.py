@@ -1,0 +1,96 @@
+"""The `make run` demo: what pg_billing does, step by step, against the local cluster."""
+import argparse
+import hashlib
+import hmac
+import json
+import pathlib
+import time
+
+import psycopg
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "stripe" / "events" / "current"
+USER = "5a1b2c3d-0000-4000-8000-00000000000a"  # the fixture story's user
+SECRET = "whsec_demo_secret"
+
+
+def step(title):
+    print(f"\n== {title}")
+
+
+def show(conn, sql, params=None):
+    print(f"   sql> {sql}")
+    try:
+        cur = conn.execute(sql, params)
+        cols = [d.name for d in cur.description] if cur.description else []
+        for row in cur.fetchall():
+            print("        " + ", ".join(f"{c}={v}" for c, v in zip(cols, row)))
+    except psycopg.Error as e:
+        print(f"        ERROR {e.sqlstate}: {e.diag.message_primary}")
+        if e.diag.message_detail:
+            print(f"        DETAIL: {e.diag.message_detail}")
+
+
+def signed(payload: str, secret: str) -> str:
+    t = int(time.time())
+    sig = hmac.new(secret.encode(), f"{t}.{payload}".encode(), hashlib.sha256).hexdigest()
+    return f"t={t},v1={sig}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--dbname", required=True)
+    a = ap.parse_args()
+    conn = psycopg.connect(host=a.host, port=a.port, dbname=a.dbname, user="postgres", autocommit=True)
+
+    step("Catalog: a DBA adds a token pack and a plan with plain INSERTs")
+    conn.execute("insert into billing.token_packs (stripe_price_id, tokens, name, price_amount, currency)"
+                 " values ('price_Pack1000', 1000, '1,000 tokens', 999, 'usd')")
+    conn.execute("insert into billing.plans (code, name, stripe_price_id, tokens_per_period, price_amount)"
+                 " values ('pro', 'Pro', 'price_ProMonthly', 100000, 2000)")
+    show(conn, "select stripe_price_id, tokens, price_amount, currency from billing.token_packs")
+    conn.execute("insert into auth.users (id, email) values (%s, 'demo@example.com')", (USER,))
+
+    step("Grant a purchase (idempotent on kind + reference): the second call grants nothing")
+    show(conn, "select * from billing.grant_purchase(%s, 500, 'manual-demo-1', 'admin')", (USER,))
+    show(conn, "select * from billing.grant_purchase(%s, 500, 'manual-demo-1', 'admin')", (USER,))
+
+    step("Consume with an idempotency key, then replay it")
+    show(conn, "select * from billing.consume_tokens(%s, 120, 'chat-req-1', '{\"model\":\"gpt-4o\"}')", (USER,))
+    show(conn, "select * from billing.consume_tokens(%s, 120, 'chat-req-1')", (USER,))
+
+    step("Reserve for a streaming reply, commit what was used (the rest is released)")
+    show(conn, "select * from billing.reserve_tokens(%s, 300, 'stream-1')", (USER,))
+    show(conn, "select * from billing.commit_reservation("
+               "(select id from billing.token_reservations where idempotency_key = 'stream-1'), 180)")
+
+    step("Run out of tokens: SQLSTATE PT402 (PostgREST answers HTTP 402)")
+    show(conn, "select * from billing.consume_tokens(%s, 10000)", (USER,))
+
+    step("A signed Stripe checkout.session.completed, delivered twice: granted once")
+    payload = (FIXTURES / "01_checkout_pack_paid.json").read_text()
+    for _ in range(2):
+        show(conn, "select billing.handle_stripe_webhook(%s, %s, %s)", (payload, signed(payload, SECRET), SECRET))
+    show(conn, "select billing.get_balance(%s)", (USER,))
+
+    step("A tampered delivery is refused (PT400) and records nothing")
+    show(conn, "select billing.handle_stripe_webhook(%s, %s, %s)",
+         (payload.replace("999", "1"), signed(payload, SECRET), SECRET))
+
+    step("charge.refunded for 500 of 999 cents claws back half of that pack")
+    refund = (FIXTURES / "12_charge_refunded_partial.json").read_text()
+    show(conn, "select billing.handle_stripe_webhook(%s, %s, %s) -> 'effect'", (refund, signed(refund, SECRET), SECRET))
+    show(conn, "select kind, tokens, remaining, clawed_back, debt_incurred from billing.token_grants"
+               " where user_id = %s order by id", (USER,))
+    show(conn, "select billing.get_balance(%s)", (USER,))
+
+    step("The ledger check: no rows means every invariant holds")
+    show(conn, "select * from billing.verify_ledger()")
+    rows = conn.execute("select count(*) from billing.verify_ledger()").fetchone()[0]
+    print(f"        ({rows} violations)")
+
+
+if __name__ == "__main__":
+    main()

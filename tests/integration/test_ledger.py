@@ -1,0 +1,320 @@
+"""Ledger core: atomic consumption, idempotent grants, reservations, expiry, the ledger check."""
+import datetime as dt
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import sqlstate
+
+NOW = lambda: dt.datetime.now(dt.timezone.utc)  # noqa: E731
+
+
+def run_threads(n, target):
+    """Runs target(i) in n threads (each opens its own connection) and re-raises the first error."""
+    errors = []
+
+    def wrap(i):
+        try:
+            target(i)
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_race_spends_each_token_once(db):
+    """16 connections, 2,000 attempts at 1 token against 1,000 tokens: exactly 1,000 succeed."""
+    user = db.user()
+    db.grant(user, 1000)
+    ok, insufficient, lock = [0], [0], threading.Lock()
+
+    def worker(i):
+        with db.service() as c:
+            for _ in range(125):
+                try:
+                    c.execute("select * from billing.consume_tokens(%s, 1)", (user,))
+                    with lock:
+                        ok[0] += 1
+                except psycopg.Error as e:
+                    assert e.sqlstate == "PT402", e
+                    with lock:
+                        insufficient[0] += 1
+
+    run_threads(16, worker)
+    assert ok[0] == 1000
+    assert insufficient[0] == 1000
+    assert db.balance(user) == 0
+    assert db.one("select count(*), sum(tokens) from billing.token_usage where user_id = %s", (user,)) == (1000, 1000)
+    assert db.ledger_problems() == []
+
+
+def test_concurrent_grants_with_one_reference_grant_once(db):
+    user = db.user()
+    ref = f"cs_{uuid.uuid4()}"
+    results = []
+
+    def worker(i):
+        results.append(db.grant(user, 500, reference=ref))
+
+    run_threads(60, worker)
+    assert sorted(r[3] for r in results) == [False] + [True] * 59
+    assert len({r[0] for r in results}) == 1
+    assert db.one("select count(*) from billing.token_grants where reference = %s", (ref,))[0] == 1
+    assert db.balance(user) == 500
+    assert db.ledger_problems() == []
+
+
+def test_concurrent_consumes_with_one_key_charge_once(db):
+    user = db.user()
+    db.grant(user, 100)
+    results = []
+
+    def worker(i):
+        results.append(db.one("select * from billing.consume_tokens(%s, 7, 'req-1')", (user,)))
+
+    run_threads(20, worker)
+    assert sorted(r[3] for r in results) == [False] + [True] * 19
+    assert len({r[0] for r in results}) == 1
+    assert db.balance(user) == 93
+    assert db.ledger_problems() == []
+
+
+def test_replay_returns_original_and_conflict_is_pt409(db):
+    user = db.user()
+    db.grant(user, 100)
+    first = db.one("select * from billing.consume_tokens(%s, 10, 'k', '{\"model\":\"gpt\"}')", (user,))
+    db.one("select * from billing.consume_tokens(%s, 5)", (user,))
+    again = db.one("select * from billing.consume_tokens(%s, 10, 'k')", (user,))
+    assert first[:3] == again[:3] and first[3] is False and again[3] is True
+    assert db.balance(user) == 85
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.consume_tokens(%s, 11, 'k')", (user,))
+    assert sqlstate(e) == "PT409"
+    assert db.balance(user) == 85
+
+
+def test_replay_wins_over_insufficient_balance(db):
+    """A retried request whose first attempt succeeded gets its result back, even when broke now."""
+    user = db.user()
+    db.grant(user, 10)
+    first = db.one("select * from billing.consume_tokens(%s, 10, 'only')", (user,))
+    again = db.one("select * from billing.consume_tokens(%s, 10, 'only')", (user,))
+    assert again[0] == first[0] and again[3] is True
+    assert db.balance(user) == 0
+
+
+def test_insufficient_is_pt402_with_detail_and_changes_nothing(db):
+    user = db.user()
+    db.grant(user, 5)
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.consume_tokens(%s, 6)", (user,))
+    assert sqlstate(e) == "PT402"
+    assert e.value.diag.message_detail == "requested 6, available 5"
+    assert e.value.diag.message_hint
+    # a user who never had tokens
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.consume_tokens(%s, 1)", (uuid.uuid4(),))
+    assert sqlstate(e) == "PT402"
+    assert db.balance(user) == 5
+    assert db.one("select count(*) from billing.token_usage where user_id = %s", (user,))[0] == 0
+
+
+def test_burn_down_spends_soonest_expiring_first(db):
+    user = db.user()
+    forever = db.grant(user, 100)[0]
+    later = db.grant(user, 50, kind="promo", expires_at=NOW() + dt.timedelta(hours=2))[0]
+    sooner = db.grant(user, 30, kind="promo", expires_at=NOW() + dt.timedelta(hours=1))[0]
+    usage = db.one("select * from billing.consume_tokens(%s, 40)", (user,))
+    drawn = db.one("select drawn_from from billing.token_usage where id = %s", (usage[0],))[0]
+    assert drawn == [[sooner, 30], [later, 10]]
+    db.one("select * from billing.consume_tokens(%s, 60)", (user,))
+    rem = dict(db.all("select id, remaining from billing.token_grants where user_id = %s", (user,)))
+    assert rem == {sooner: 0, later: 0, forever: 80}
+    assert db.ledger_problems() == []
+
+
+def test_expired_tokens_are_never_spendable(db):
+    user = db.user()
+    db.grant(user, 10, kind="promo", expires_at=NOW() + dt.timedelta(seconds=1))
+    db.grant(user, 5)
+    assert db.balance(user) == 15
+    time.sleep(1.2)
+    assert db.balance(user) == 5  # read-only path, before anything settled
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.consume_tokens(%s, 6)", (user,))
+    assert sqlstate(e) == "PT402"
+    assert e.value.diag.message_detail == "requested 6, available 5"
+    db.one("select * from billing.consume_tokens(%s, 5)", (user,))
+    assert db.one("select sum(expired), sum(remaining) from billing.token_grants where user_id = %s", (user,)) == (10, 0)
+    assert db.ledger_problems() == []
+
+
+def test_reservation_lifecycle(db):
+    user = db.user()
+    db.grant(user, 100)
+    res = db.one("select * from billing.reserve_tokens(%s, 50, 'stream-1')", (user,))
+    rid = res[0]
+    assert res[1] == 50 and res[3] == 50 and res[4] is False
+    # replay of the reserve returns the same hold
+    assert db.one("select * from billing.reserve_tokens(%s, 50, 'stream-1')", (user,))[0] == rid
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.reserve_tokens(%s, 51, 'stream-1')", (user,))
+    assert sqlstate(e) == "PT409"
+    # held tokens are not spendable by others
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.consume_tokens(%s, 60)", (user,))
+    assert sqlstate(e) == "PT402"
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.commit_reservation(%s, 51)", (rid,))
+    assert sqlstate(e) == "22023"
+    committed = db.one("select * from billing.commit_reservation(%s, 30)", (rid,))
+    assert committed[1:] == (30, 20, 70, False)
+    assert db.one("select * from billing.commit_reservation(%s, 30)", (rid,))[4] is True
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.commit_reservation(%s, 29)", (rid,))
+    assert sqlstate(e) == "PT409"
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.release_reservation(%s)", (rid,))
+    assert sqlstate(e) == "PT410"
+    assert db.balance(user) == 70
+    # release gives everything back; releasing twice is harmless
+    rid2 = db.one("select * from billing.reserve_tokens(%s, 20, 'stream-2')", (user,))[0]
+    assert db.one("select * from billing.release_reservation(%s)", (rid2,)) == (20, 70, False)
+    assert db.one("select * from billing.release_reservation(%s)", (rid2,))[2] is True
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.commit_reservation(%s, 1)", (uuid.uuid4(),))
+    assert sqlstate(e) == "PT404"
+    assert db.ledger_problems() == []
+
+
+def test_expired_hold_is_released_without_a_scheduler(db):
+    user = db.user()
+    db.grant(user, 100)
+    rid = db.one("select * from billing.reserve_tokens(%s, 80, 'short', interval '1 second')", (user,))[0]
+    assert db.balance(user) == 20
+    time.sleep(1.2)
+    assert db.balance(user) == 100  # read path sees the hold gone
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.commit_reservation(%s, 10)", (rid,))
+    assert sqlstate(e) == "PT410"  # the error rolls back its own settle; the next writer settles
+    db.one("select * from billing.consume_tokens(%s, 100)", (user,))
+    assert db.one("select status from billing.token_reservations where id = %s", (rid,))[0] == "expired"
+    assert db.balance(user) == 0
+    assert db.ledger_problems() == []
+
+
+def test_maintenance_settles_due_users(db):
+    user = db.user()
+    db.grant(user, 10, kind="promo", expires_at=NOW() + dt.timedelta(seconds=1))
+    db.one("select * from billing.reserve_tokens(%s, 4, null, interval '1 second')", (user,))
+    time.sleep(1.2)
+    assert db.one("select billing.run_maintenance()")[0] >= 1
+    row = db.one("select spendable, held, next_event_at from billing.balances where user_id = %s", (user,))
+    assert row == (0, 0, None)
+    assert db.one("select expired from billing.token_grants where user_id = %s", (user,))[0] == 10
+    assert db.ledger_problems() == []
+
+
+def test_concurrent_reserve_commit_consume_keep_ledger_consistent(db):
+    user = db.user()
+    db.grant(user, 3000)
+
+    def worker(i):
+        with db.service() as c:
+            for j in range(30):
+                try:
+                    if j % 3 == 0:
+                        rid = c.execute("select reservation_id from billing.reserve_tokens(%s, 20, %s)",
+                                        (user, f"{i}-{j}")).fetchone()[0]
+                        if j % 2:
+                            c.execute("select * from billing.commit_reservation(%s, 13)", (rid,))
+                        else:
+                            c.execute("select * from billing.release_reservation(%s)", (rid,))
+                    else:
+                        c.execute("select * from billing.consume_tokens(%s, 9)", (user,))
+                except psycopg.Error as e:
+                    assert e.sqlstate == "PT402", e
+
+    run_threads(12, worker)
+    used = db.one("select coalesce(sum(tokens), 0) from billing.token_usage where user_id = %s", (user,))[0]
+    assert db.balance(user) == 3000 - used
+    assert db.ledger_problems() == []
+
+
+@pytest.mark.parametrize("amount", [0, -1, None])
+def test_amount_must_be_positive(db, amount):
+    user = db.user()
+    db.grant(user, 10)
+    for sql in ["select * from billing.consume_tokens(%s, %s)",
+                "select * from billing.grant_purchase(%s, %s, 'zero-ref')",
+                "select * from billing.reserve_tokens(%s, %s, 'k')"]:
+        with pytest.raises(psycopg.Error) as e:
+            db.one(sql, (user, amount))
+        assert sqlstate(e) == "22023", sql
+    assert db.balance(user) == 10
+
+
+def test_invalid_arguments_are_22023(db):
+    user = db.user()
+    db.grant(user, 10)
+    cases = [
+        ("select * from billing.consume_tokens(%s, 1, %s)", (user, "x" * 256)),
+        ("select * from billing.consume_tokens(%s, 1, %s)", (user, "")),
+        ("select * from billing.consume_tokens(%s, 1, null, '[1]')", (user,)),
+        ("select * from billing.consume_tokens(null, 1)", None),
+        ("select * from billing.grant_purchase(%s, 1, '')", (user,)),
+        ("select * from billing.grant_purchase(%s, 1, 'r', 'Not A Kind')", (user,)),
+        ("select * from billing.grant_purchase(%s, 1, 'r', 'promo', now() - interval '1 day')", (user,)),
+        ("select * from billing.reserve_tokens(%s, 1, 'k', interval '0')", (user,)),
+        ("select * from billing.reserve_tokens(%s, 1, 'k', interval '2 days')", (user,)),
+        ("select * from billing.commit_reservation(null, 1)", None),
+    ]
+    for sql, params in cases:
+        with pytest.raises(psycopg.Error) as e:
+            db.one(sql, params)
+        assert sqlstate(e) == "22023", sql
+    assert db.balance(user) == 10
+    assert db.ledger_problems() == []
+
+
+def test_grant_reference_reused_with_other_terms_is_pt409(db):
+    a, b = db.user(), db.user()
+    db.grant(a, 10, reference="shared-ref")
+    for args in [(b, 10), (a, 11)]:
+        with pytest.raises(psycopg.Error) as e:
+            db.grant(args[0], args[1], reference="shared-ref")
+        assert sqlstate(e) == "PT409"
+    assert db.balance(b) == 0 and db.balance(a) == 10
+
+
+def test_balance_overflow_is_an_error_and_writes_nothing(db):
+    user = db.user()
+    db.grant(user, 2**63 - 1)
+    with pytest.raises(psycopg.Error) as e:
+        db.grant(user, 1)
+    assert sqlstate(e) == "22003"
+    assert db.balance(user) == 2**63 - 1
+    assert db.one("select count(*) from billing.token_grants where user_id = %s", (user,))[0] == 1
+    assert db.one("select * from billing.consume_tokens(%s, %s)", (user, 2**63 - 1))[2] == 0
+    assert db.ledger_problems() == []
+
+
+def test_verify_ledger_reports_tampering(db):
+    """The check is not vacuous: a balance edited behind the ledger's back is reported."""
+    user = db.user()
+    db.grant(user, 10)
+    with db.service() as c:
+        c.execute("begin")
+        c.execute("update billing.balances set spendable = 11 where user_id = %s", (user,))
+        problems = c.execute("select invariant from billing.verify_ledger() where user_id = %s", (user,)).fetchall()
+        c.execute("rollback")
+    assert problems == [("balance does not match ledger",)]
