@@ -20,20 +20,23 @@ declare
   v_table text;
   v_done text[] := '{}';
   c_user_tables constant text[] := array['stripe_customers', 'user_subscriptions', 'balances', 'token_grants',
-                                          'token_usage', 'token_reservations', 'payment_transactions'];
+                                          'token_usage', 'token_reservations', 'payment_transactions',
+                                          'promo_redemptions'];
   c_catalog constant text[] := array['plans', 'token_packs'];
   -- user-facing functions: authenticated may call them for itself
   c_user_functions constant text[] := array[
-    'billing.auth_uid()', 'billing.jwt_claims()', 'billing.is_billing_admin()',
+    'billing.auth_uid()', 'billing.jwt_claims()', 'billing.is_billing_admin()', 'billing.caller_kind()',
     'billing.get_balance(uuid)', 'billing.consume_tokens(uuid, bigint, text, jsonb)',
     'billing.reserve_tokens(uuid, bigint, text, interval)', 'billing.commit_reservation(uuid, bigint)',
-    'billing.release_reservation(uuid)'];
+    'billing.release_reservation(uuid)', 'billing.current_user_id()', 'billing.get_billing_summary()',
+    'billing.get_usage_history(timestamptz, timestamptz, text, text)', 'billing.get_grant_history(integer, integer)',
+    'billing.get_payment_history(integer, integer)', 'billing.redeem_promo_code(text)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.run_maintenance(integer)',
     'billing.verify_ledger()', 'billing.verify_stripe_signature(text, text, text, integer)',
     'billing.verify_stripe_signature(bytea, text, text, integer)',
-    'billing.stripe_signature_rejection(text, text, text, integer)', 'billing.caller_kind()'];
+    'billing.stripe_signature_rejection(text, text, text, integer)'];
   v_fn text;
 begin
   -- Nothing by default: PostgreSQL grants EXECUTE to PUBLIC, Supabase adds default privileges.
@@ -66,6 +69,7 @@ begin
         execute pg_catalog.format('grant insert, update, delete on billing.%I to %I', v_table, v_role);
       end loop;
       execute pg_catalog.format('grant select, insert, update, delete on billing.webhook_secrets to %I', v_role);
+      execute pg_catalog.format('grant select, insert, update, delete on billing.promo_codes to %I', v_role);
       foreach v_fn in array c_service_functions loop
         execute pg_catalog.format('grant execute on function %s to %I', v_fn, v_role);
       end loop;

@@ -201,6 +201,30 @@ create table billing.webhook_secrets (
   created_at  timestamptz not null default now()
 );
 
+-- Promo codes (codes are stored upper-case and matched case-insensitively). Only the service role
+-- reads or manages codes; a user sees only their own redemptions.
+create table billing.promo_codes (
+  code            text primary key check (code ~ '^[A-Z0-9_-]{1,64}$'),
+  tokens          bigint not null check (tokens > 0),
+  max_redemptions integer check (max_redemptions > 0),       -- null: unlimited
+  redeemed_count  integer not null default 0 check (redeemed_count >= 0),
+  valid_until     timestamptz,                               -- null: no end date
+  token_lifetime  interval check (token_lifetime > interval '0'), -- granted tokens expire after; null: never
+  active          boolean not null default true,
+  created_at      timestamptz not null default now(),
+  check (max_redemptions is null or redeemed_count <= max_redemptions)
+);
+
+create table billing.promo_redemptions (
+  code        text not null references billing.promo_codes (code),
+  user_id     uuid not null,
+  grant_id    bigint not null references billing.token_grants (id),
+  redeemed_at timestamptz not null default now(),
+  primary key (code, user_id)
+);
+create index promo_redemptions_user_id on billing.promo_redemptions (user_id);
+create index promo_redemptions_grant_id on billing.promo_redemptions (grant_id);
+
 -- Stripe customer ids reference auth.users where Supabase's auth schema exists.
 do $$
 begin
@@ -221,3 +245,5 @@ alter table billing.token_usage enable row level security;
 alter table billing.token_reservations enable row level security;
 alter table billing.payment_transactions enable row level security;
 alter table billing.webhook_secrets enable row level security;
+alter table billing.promo_codes enable row level security;
+alter table billing.promo_redemptions enable row level security;

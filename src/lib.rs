@@ -13,7 +13,8 @@ pgrx::pg_module_magic!(name, version);
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"]);
 extension_sql_file!("../sql/stripe.sql", name = "stripe", requires = ["ledger", sql_api::stripe::stripe_signature_check, sql_api::stripe::decode_stripe_event]);
-extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["stripe"]);
+extension_sql_file!("../sql/frontend.sql", name = "frontend", requires = ["stripe"]);
+extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["frontend"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 // In-database tests, in schema `tests` where cargo pgrx test calls them; only in `pg_test` builds.
