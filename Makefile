@@ -4,11 +4,12 @@ SHELL := /bin/bash
 export PGRX_HOME := $(CURDIR)/pgrx-config
 PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
 PORT ?= 54329
+export PG_BILLING_PORT := $(PORT)
 CLUSTER_DIR = $(shell bash scripts/cluster.sh dir)
 PSQL = PGOPTIONS=--client-min-messages=warning psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -v ON_ERROR_STOP=1 -X -q
 DEMO_DB ?= pg_billing_demo
 
-.PHONY: help setup build install start stop run demo test test-unit test-pg test-integration bench clean
+.PHONY: help setup build install start stop run demo test test-unit test-pg test-integration test-pgtap bench clean
 
 help:
 	@echo "make run    set up, start a local cluster, install pg_billing, run the demo"
@@ -40,7 +41,7 @@ run: install start
 	@echo "Connect:  psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres $(DEMO_DB)"
 	@echo "Stop:     make stop"
 
-test: test-unit test-pg test-integration
+test: test-unit test-pg test-integration test-pgtap
 	@echo "all test layers passed"
 
 test-unit: setup
@@ -53,6 +54,14 @@ test-pg: setup
 
 test-integration: install start
 	PG_BILLING_HOST=$(CLUSTER_DIR)/sock PG_BILLING_PORT=$(PORT) .venv/bin/pytest -q tests/integration
+
+# pgTAP, the way `supabase test db` runs it: pgtap in schema extensions, pg_prove over tests/pgtap.
+test-pgtap: install start
+	@$(PSQL) -d postgres -c "drop database if exists pg_billing_pgtap with (force)" -c "create database pg_billing_pgtap"
+	@$(PSQL) -d pg_billing_pgtap -f sql/supabase-compat.sql
+	@$(PSQL) -d pg_billing_pgtap -c "create extension if not exists pgtap with schema extensions" \
+	  -c "create extension pg_billing" -c "alter database pg_billing_pgtap set search_path = public, extensions"
+	pg_prove -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -d pg_billing_pgtap --ext .sql -r tests/pgtap
 
 clean: stop
 	rm -rf .cluster target .venv

@@ -1,0 +1,91 @@
+"""The properties Supabase's database linter (supabase/splinter) checks, as tests on pg_billing's own
+objects. They read the catalog, so they also fail for any table or function added later."""
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+
+# SECURITY DEFINER functions that `authenticated` may call, each listed in the README with why.
+DEFINER_FOR_USERS = {"consume_tokens", "get_balance", "reserve_tokens", "commit_reservation",
+                     "release_reservation", "redeem_promo_code"}
+
+
+def test_rls_enabled_on_every_table(db):  # splinter 0007/0013
+    missing = db.all("select relname from pg_class where relnamespace = 'billing'::regnamespace"
+                     " and relkind in ('r', 'p') and not relrowsecurity")
+    assert missing == []
+
+
+def test_every_function_pins_search_path(db):  # splinter 0011
+    unpinned = db.all(
+        "select p.oid::regprocedure::text from pg_proc p where p.pronamespace = 'billing'::regnamespace"
+        " and not exists (select 1 from unnest(coalesce(p.proconfig, '{}')) c where c like 'search_path=%')")
+    assert unpinned == []
+
+
+def test_no_security_definer_function_executable_by_anon_or_public(db):  # splinter 0028
+    exposed = db.all(
+        "select p.oid::regprocedure::text from pg_proc p where p.pronamespace = 'billing'::regnamespace"
+        " and p.prosecdef and (has_function_privilege('anon', p.oid, 'EXECUTE')"
+        " or exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a where a.grantee = 0))")
+    assert exposed == []
+
+
+def test_definer_functions_for_users_are_the_documented_ones(db):  # splinter 0029
+    callable_ = {r[0] for r in db.all(
+        "select p.proname from pg_proc p where p.pronamespace = 'billing'::regnamespace"
+        " and p.prosecdef and has_function_privilege('authenticated', p.oid, 'EXECUTE')")}
+    assert callable_ == DEFINER_FOR_USERS
+    readme = README.read_text()
+    section = readme[readme.index("SECURITY DEFINER functions callable by `authenticated`"):]
+    section = section[:section.index("\n\n")]
+    for name in DEFINER_FOR_USERS:
+        assert f"`{name}`" in section, name
+
+
+def test_policies_call_auth_functions_only_inside_select(db):  # splinter 0003
+    rows = db.all("select tablename, policyname, coalesce(qual, '') || ' ' || coalesce(with_check, '')"
+                  " from pg_policies where schemaname = 'billing'")
+    assert rows
+    call = re.compile(r"(?:auth\.(?:uid|jwt|role|email)|billing\.(?:auth_uid|jwt_claims|is_billing_admin))\(\)")
+    wrapped = re.compile(r"SELECT (?:auth\.(?:uid|jwt|role|email)|billing\.(?:auth_uid|jwt_claims|is_billing_admin))\(\)")
+    for table, policy, expr in rows:
+        assert len(call.findall(expr)) == len(wrapped.findall(expr)), (table, policy, expr)
+        assert "current_setting" not in expr, (table, policy)
+
+
+def test_no_write_policy_is_always_true(db):  # splinter 0024
+    assert db.all("select tablename, policyname from pg_policies where schemaname = 'billing'"
+                  " and cmd <> 'SELECT'") == []
+
+
+def test_no_duplicate_indexes(db):  # splinter 0009
+    dupes = db.all(
+        "select indrelid::regclass::text, array_agg(indexrelid::regclass::text) from pg_index i"
+        " join pg_class c on c.oid = i.indrelid where c.relnamespace = 'billing'::regnamespace"
+        " group by indrelid, indkey::text, indclass::text, coalesce(pg_get_expr(indexprs, indrelid), ''),"
+        " coalesce(pg_get_expr(indpred, indrelid), '') having count(*) > 1")
+    assert dupes == []
+
+
+def test_foreign_keys_are_indexed(db):  # splinter 0001
+    unindexed = db.all(
+        "select c.conrelid::regclass::text, c.conname from pg_constraint c"
+        " where c.contype = 'f' and c.connamespace = 'billing'::regnamespace and not exists ("
+        "  select 1 from pg_index i where i.indrelid = c.conrelid"
+        "   and (i.indkey::int2[])[0:array_length(c.conkey, 1) - 1] = c.conkey)")
+    assert unindexed == []
+
+
+def test_policy_columns_are_indexed(db):
+    """Every table with a per-user policy has an index led by user_id (Supabase RLS guidance)."""
+    unindexed = db.all(
+        "select distinct p.tablename from pg_policies p where p.schemaname = 'billing' and p.qual like '%user_id%'"
+        " and not exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid"
+        "  and a.attnum = i.indkey[0] where i.indrelid = ('billing.' || p.tablename)::regclass and a.attname = 'user_id')")
+    assert unindexed == []
+
+
+def test_extension_lives_in_its_own_schema(db):  # splinter 0014
+    assert db.one("select extnamespace::regnamespace::text, extrelocatable from pg_extension"
+                  " where extname = 'pg_billing'") == ("billing", False)
