@@ -7,7 +7,7 @@
 
 -- The signed-in user, or 42501 for anon and for callers without a `sub` claim.
 create function billing.current_user_id() returns uuid
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid;
 begin
@@ -23,7 +23,7 @@ end
 $$;
 
 create function billing.get_billing_summary() returns jsonb
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing.current_user_id();
   v_bal billing.balances;
@@ -65,7 +65,7 @@ create function billing.get_usage_history(
   p_bucket text default 'day',
   p_group_by text default null
 ) returns table (bucket timestamptz, group_key text, tokens bigint, requests bigint)
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing.current_user_id();
   v_to timestamptz := coalesce(p_to, pg_catalog.now());
@@ -94,7 +94,7 @@ comment on function billing.get_usage_history(timestamptz, timestamptz, text, te
 create function billing.get_grant_history(p_limit integer default 50, p_offset integer default 0)
 returns table (grant_id bigint, kind text, tokens bigint, remaining bigint, frozen bigint, expired bigint,
                clawed_back bigint, expires_at timestamptz, created_at timestamptz)
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing.current_user_id();
 begin
@@ -113,7 +113,7 @@ comment on function billing.get_grant_history(integer, integer) is 'The signed-i
 
 create function billing.get_payment_history(p_limit integer default 50, p_offset integer default 0)
 returns table (event_id text, event_type text, event_created timestamptz, status text, action text, tokens bigint)
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing.current_user_id();
 begin
@@ -135,7 +135,7 @@ comment on function billing.get_payment_history(integer, integer) is
 
 create function billing.redeem_promo_code(p_code text)
 returns table (grant_id bigint, tokens bigint, expires_at timestamptz, balance_after bigint)
-language plpgsql volatile security definer set search_path = '' as $$
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing.current_user_id();
   v_code text;

@@ -11,7 +11,7 @@
 
 -- Caller rules: service callers act for anyone, `authenticated` only for itself, `anon` never.
 create function billing._require_access(p_user_id uuid) returns void
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_kind text := billing.caller_kind();
 begin
@@ -26,7 +26,7 @@ end
 $$;
 
 create function billing._require_service() returns void
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
   if billing.caller_kind() <> 'service' then
     raise exception using errcode = '42501', message = 'only the service role or the backend may call this function';
@@ -35,7 +35,7 @@ end
 $$;
 
 create function billing._check_amount(p_name text, p_amount bigint) returns void
-language plpgsql immutable set search_path = '' as $$
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   if p_amount is null or p_amount <= 0 then
     raise exception using errcode = '22023',
@@ -46,7 +46,7 @@ end
 $$;
 
 create function billing._check_key(p_key text) returns void
-language plpgsql immutable set search_path = '' as $$
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   if p_key is not null and (pg_catalog.length(p_key) < 1 or pg_catalog.length(p_key) > 255) then
     raise exception using errcode = '22023', message = 'idempotency key must be 1 to 255 characters';
@@ -55,7 +55,7 @@ end
 $$;
 
 create function billing._check_metadata(p_metadata jsonb) returns jsonb
-language plpgsql immutable set search_path = '' as $$
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   if p_metadata is null then
     return '{}'::jsonb;
@@ -67,7 +67,7 @@ end
 $$;
 
 create function billing._raise_insufficient(p_requested bigint, p_available bigint, p_debt bigint) returns void
-language plpgsql immutable set search_path = '' as $$
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   raise exception using errcode = 'PT402', message = 'insufficient tokens',
     detail = pg_catalog.format('requested %s, available %s', p_requested, p_available)
@@ -81,7 +81,7 @@ $$;
 -- returns {{grant_id, tokens}, ...}. The caller holds the balance lock and has checked that enough
 -- is spendable. p_repays_debt marks the tokens as used to cover debt.
 create function billing._burn(p_user_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_drawn bigint[];
   v_total numeric;
@@ -117,7 +117,7 @@ $$;
 -- Gives tokens back to the grants they were drawn from ({{grant_id, tokens}, ...}); tokens of a
 -- grant that expired in the meantime expire. Returns how many became spendable again.
 create function billing._return_to_grants(p_drawn bigint[]) returns bigint
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_back bigint;
 begin
@@ -140,7 +140,7 @@ $$;
 -- Recomputes the user's balance row from the ledger, after covering debt with spendable tokens.
 -- The caller holds the balance lock and has settled expired grants and holds.
 create function billing._recompute_balance(p_user_id uuid) returns billing.balances
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_debt bigint;
   v_spendable bigint;
@@ -175,7 +175,7 @@ $$;
 -- their TTL go back to their grants, grants past expiry expire, debt is covered, the row is
 -- recomputed. Returns the settled row, or NULL when the user has none and p_create is false.
 create function billing._lock_and_settle(p_user_id uuid, p_create boolean) returns billing.balances
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_row billing.balances;
   v_hold record;
@@ -207,7 +207,7 @@ $$;
 -- Spendable tokens now, without writing: the cached balance unless something expired since the
 -- last settle, in which case the grants and holds are read directly.
 create function billing._spendable_now(p_user_id uuid) returns bigint
-language sql stable set search_path = '' as $$
+language sql stable set search_path = pg_catalog, pg_temp as $$
   select case
     when b.user_id is null then 0
     when b.next_event_at is null or b.next_event_at > pg_catalog.now() then b.spendable
@@ -232,7 +232,7 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 
 create function billing.get_balance(p_user_id uuid) returns bigint
-language plpgsql stable security definer set search_path = '' as $$
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp as $$
 begin
   perform billing._require_access(p_user_id);
   if p_user_id is null then
@@ -249,7 +249,7 @@ create function billing.consume_tokens(
   p_idempotency_key text default null,
   p_metadata jsonb default '{}'
 ) returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = '' as $$
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_after bigint;
   v_row billing.balances;
@@ -322,7 +322,7 @@ create function billing._insert_grant(
   p_payment_intent text, p_price_id text, p_amount_paid bigint, p_currency text,
   out grant_id bigint, out inserted boolean
 )
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   insert into billing.token_grants (user_id, kind, reference, tokens, remaining, expires_at, metadata,
                                     stripe_payment_intent, stripe_price_id, amount_paid, currency)
@@ -345,7 +345,7 @@ create function billing.grant_purchase(
   p_expires_at timestamptz default null,
   p_metadata jsonb default '{}'
 ) returns table (grant_id bigint, tokens bigint, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = '' as $$
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_grant billing.token_grants;
   v_ins record;
@@ -389,7 +389,7 @@ create function billing.reserve_tokens(
   p_idempotency_key text,
   p_ttl interval default '15 minutes'
 ) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = '' as $$
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_row billing.balances;
   v_prev billing.token_reservations;
@@ -439,7 +439,7 @@ comment on function billing.reserve_tokens(uuid, bigint, text, interval) is
 -- Locks the reservation's user and returns the reservation after settling (so a hold past its TTL
 -- reads as expired). PT404 when it does not exist or belongs to someone the caller cannot act for.
 create function billing._lock_reservation(p_reservation_id uuid) returns billing.token_reservations
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid;
   v_res billing.token_reservations;
@@ -463,7 +463,7 @@ $$;
 
 create function billing.commit_reservation(p_reservation_id uuid, p_actual_amount bigint)
 returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = '' as $$
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_res billing.token_reservations;
   v_charged bigint[] := '{}';
@@ -524,7 +524,7 @@ comment on function billing.commit_reservation(uuid, bigint) is
 
 create function billing.release_reservation(p_reservation_id uuid)
 returns table (tokens_released bigint, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = '' as $$
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_res billing.token_reservations;
   v_row billing.balances;
@@ -549,7 +549,7 @@ comment on function billing.release_reservation(uuid) is 'Releases every token o
 -- Maintenance for pg_cron: settles every user with something due (expired holds and grants).
 -- Users whose balance row is locked by a running transaction are skipped; they settle lazily.
 create function billing.run_maintenance(p_limit integer default 10000) returns integer
-language plpgsql volatile security definer set search_path = '' as $$
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid;
   v_count integer := 0;
@@ -574,7 +574,7 @@ comment on function billing.run_maintenance(integer) is
 -- Every violated invariant, one row each; no rows means the ledger is consistent.
 create function billing.verify_ledger()
 returns table (invariant text, user_id uuid, detail text)
-language sql stable security definer set search_path = '' as $$
+language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   with spent as (
     select (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
       from billing.token_usage u cross join lateral pg_catalog.generate_subscripts(u.drawn_from, 1) as i

@@ -14,7 +14,7 @@
 --   nobody         writes ledger tables directly: only the extension's functions do.
 
 create function billing.setup_roles() returns text
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_role text;
   v_table text;

@@ -11,7 +11,7 @@
 -- Identity, exactly as Supabase's auth.uid() computes it (supabase/auth migrations), so policies and
 -- functions work where schema auth does not exist (plain PostgreSQL, `cargo pgrx test`).
 create function billing.auth_uid() returns uuid
-language sql stable parallel safe set search_path = '' as $$
+language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
   select coalesce(
     nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
     (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb operator(pg_catalog.->>) 'sub')
@@ -20,7 +20,7 @@ $$;
 
 -- The JWT claims, exactly as Supabase's auth.jwt() reads them.
 create function billing.jwt_claims() returns jsonb
-language sql stable parallel safe set search_path = '' as $$
+language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
   select coalesce(nullif(pg_catalog.current_setting('request.jwt.claim', true), ''),
                   nullif(pg_catalog.current_setting('request.jwt.claims', true), ''))::jsonb
 $$;
@@ -28,7 +28,7 @@ $$;
 -- Admin rule: a JWT whose app_metadata has "billing_admin": true reads every billing row.
 -- app_metadata is writable only with the service role (Supabase Auth), so users cannot set it.
 create function billing.is_billing_admin() returns boolean
-language sql stable parallel safe set search_path = '' as $$
+language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
   select coalesce((billing.jwt_claims() operator(pg_catalog.->) 'app_metadata'
                    operator(pg_catalog.->>) 'billing_admin') = 'true', false)
 $$;
@@ -37,7 +37,7 @@ $$;
 -- (inside SECURITY DEFINER that is the owner): 'anon', 'user' (authenticated) or 'service'
 -- (service_role, postgres, any other role that was granted EXECUTE).
 create function billing.caller_kind() returns text
-language sql stable parallel safe set search_path = '' as $$
+language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
   select case coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text)
            when 'anon' then 'anon'
            when 'authenticated' then 'user'

@@ -10,7 +10,7 @@
 -- PT422 event cannot be applied (unknown price, currency mismatch, user unknown).
 
 create function billing._raise_unprocessable(p_message text, p_detail text) returns void
-language plpgsql immutable set search_path = '' as $$
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   raise exception using errcode = 'PT422', message = p_message, detail = coalesce(p_detail, ''),
     hint = 'Fix the catalog or the customer link; Stripe retries the delivery.';
@@ -20,7 +20,7 @@ $$;
 -- The signing secrets to try: Supabase Vault secrets named stripe_webhook_secret or
 -- stripe_webhook_secret_<suffix> (rotation), else active rows of billing.webhook_secrets.
 create function billing._webhook_secrets() returns text[]
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_secrets text[];
 begin
@@ -41,7 +41,7 @@ $$;
 -- Resolves the user an event is about: an explicit user id (client_reference_id / metadata) wins,
 -- then the linked Stripe customer, then the subscription's user.
 create function billing._event_user(p_event jsonb) returns uuid
-language plpgsql stable set search_path = '' as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_ref text := p_event ->> 'client_reference_id';
   v_meta text := p_event ->> 'metadata_user_id';
@@ -68,7 +68,7 @@ $$;
 
 -- Links a Stripe customer to a user; an existing, different link is kept (and reported).
 create function billing._link_customer(p_user_id uuid, p_customer text) returns text
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   if p_customer is null or p_user_id is null then
     return 'none';
@@ -87,7 +87,7 @@ $$;
 -- Grants a paid Checkout Session's token pack: tokens from the catalog by price id, never from
 -- the event; idempotent per session id, so completed + async_payment_succeeded grant once.
 create function billing._apply_checkout(p_event jsonb) returns jsonb
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing._event_user(p_event);
   v_pack billing.token_packs;
@@ -141,7 +141,7 @@ $$;
 -- A paid invoice grants the plan's period allowance, expiring at period end unless the plan rolls
 -- over; idempotent per invoice id.
 create function billing._apply_invoice_paid(p_event jsonb) returns jsonb
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing._event_user(p_event);
   v_plan billing.plans;
@@ -178,7 +178,7 @@ $$;
 
 -- Upserts subscription state unless a newer event was applied already (then 'stale').
 create function billing._apply_subscription(p_event jsonb) returns jsonb
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing._event_user(p_event);
   v_created timestamptz := pg_catalog.to_timestamp((p_event ->> 'created')::bigint);
@@ -224,7 +224,7 @@ $$;
 -- Takes back up to p_target tokens in total from a grant (cumulative over events): remaining first,
 -- then frozen; what was spent already becomes debt. Returns the tokens taken by this call.
 create function billing._claw_back(p_grant_id bigint, p_target bigint) returns jsonb
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_g billing.token_grants;
   v_delta bigint;
@@ -252,7 +252,7 @@ $$;
 -- Refunds claw back the refunded share (amount_refunded / amount, cumulative, rounded down in the
 -- customer's favour) of every grant that payment bought.
 create function billing._apply_refund(p_event jsonb) returns jsonb
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_amount bigint := (p_event ->> 'amount')::bigint;
   v_refunded bigint := (p_event ->> 'amount_refunded')::bigint;
@@ -286,7 +286,7 @@ $$;
 -- Disputes: created freezes what is left of the payment's grants; closed as lost claws the whole
 -- grant back (spent tokens become debt); won (or warning_closed) releases the frozen tokens.
 create function billing._apply_dispute(p_event jsonb) returns jsonb
-language plpgsql set search_path = '' as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_g record;
   v_user uuid;
@@ -327,7 +327,7 @@ create function billing.handle_stripe_webhook(
   p_signature_header text,
   p_secret text default null
 ) returns jsonb
-language plpgsql volatile security definer set search_path = '' as $$
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_secrets text[];
   v_rejection text;

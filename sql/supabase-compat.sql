@@ -125,7 +125,7 @@ begin
   if pg_catalog.to_regprocedure('vault.create_secret(text, text, text, uuid)') is null then
     create function vault.create_secret(new_secret text, new_name text = null, new_description text = '',
                                         new_key_id uuid = null) returns uuid
-    language plpgsql security definer set search_path = '' as $f$
+    language plpgsql security definer set search_path = pg_catalog, pg_temp as $f$
     declare v_id uuid;
     begin
       insert into vault.secrets (secret, name, description, key_id)
@@ -137,7 +137,7 @@ begin
   if pg_catalog.to_regprocedure('vault.update_secret(uuid, text, text, text, uuid)') is null then
     create function vault.update_secret(secret_id uuid, new_secret text = null, new_name text = null,
                                         new_description text = null, new_key_id uuid = null) returns void
-    language plpgsql security definer set search_path = '' as $f$
+    language plpgsql security definer set search_path = pg_catalog, pg_temp as $f$
     begin
       update vault.secrets
          set secret = coalesce(new_secret, secret), name = coalesce(new_name, name),

@@ -40,7 +40,7 @@ fn rejection(payload: Option<&[u8]>, header: Option<&str>, secret: &str, toleran
 
 /// Stripe's webhook signature check: true only for a header Stripe's libraries accept (strictly).
 #[pg_extern(volatile, parallel_safe)]
-#[search_path(pg_catalog)]
+#[search_path(pg_catalog, pg_temp)]
 pub fn verify_stripe_signature(
     p_payload: Option<&str>,
     p_signature_header: Option<&str>,
@@ -53,7 +53,7 @@ pub fn verify_stripe_signature(
 
 /// The same over raw bytes, for bodies that are not valid UTF-8 text.
 #[pg_extern(volatile, parallel_safe, name = "verify_stripe_signature")]
-#[search_path(pg_catalog)]
+#[search_path(pg_catalog, pg_temp)]
 pub fn verify_stripe_signature_bytea(
     p_payload: Option<&[u8]>,
     p_signature_header: Option<&str>,
@@ -66,7 +66,7 @@ pub fn verify_stripe_signature_bytea(
 
 /// Why a signature is rejected: NULL when valid, else `code: message` (codes in the README).
 #[pg_extern(volatile, parallel_safe)]
-#[search_path(pg_catalog)]
+#[search_path(pg_catalog, pg_temp)]
 pub fn stripe_signature_rejection(
     p_payload: Option<&str>,
     p_signature_header: Option<&str>,
@@ -80,7 +80,7 @@ pub fn stripe_signature_rejection(
 
 /// Internal: verifies against several secrets (rotation). NULL when valid, else the rejection code.
 #[pg_extern(volatile, parallel_safe)]
-#[search_path(pg_catalog)]
+#[search_path(pg_catalog, pg_temp)]
 pub fn stripe_signature_check(
     p_payload: Option<&str>,
     p_signature_header: Option<&str>,
@@ -103,7 +103,7 @@ pub fn stripe_signature_check(
 
 /// Decodes a Stripe event into the flat JSON the applier reads; 22023 when it is not an event.
 #[pg_extern(immutable, parallel_safe)]
-#[search_path(pg_catalog)]
+#[search_path(pg_catalog, pg_temp)]
 pub fn decode_stripe_event(p_payload: &str) -> JsonB {
     match event::decode(p_payload.as_bytes()) {
         Ok(v) => JsonB(v),

@@ -16,10 +16,10 @@ def test_rls_enabled_on_every_table(db):  # splinter 0007/0013
     assert missing == []
 
 
-def test_every_function_pins_search_path(db):  # splinter 0011
+def test_every_function_pins_search_path(db):  # splinter 0011, stricter: pg_temp last
     unpinned = db.all(
-        "select p.oid::regprocedure::text from pg_proc p where p.pronamespace = 'billing'::regnamespace"
-        " and not exists (select 1 from unnest(coalesce(p.proconfig, '{}')) c where c like 'search_path=%')")
+        "select p.oid::regprocedure::text, p.proconfig from pg_proc p where p.pronamespace = 'billing'::regnamespace"
+        " and not ('search_path=pg_catalog, pg_temp' = any(coalesce(p.proconfig, '{}')))")
     assert unpinned == []
 
 

@@ -1,0 +1,223 @@
+"""`make bench`: pg_billing against the SQL people would write instead, in one run, on one cluster.
+
+Every workload runs at least twice, interleaved with its baselines, with pgbench (8 clients unless
+noted). Results are ratios against baselines measured in the same process; the table is printed and
+written to bench/results/latest.md.
+"""
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import time
+
+import psycopg
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "bench" / "scripts"
+
+
+class Bench:
+    def __init__(self, host, port, dbname, seconds, reps):
+        self.host, self.port, self.dbname = host, port, dbname
+        self.seconds, self.reps = seconds, reps
+        self.rows = []  # (group, label, tps list, note)
+
+    def conn(self):
+        return psycopg.connect(host=self.host, port=self.port, dbname=self.dbname, user="postgres", autocommit=True)
+
+    def pgbench(self, script, clients=8, sync=True, transactions=None):
+        env = dict(os.environ, PGOPTIONS="-c synchronous_commit=" + ("on" if sync else "off"))
+        cmd = ["pgbench", "-n", "-M", "prepared", "-h", self.host, "-p", str(self.port), "-U", "postgres",
+               "-c", str(clients), "-j", str(min(clients, 2)), "-f", str(SCRIPTS / script)]
+        cmd += ["-t", str(transactions)] if transactions else ["-T", str(self.seconds)]
+        out = subprocess.run(cmd + [self.dbname], env=env, capture_output=True, text=True)
+        if out.returncode != 0 or "failed: 0" not in out.stdout.replace("number of failed transactions: 0", "failed: 0"):
+            raise RuntimeError(f"pgbench {script} failed:\n{out.stdout}\n{out.stderr}")
+        return float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+
+    def compare(self, group, variants, clients=8, sync=True):
+        """variants: [(label, script)], first is pg_billing's; each run self.reps times, interleaved."""
+        results = {label: [] for label, _ in variants}
+        for _ in range(self.reps):
+            for label, script in variants:
+                results[label].append(self.pgbench(script, clients, sync))
+        for label, _ in variants:
+            self.rows.append((group, label, results[label]))
+        return {k: statistics.median(v) for k, v in results.items()}
+
+    def record(self, group, label, value, note=""):
+        self.rows.append((group, label, [value] if not isinstance(value, list) else value, note))
+
+
+def signed_payload(size, secret="whsec_bench"):
+    body = json.dumps({"id": "evt_bench", "object": "event", "data": {"blob": "x" * max(0, size - 60)}})
+    t = int(time.time())
+    return body, f"t={t},v1=" + hmac.new(secret.encode(), f"{t}.{body}".encode(), hashlib.sha256).hexdigest()
+
+
+def raw_rust_hmac():
+    """Calls per second of the core's verify() outside Postgres (release build)."""
+    out = subprocess.run(["cargo", "run", "-q", "--release", "-p", "pg_billing_core", "--example", "verify_bench"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    return {line.split()[0]: float(line.split()[1]) for line in out.stdout.splitlines() if line.strip()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--dbname", default="pg_billing_bench")
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--growth-rows", type=int, default=10_000_000)
+    a = ap.parse_args()
+    b = Bench(a.host, a.port, a.dbname, a.seconds, a.reps)
+    ratios = []
+
+    with b.conn() as c:
+        c.execute((ROOT / "bench" / "setup.sql").read_text())
+        for name, size in [("2k", 2048), ("1m", 1024 * 1024)]:
+            body, header = signed_payload(size)
+            c.execute("insert into bench.payloads values (%s, %s, %s)", (name, body, header))
+        c.execute("vacuum analyze")
+
+    # 1. consume_tokens against the floor (a), the single statement (b), the PL/pgSQL RPC (c)
+    for sync in (True, False):
+        mode = "sync" if sync else "async"
+        m = b.compare(f"consume, 10k users, no key, {mode} commit",
+                      [("pg_billing consume_tokens", "consume_ours.sql"), ("(a) bare UPDATE", "consume_floor.sql"),
+                       ("(b) UPDATE+INSERT CTE", "consume_cte.sql"), ("(c) PL/pgSQL RPC", "consume_plpgsql.sql")],
+                      sync=sync)
+        ratios += [(f"consume vs (b), no key, {mode}", m["pg_billing consume_tokens"] / m["(b) UPDATE+INSERT CTE"], 0.90),
+                   (f"consume vs (c), no key, {mode}", m["pg_billing consume_tokens"] / m["(c) PL/pgSQL RPC"], 1.0),
+                   (f"consume vs (a) floor, no key, {mode}", m["pg_billing consume_tokens"] / m["(a) bare UPDATE"], None)]
+        m = b.compare(f"consume, 10k users, idempotency key, {mode} commit",
+                      [("pg_billing consume_tokens", "consume_ours_key.sql"), ("(b) UPDATE+INSERT CTE", "consume_cte_key.sql"),
+                       ("(c) PL/pgSQL RPC", "consume_plpgsql_key.sql")], sync=sync)
+        ratios += [(f"consume vs (b), key, {mode}", m["pg_billing consume_tokens"] / m["(b) UPDATE+INSERT CTE"], 0.90),
+                   (f"consume vs (c), key, {mode}", m["pg_billing consume_tokens"] / m["(c) PL/pgSQL RPC"], 1.0)]
+    m = b.compare("consume, one hot user, no key, sync commit",
+                  [("pg_billing consume_tokens", "hot_ours.sql"), ("(a) bare UPDATE", "hot_floor.sql"),
+                   ("(b) UPDATE+INSERT CTE", "hot_cte.sql"), ("(c) PL/pgSQL RPC", "hot_plpgsql.sql")])
+    ratios.append(("hot user: consume vs (b)", m["pg_billing consume_tokens"] / m["(b) UPDATE+INSERT CTE"], 0.90))
+
+    # 5a. reads
+    m = b.compare("reads", [("get_balance", "get_balance.sql"), ("primary-key lookup", "pk_lookup.sql")])
+    ratios.append(("get_balance vs PK lookup", m["get_balance"] / m["primary-key lookup"], 0.80))
+
+    # 3. signatures: 1 client, so per-call cost compares with single-threaded Rust outside Postgres
+    m = b.compare("verify_stripe_signature (1 client)",
+                  [("pg_billing 2 KB", "sig_ours_2k.sql"), ("pgcrypto SQL 2 KB", "sig_sql_2k.sql"),
+                   ("pg_billing 1 MB", "sig_ours_1m.sql"), ("pgcrypto SQL 1 MB", "sig_sql_1m.sql")], clients=1)
+    raw = raw_rust_hmac()
+    b.record("verify_stripe_signature (1 client)", "raw Rust verify() outside Postgres 2 KB", raw["2k"])
+    b.record("verify_stripe_signature (1 client)", "raw Rust verify() outside Postgres 1 MB", raw["1m"])
+    ratios += [("signature 2 KB vs pgcrypto SQL", m["pg_billing 2 KB"] / m["pgcrypto SQL 2 KB"], 3.0),
+               ("signature 1 MB vs pgcrypto SQL", m["pg_billing 1 MB"] / m["pgcrypto SQL 1 MB"], 3.0),
+               ("signature 1 MB vs raw Rust (≥ 1/1.5)", m["pg_billing 1 MB"] / raw["1m"], 1 / 1.5)]
+
+    # 4. webhooks: distinct checkout events (each grants) and duplicate deliveries
+    n_events = 60000
+    with b.conn() as c:
+        c.execute("insert into billing.token_packs (stripe_price_id, tokens, currency) values ('price_bench', 100, 'usd')")
+        t = int(time.time())
+        c.execute("""
+          create table bench.events as
+          select n as id, p.body, format('t=%%s,v1=%%s', %(t)s,
+                 encode(hmac(%(t)s || '.' || p.body, 'whsec_bench', 'sha256'), 'hex')) as header
+            from generate_series(1, %(n)s) n,
+                 lateral (select json_build_object('id', 'evt_bench_' || n, 'object', 'event',
+                   'type', 'checkout.session.completed', 'created', %(t)s,
+                   'data', json_build_object('object', json_build_object('id', 'cs_bench_' || n, 'object', 'checkout.session',
+                     'mode', 'payment', 'payment_status', 'paid', 'currency', 'usd', 'amount_total', 100,
+                     'client_reference_id', bench.uid(1 + n %% 10000), 'customer', null,
+                     'payment_intent', 'pi_bench_' || n,
+                     'metadata', json_build_object('price_id', 'price_bench', 'quantity', '1'))))::text as body) p
+        """, {"t": t, "n": n_events})
+        c.execute("alter table bench.events add primary key (id); create sequence bench.event_seq")
+    (SCRIPTS / "webhook_distinct.sql").write_text(
+        "select billing.handle_stripe_webhook(body, header, 'whsec_bench') from bench.events"
+        " where id = (select nextval('bench.event_seq'));\n")
+    (SCRIPTS / "webhook_duplicate.sql").write_text(
+        "select billing.handle_stripe_webhook(body, header, 'whsec_bench') from bench.events where id = 1;\n")
+    b.compare("handle_stripe_webhook", [("distinct checkout events", "webhook_distinct.sql"),
+                                        ("duplicate deliveries", "webhook_duplicate.sql")])
+    with b.conn() as c:
+        assert c.execute("select count(*) from billing.verify_ledger()").fetchone()[0] == 0, "ledger inconsistent"
+
+    # 2. growth: throughput with 10M usage rows vs now, and bytes added per consume
+    size_sql = ("select sum(pg_total_relation_size(c.oid)) from pg_class c"
+                " where c.relnamespace = 'billing'::regnamespace and c.relkind = 'r'")
+    before = [b.pgbench("consume_ours.sql") for _ in range(a.reps)]
+    with b.conn() as c:
+        rows_before = c.execute("select count(*) from billing.token_usage").fetchone()[0]
+        g = c.execute("select id from billing.token_grants where reference = 'bench-1'").fetchone()[0]
+        c.execute("""insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after, created_at)
+                     select case when n %% 100 = 0 then bench.uid(1) else bench.uid(2 + n %% 9999) end, 1,
+                            '{"model":"m"}', array[[%s, 1]], 0, now() - (n || ' seconds')::interval
+                       from generate_series(1, %s) n""", (g, a.growth_rows))
+        c.execute("vacuum analyze billing.token_usage")
+    after = [b.pgbench("consume_ours.sql") for _ in range(a.reps)]
+    b.record("growth", f"consume_tokens with {rows_before:,} usage rows", before)
+    b.record("growth", f"consume_tokens with {rows_before + a.growth_rows:,} usage rows", after)
+    ratios.append(("consume with +10M usage rows vs before", statistics.median(after) / statistics.median(before), 0.90))
+    with b.conn() as c:
+        c.execute("vacuum billing.token_usage, billing.token_grants, billing.balances")
+        s0 = c.execute(size_sql).fetchone()[0]
+    n = 100_000
+    b.pgbench("consume_ours.sql", transactions=n // 8)
+    with b.conn() as c:
+        c.execute("vacuum billing.token_usage, billing.token_grants, billing.balances")
+        s1 = c.execute(size_sql).fetchone()[0]
+    per_consume = (s1 - s0) / n
+    b.record("growth", "bytes added per consume (tables + indexes, after VACUUM)", per_consume)
+    ratios.append(("bytes per consume (≤ 250)", 250 / per_consume if per_consume > 0 else float("inf"), 1.0))
+
+    # 5b. usage-history plan for a user with 100k rows among 10M+
+    with b.conn() as c:
+        c.execute("load 'auto_explain'")
+        c.execute("set auto_explain.log_min_duration = 0; set auto_explain.log_nested_statements = on;"
+                  " set auto_explain.log_analyze = on; set client_min_messages = log")
+        notices = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute("select set_config('request.jwt.claims', %s, false)", (json.dumps({"sub": "00000000-0000-4000-8000-000000000001"}),))
+        t0 = time.perf_counter()
+        rows = c.execute("select * from billing.get_usage_history(now() - interval '400 days', now(), 'day', 'model')").fetchall()
+        elapsed = time.perf_counter() - t0
+        plan = next((n for n in notices if "token_usage" in n), "")
+        c.execute("set client_min_messages = notice")
+    user1_rows = sum(r[3] for r in rows)
+    b.record("usage history", f"get_usage_history for a user with {user1_rows:,} rows (ms)", elapsed * 1000)
+    uses_index = "Index" in plan and "Seq Scan on token_usage" not in plan
+
+    write_results(b, ratios, plan, uses_index)
+
+
+def write_results(b, ratios, plan, uses_index):
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    lines = [f"# pg_billing benchmark results", "", f"Machine: {machine}; PostgreSQL 15, release build; "
+             f"{b.seconds} s per pgbench run, {b.reps} interleaved runs each, medians.", "",
+             "| workload | variant | tps (or value), each run |", "|---|---|---|"]
+    for group, label, values, *_ in b.rows:
+        lines.append(f"| {group} | {label} | {', '.join(f'{v:,.0f}' if v >= 100 else f'{v:,.2f}' for v in values)} |")
+    lines += ["", "| ratio | measured | target | met |", "|---|---|---|---|"]
+    for name, value, target in ratios:
+        met = "—" if target is None else ("yes" if value >= target else "**no**")
+        lines.append(f"| {name} | {value:.2f} | {'' if target is None else f'≥ {target:.2f}'} | {met} |")
+    lines += ["", f"Usage-history plan uses an index and no sequential scan on token_usage: **{'yes' if uses_index else 'no'}**",
+              "", "```", plan.strip(), "```", ""]
+    text = "\n".join(lines)
+    print(text)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

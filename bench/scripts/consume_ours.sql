@@ -1,0 +1,2 @@
+\set n random(1, 10000)
+select balance_after from billing.consume_tokens(bench.uid(:n), 1);

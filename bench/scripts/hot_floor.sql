@@ -1,0 +1,2 @@
+\set n random(1, 1)
+update bench.accounts set tokens = tokens - 1 where user_id = bench.uid(:n) and tokens >= 1;

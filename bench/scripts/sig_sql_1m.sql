@@ -1,0 +1,1 @@
+select bench.verify_stripe_signature_sql(payload, header, 'whsec_bench', 0) from bench.payloads where name = '1m';

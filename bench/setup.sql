@@ -1,0 +1,56 @@
+-- Benchmark data: 10,000 users with effectively unlimited tokens in pg_billing, and the same users in
+-- the baselines people write by hand (schema bench). User n has uuid 00000000-0000-4000-8000-<n>.
+create schema bench;
+create function bench.uid(n int) returns uuid language sql immutable parallel safe
+  as $$ select ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid $$;
+
+-- (a)/(b)/(c) baselines: a balance column and a usage ledger, as a hand-written app would have them.
+create table bench.accounts (user_id uuid primary key, tokens bigint not null check (tokens >= 0));
+create table bench.usage (
+  id bigint generated always as identity primary key,
+  user_id uuid not null,
+  tokens bigint not null,
+  idempotency_key text,
+  metadata jsonb not null default '{}',
+  created_at timestamptz not null default now()
+);
+create index on bench.usage (user_id, created_at);
+create unique index on bench.usage (user_id, idempotency_key) where idempotency_key is not null;
+
+-- (c) the usual hand-written RPC: lock, check, update, insert.
+create function bench.consume_plpgsql(p_user uuid, p_amount bigint, p_key text default null)
+returns bigint language plpgsql as $$
+declare v bigint;
+begin
+  if p_key is not null and exists (select 1 from bench.usage where user_id = p_user and idempotency_key = p_key) then
+    return (select tokens from bench.accounts where user_id = p_user);
+  end if;
+  select tokens into v from bench.accounts where user_id = p_user for update;
+  if v is null or v < p_amount then
+    raise exception 'insufficient tokens' using errcode = 'P0001';
+  end if;
+  update bench.accounts set tokens = tokens - p_amount where user_id = p_user;
+  insert into bench.usage (user_id, tokens, idempotency_key) values (p_user, p_amount, p_key);
+  return v - p_amount;
+end $$;
+
+insert into bench.accounts select bench.uid(n), 1000000000000 from generate_series(1, 10000) n;
+select count(*) from (select billing.grant_purchase(bench.uid(n), 1000000000000, 'bench-' || n)
+                        from generate_series(1, 10000) n) g;
+
+-- Signature baseline: Stripe's scheme in SQL on pgcrypto's hmac(), as people write it.
+create extension if not exists pgcrypto;
+create function bench.verify_stripe_signature_sql(p_payload text, p_header text, p_secret text, p_tolerance int default 300)
+returns boolean language sql stable as $$
+  with parts as (
+    select split_part(item, '=', 1) as k, split_part(item, '=', 2) as v
+      from unnest(string_to_array(p_header, ',')) item
+  ), t as (select v::bigint as ts from parts where k = 't' limit 1)
+  select coalesce((select exists (
+      select 1 from parts, t
+       where parts.k = 'v1'
+         and parts.v = encode(hmac(t.ts || '.' || p_payload, p_secret, 'sha256'), 'hex'))
+     and (p_tolerance = 0 or (select ts from t) >= extract(epoch from now())::bigint - p_tolerance)), false)
+$$;
+
+create table bench.payloads (name text primary key, payload text, header text);
