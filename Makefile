@@ -25,6 +25,7 @@ build: setup
 # Installs the extension (debug build) into the system PostgreSQL 15.
 install: setup
 	cargo pgrx install --pg-config $(PG_CONFIG)
+	cp sql/releases/pg_billing--*.sql $(shell $(PG_CONFIG) --sharedir)/extension/
 
 start: setup
 	@bash scripts/cluster.sh start

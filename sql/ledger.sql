@@ -559,7 +559,7 @@ begin
     select b.user_id from billing.balances b
      where b.next_event_at <= pg_catalog.now()
      order by b.next_event_at
-     limit greatest(p_limit, 0)
+     limit greatest(coalesce(p_limit, 10000), 0) -- NULL means the default, not "no limit"
        for update skip locked
   loop
     perform billing._lock_and_settle(v_user, false);

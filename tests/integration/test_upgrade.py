@@ -1,0 +1,121 @@
+"""Upgrades keep data and end in the same schema as a fresh install.
+
+For every earlier release in sql/releases/ (installed by `make install`): install it, fill it with
+data through its own functions, `ALTER EXTENSION pg_billing UPDATE`, and compare
+- the schema with a fresh install of the current version (a catalog fingerprint: pg_dump prints only
+  `CREATE EXTENSION` for an extension's member objects, so it cannot show a difference), and
+- the data with what was there before the update.
+"""
+import hashlib
+import hmac
+import json
+import pathlib
+import time
+import uuid
+
+import pytest
+
+from conftest import Db, create_database
+
+RELEASES = sorted(p.name.split("--")[1][:-4]
+                  for p in (pathlib.Path(__file__).resolve().parents[2] / "sql" / "releases").glob("pg_billing--*.sql"))
+
+FINGERPRINT = """
+select 'table ' || c.relname || ' kind=' || c.relkind::text || ' rls=' || c.relrowsecurity
+       || ' options=' || coalesce(array_to_string(c.reloptions, ','), '') || ' acl=' || coalesce(c.relacl::text, '')
+       || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '')
+  from pg_class c where c.relnamespace = 'billing'::regnamespace and c.relkind in ('r', 'p', 'v', 'm')
+union all
+select 'column ' || c.relname || ' ' || a.attnum || ' ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || case when a.attnotnull then ' not null' else '' end || ' identity=' || a.attidentity::text
+       || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+  from pg_attribute a join pg_class c on c.oid = a.attrelid
+  left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+ where c.relnamespace = 'billing'::regnamespace and c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped
+union all
+select 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+  from pg_constraint where connamespace = 'billing'::regnamespace
+union all
+select 'index ' || pg_get_indexdef(indexrelid)
+  from pg_index i join pg_class c on c.oid = i.indrelid where c.relnamespace = 'billing'::regnamespace
+union all
+select 'function ' || pg_get_functiondef(p.oid) || ' acl=' || coalesce(p.proacl::text, '')
+       || ' comment=' || coalesce(obj_description(p.oid, 'pg_proc'), '')
+  from pg_proc p where p.pronamespace = 'billing'::regnamespace
+union all
+select 'policy ' || tablename || ' ' || policyname || ' ' || permissive || ' ' || roles::text || ' ' || cmd::text
+       || ' ' || coalesce(qual, '') || ' ' || coalesce(with_check, '')
+  from pg_policies where schemaname = 'billing'
+union all
+select 'member ' || pg_describe_object(classid, objid, objsubid)
+  from pg_depend where refclassid = 'pg_extension'::regclass
+   and refobjid = (select oid from pg_extension where extname = 'pg_billing') and deptype = 'e'
+union all
+select 'schema acl=' || coalesce(nspacl::text, '') from pg_namespace where nspname = 'billing'
+order by 1
+"""
+
+DATA = {
+    "balances": "select user_id, spendable, held, debt, next_event_at from billing.balances order by 1",
+    "grants": "select id, user_id, kind, reference, tokens, remaining, frozen, expired, clawed_back, debt_incurred,"
+              " debt_repaid, expires_at, stripe_payment_intent from billing.token_grants order by id",
+    "usage": "select id, user_id, tokens, idempotency_key, metadata, drawn_from from billing.token_usage order by id",
+    "reservations": "select id, status, tokens, drawn_from from billing.token_reservations order by id",
+    "inbox": "select stripe_event_id, status, outcome from billing.payment_transactions order by 1",
+    "subscriptions": "select * from billing.user_subscriptions order by 1",
+}
+
+
+def fill(d):
+    """Data through the old version's own functions: grants, usage, holds, a webhook."""
+    users = [d.user() for _ in range(3)]
+    with d.service() as c:
+        c.execute("insert into billing.token_packs (stripe_price_id, tokens, currency) values ('price_up', 100, 'usd')")
+        for i, u in enumerate(users):
+            c.execute("select billing.grant_purchase(%s, 500, %s)", (u, f"up-{i}"))
+            c.execute("select billing.grant_purchase(%s, 50, %s, 'promo', now() + interval '1 day')", (u, f"upp-{i}"))
+            c.execute("select billing.consume_tokens(%s, 70, 'k1', '{\"model\":\"m\"}')", (u,))
+            c.execute("select billing.reserve_tokens(%s, 30, 'r1')", (u,))
+        now = int(time.time())
+        body = json.dumps({"id": f"evt_{uuid.uuid4().hex}", "object": "event", "type": "checkout.session.completed",
+                           "created": now, "data": {"object": {"id": "cs_up", "mode": "payment", "payment_status": "paid",
+                           "currency": "usd", "client_reference_id": str(users[0]), "payment_intent": "pi_up",
+                           "metadata": {"price_id": "price_up", "quantity": "1"}}}})
+        sig = hmac.new(b"whsec_up", f"{now}.{body}".encode(), hashlib.sha256).hexdigest()
+        c.execute("select billing.handle_stripe_webhook(%s, %s, 'whsec_up')", (body, f"t={now},v1={sig}"))
+    return users
+
+
+def snapshot(d):
+    return {k: d.all(q) for k, q in DATA.items()}
+
+
+@pytest.mark.parametrize("release", [r for r in RELEASES])
+def test_upgrade_from_each_release(release):
+    current = Db("pg_billing_upgrade_fresh")
+    create_database(current.name)
+    version = current.one("select extversion from pg_extension where extname = 'pg_billing'")[0]
+    if release == version:
+        pytest.skip(f"{release} is the current version")  # reported as skipped, never as passed
+
+    old = Db(f"pg_billing_upgrade_from_{release.replace('.', '_')}")
+    create_database(old.name, extension=False)
+    with old.service() as c:
+        c.execute("create extension pg_billing version %s" % repr(release).replace('"', "'"))
+    users = fill(old)
+    before = snapshot(old)
+    with old.service() as c:
+        c.execute("alter extension pg_billing update")
+    assert old.one("select extversion from pg_extension where extname = 'pg_billing'")[0] == version
+
+    assert old.all(FINGERPRINT) == current.all(FINGERPRINT)
+    assert snapshot(old) == before
+    assert old.ledger_problems() == []
+    # and the upgraded database keeps working
+    assert old.one("select balance_after from billing.consume_tokens(%s, 1)", (users[1],))[0] == before["balances"][
+        [b[0] for b in before["balances"]].index(users[1])][1] - 1
+
+
+def test_there_is_an_earlier_release_to_upgrade_from():
+    """Guards the test above from passing vacuously: since 0.1.0, at least one older release exists."""
+    assert "0.1.0" in RELEASES
