@@ -9,7 +9,7 @@ CLUSTER_DIR = $(shell bash scripts/cluster.sh dir)
 PSQL = PGOPTIONS=--client-min-messages=warning psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -v ON_ERROR_STOP=1 -X -q
 DEMO_DB ?= pg_billing_demo
 
-.PHONY: help setup build install start stop run demo test test-unit test-pg test-integration test-pgtap bench clean
+.PHONY: help setup build install start stop run demo test test-unit test-pg test-integration test-pgtap test-example bench clean
 
 help:
 	@echo "make run    set up, start a local cluster, install pg_billing, run the demo"
@@ -42,7 +42,7 @@ run: install start
 	@echo "Connect:  psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres $(DEMO_DB)"
 	@echo "Stop:     make stop"
 
-test: test-unit test-pg test-integration test-pgtap
+test: test-unit test-pg test-integration test-pgtap test-example
 	@echo "all test layers passed"
 
 test-unit: setup
@@ -56,6 +56,10 @@ test-pg: setup
 test-integration: install start
 	PG_BILLING_HOST=$(CLUSTER_DIR)/sock PG_BILLING_PORT=$(PORT) .venv/bin/pytest -q tests/integration
 
+# The FastAPI example (examples/fastapi) end to end against the cluster.
+test-example: install start
+	PG_BILLING_HOST=$(CLUSTER_DIR)/sock PG_BILLING_PORT=$(PORT) .venv/bin/pytest -q examples/fastapi/tests
+
 # pgTAP, the way `supabase test db` runs it: pgtap in schema extensions, pg_prove over tests/pgtap.
 test-pgtap: install start
 	@$(PSQL) -d postgres -c "drop database if exists pg_billing_pgtap with (force)" -c "create database pg_billing_pgtap"
@@ -64,5 +68,22 @@ test-pgtap: install start
 	  -c "create extension pg_billing" -c "alter database pg_billing_pgtap set search_path = public, extensions"
 	pg_prove -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -d pg_billing_pgtap --ext .sql -r tests/pgtap
 
+# Benchmarks: release build, a cluster of their own (port 54340, .cluster-bench/), results in
+# bench/results/latest.md. Takes about 15 minutes, most of it the release build and 10M-row load.
+BENCH_PORT ?= 54340
+BENCH_DIR = $(CURDIR)/.cluster-bench
+bench: setup
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	cp sql/releases/pg_billing--*.sql $(shell $(PG_CONFIG) --sharedir)/extension/
+	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh start
+	@PGOPTIONS=--client-min-messages=warning psql -h $(BENCH_DIR)/sock -p $(BENCH_PORT) -U postgres -v ON_ERROR_STOP=1 -X -q -d postgres \
+	  -c "drop database if exists pg_billing_bench with (force)" -c "create database pg_billing_bench"
+	@PGOPTIONS=--client-min-messages=warning psql -h $(BENCH_DIR)/sock -p $(BENCH_PORT) -U postgres -v ON_ERROR_STOP=1 -X -q -d pg_billing_bench \
+	  -f sql/supabase-compat.sql -c "create extension pg_billing"
+	.venv/bin/python bench/run.py --host $(BENCH_DIR)/sock --port $(BENCH_PORT)
+	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh stop
+
 clean: stop
-	rm -rf .cluster target .venv
+	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh stop
+	@PG_BILLING_PORT=54350 PG_BILLING_CLUSTER_DIR=$(CURDIR)/.cluster-crash bash scripts/cluster.sh stop
+	rm -rf .cluster .cluster-bench .cluster-crash target .venv

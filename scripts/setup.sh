@@ -30,9 +30,12 @@ if [ ! -f "$PGRX_HOME/.initialized-pg15" ]; then
   touch "$PGRX_HOME/.initialized-pg15"
 fi
 
-if [ ! -x .venv/bin/pytest ] || ! .venv/bin/python -c "import psycopg, stripe, pytest" 2>/dev/null; then
-  echo "== creating .venv (pytest, psycopg, stripe)"
+# The virtualenv is rebuilt whenever tests/requirements.txt changes.
+want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
+if [ ! -x .venv/bin/pytest ] || [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
+  echo "== installing .venv (tests/requirements.txt)"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r tests/requirements.txt
+  echo "$want" > .venv/.requirements.sha
 fi

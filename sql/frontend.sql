@@ -38,11 +38,14 @@ begin
       select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('kind', x.kind, 'expires_at', x.expires_at,
                                                                           'tokens', x.tokens)
                                            order by x.expires_at, x.kind), '[]'::jsonb)
-        from (select g.kind, g.expires_at, pg_catalog.sum(g.remaining)::bigint as tokens
+        from (select g.kind, g.expires_at,
+                     pg_catalog.sum(case when g.id = v_bal.head_grant_id then v_bal.head_remaining
+                                         else g.remaining end)::bigint as tokens
                 from billing.token_grants g
                where g.user_id = v_user and g.remaining > 0
                  and (g.expires_at is null or g.expires_at > pg_catalog.now())
-               group by g.kind, g.expires_at) x),
+               group by g.kind, g.expires_at) x
+       where x.tokens > 0),
     'subscription', (
       select pg_catalog.jsonb_build_object(
                'plan', p.code, 'plan_name', p.name, 'status', s.status,
@@ -102,8 +105,11 @@ begin
     raise exception using errcode = '22023', message = 'p_limit must be 1 to 500 and p_offset >= 0';
   end if;
   return query
-    select g.id, g.kind, g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.expires_at, g.created_at
+    select g.id, g.kind, g.tokens,
+           case when g.id = b.head_grant_id then b.head_remaining else g.remaining end,
+           g.frozen, g.expired, g.clawed_back, g.expires_at, g.created_at
       from billing.token_grants g
+      left join billing.balances b on b.user_id = g.user_id
      where g.user_id = v_user
      order by g.id desc
      limit p_limit offset p_offset;

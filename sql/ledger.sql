@@ -4,7 +4,10 @@
 -- reservations first locks that user's billing.balances row (UPDATE or SELECT ... FOR UPDATE), and
 -- reads the grants only afterwards (READ COMMITTED takes a fresh snapshot per statement).
 -- Balances are then recomputed from the grants (billing._recompute_balance), except on the
--- consume_tokens fast path, which updates them incrementally.
+-- consume_tokens fast path: while the head of the burn order (balances.head_grant_id) covers the
+-- amount, a consume is one UPDATE of the balance row and one INSERT into token_usage. Slow-path
+-- writers first flush head_remaining back into token_grants (billing._flush_head), so grant rows
+-- are authoritative whenever anything else reads or writes them.
 --
 -- SQLSTATEs (README "Errors"): PT402 insufficient tokens, 42501 not allowed, 22023 invalid argument,
 -- PT409 idempotency conflict, PT404 unknown reservation, PT410 reservation no longer held.
@@ -137,21 +140,41 @@ begin
 end
 $$;
 
--- Recomputes the user's balance row from the ledger, after covering debt with spendable tokens.
--- The caller holds the balance lock and has settled expired grants and holds.
+-- Writes the head grant's authoritative remaining back into token_grants and clears the head, so
+-- the grant rows are exact. The caller holds the balance lock and recomputes the balance afterwards.
+create function billing._flush_head(p_user_id uuid) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  update billing.token_grants g set remaining = b.head_remaining
+    from billing.balances b
+   where b.user_id = p_user_id and b.head_grant_id is not null and g.id = b.head_grant_id;
+  update billing.balances b set head_grant_id = null, head_remaining = 0
+   where b.user_id = p_user_id and b.head_grant_id is not null;
+end
+$$;
+
+-- Recomputes the user's balance row from the ledger, after covering debt with spendable tokens,
+-- and picks the new head of the burn order. The caller holds the balance lock and has settled
+-- expired grants and holds.
 create function billing._recompute_balance(p_user_id uuid) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_debt bigint;
   v_spendable bigint;
+  v_head billing.token_grants;
   v_row billing.balances;
 begin
+  perform billing._flush_head(p_user_id);
   select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
     into v_debt, v_spendable
     from billing.token_grants g where g.user_id = p_user_id;
   if v_debt > 0 and v_spendable > 0 then
     perform billing._burn(p_user_id, least(v_debt, v_spendable), true);
   end if;
+  select g.* into v_head from billing.token_grants g
+   where g.user_id = p_user_id and g.remaining > 0 and (g.expires_at is null or g.expires_at > pg_catalog.now())
+   order by g.expires_at, g.id
+   limit 1;
   update billing.balances b
      set spendable = (select coalesce(pg_catalog.sum(g.remaining), 0) from billing.token_grants g
                        where g.user_id = p_user_id),
@@ -164,6 +187,8 @@ begin
              where g.user_id = p_user_id and g.remaining > 0),
            (select pg_catalog.min(r.expires_at) from billing.token_reservations r
              where r.user_id = p_user_id and r.status = 'held')),
+         head_grant_id = v_head.id,
+         head_remaining = coalesce(v_head.remaining, 0),
          updated_at = pg_catalog.now()
    where b.user_id = p_user_id
   returning b.* into v_row;
@@ -171,9 +196,11 @@ begin
 end
 $$;
 
--- Locks the user's balance row (creating it when p_create) and settles what is due: holds past
--- their TTL go back to their grants, grants past expiry expire, debt is covered, the row is
--- recomputed. Returns the settled row, or NULL when the user has none and p_create is false.
+-- Locks the user's balance row (creating it when p_create), flushes the head grant, and settles
+-- what is due: holds past their TTL go back to their grants, grants past expiry expire, debt is
+-- covered, the row is recomputed. Returns the row, or NULL when the user has none and p_create is
+-- false. The head stays flushed: while a head is set only the fast path may write grant rows, so
+-- every caller recomputes the balance (which sets the head again) as its last write.
 create function billing._lock_and_settle(p_user_id uuid, p_create boolean) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
@@ -188,8 +215,9 @@ begin
     insert into billing.balances (user_id) values (p_user_id) on conflict (user_id) do nothing;
     select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
   end if;
+  perform billing._flush_head(p_user_id);
   if v_row.next_event_at is null or v_row.next_event_at > pg_catalog.now() then
-    return v_row;
+    return v_row; -- spendable, held and debt are exact; the caller recomputes the head when done
   end if;
   for v_hold in
     select r.id, r.drawn_from from billing.token_reservations r
@@ -200,7 +228,10 @@ begin
   end loop;
   update billing.token_grants g set expired = g.expired + g.remaining, remaining = 0
    where g.user_id = p_user_id and g.remaining > 0 and g.expires_at <= pg_catalog.now();
-  return billing._recompute_balance(p_user_id);
+  v_row := billing._recompute_balance(p_user_id);
+  -- The caller writes grants next: leave no head, so its final recompute cannot overwrite them.
+  perform billing._flush_head(p_user_id);
+  return v_row;
 end
 $$;
 
@@ -212,7 +243,8 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
     when b.user_id is null then 0
     when b.next_event_at is null or b.next_event_at > pg_catalog.now() then b.spendable
     else greatest(0,
-      (select coalesce(pg_catalog.sum(g.remaining), 0) from billing.token_grants g
+      (select coalesce(pg_catalog.sum(case when g.id = b.head_grant_id then b.head_remaining else g.remaining end), 0)
+         from billing.token_grants g
         where g.user_id = p_user_id and g.remaining > 0
           and (g.expires_at is null or g.expires_at > pg_catalog.now()))
       + (select coalesce(pg_catalog.sum(r.drawn_from[i][2]), 0)
@@ -231,17 +263,58 @@ $$;
 -- Public functions
 -- ---------------------------------------------------------------------------------------------
 
-create function billing.get_balance(p_user_id uuid) returns bigint
-language plpgsql stable security definer set search_path = pg_catalog, pg_temp as $$
+-- Who may read p_user_id's balance: raises 42501 for anon and for a user asking about someone
+-- else, 22023 for NULL; returns p_user_id. get_balance calls it only for API roles.
+create function billing._check_balance_reader(p_user_id uuid) returns uuid
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
   perform billing._require_access(p_user_id);
   if p_user_id is null then
     raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
   end if;
-  return billing._spendable_now(p_user_id);
+  return p_user_id;
 end
 $$;
+
+-- An inlinable SQL function (no SECURITY DEFINER, no SET): the planner folds it into the calling
+-- query, so reading a balance costs about a primary-key lookup. Without a pinned search_path it
+-- qualifies every function, operator and type. It runs with the caller's rights: row-level
+-- security limits `authenticated` to its own row; the explicit check adds the 42501 the contract
+-- promises. p_user_id is referenced once so that inlining never duplicates the argument.
+create function billing.get_balance(p_user_id uuid) returns bigint
+language sql stable as $$
+  select (
+    select coalesce(
+             (select b.spendable from billing.balances b
+               where b.user_id operator(pg_catalog.=) r.u
+                 and (b.next_event_at is null or b.next_event_at operator(pg_catalog.>) pg_catalog.now())),
+             billing._spendable_now(r.u))
+      from (select case when x.p is null
+                          or pg_catalog.current_setting('role') operator(pg_catalog.=) any
+                             (array['anon', 'authenticated']::pg_catalog.text[])
+                        then billing._check_balance_reader(x.p)
+                        else x.p end as u
+              from (select p_user_id as p) x) r)
+$$;
 comment on function billing.get_balance(uuid) is 'Spendable tokens now (excludes expired and held tokens).';
+
+-- The original result of a consume whose idempotency key was used before, or PT409.
+create function billing._consume_replay(p_user_id uuid, p_amount bigint, p_key text)
+returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_prev billing.token_usage;
+begin
+  select u.* into v_prev from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_key;
+  if not found then
+    raise exception using errcode = 'XX000', message = 'pg_billing: idempotency key conflict without a usage row';
+  elsif v_prev.tokens <> p_amount then
+    raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
+      detail = pg_catalog.format('key %L charged %s tokens, this call asks for %s', p_key, v_prev.tokens, p_amount);
+  end if;
+  return query select v_prev.id, v_prev.tokens, v_prev.balance_after, true;
+end
+$$;
 
 create function billing.consume_tokens(
   p_user_id uuid,
@@ -251,65 +324,73 @@ create function billing.consume_tokens(
 ) returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
+  v_role text := pg_catalog.current_setting('role');
   v_after bigint;
-  v_row billing.balances;
-  v_prev record;
   v_id bigint;
+  v_row billing.balances;
+  v_drawn bigint[];
 begin
-  perform billing._require_access(p_user_id);
+  -- Checks inline (this is the hot path); the same rules as billing._require_access.
+  if v_role = 'authenticated' or v_role = 'anon' then
+    perform billing._require_access(p_user_id);
+  end if;
   if p_user_id is null then
     raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+  elsif p_amount is null or p_amount <= 0 then
+    perform billing._check_amount('p_amount', p_amount);
+  elsif p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 255 then
+    perform billing._check_key(p_idempotency_key);
   end if;
-  perform billing._check_amount('p_amount', p_amount);
-  perform billing._check_key(p_idempotency_key);
-  p_metadata := billing._check_metadata(p_metadata);
-
-  -- Fast path: lock and debit in one statement while nothing is due to expire.
-  update billing.balances b
-     set spendable = b.spendable - p_amount, updated_at = pg_catalog.now()
-   where b.user_id = p_user_id and b.spendable >= p_amount and b.debt = 0
-     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-  returning b.spendable into v_after;
-
-  if not found then
-    v_row := billing._lock_and_settle(p_user_id, false);
-    if v_row.user_id is not null and p_idempotency_key is not null then
-      select u.id, u.tokens, u.balance_after into v_prev
-        from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_idempotency_key;
-      if found then
-        if v_prev.tokens <> p_amount then
-          raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
-            detail = pg_catalog.format('key %L charged %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
-        end if;
-        return query select v_prev.id, v_prev.tokens, v_prev.balance_after, true;
-        return;
-      end if;
-    end if;
-    if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
-      perform billing._raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
-    end if;
-    update billing.balances b set spendable = b.spendable - p_amount, updated_at = pg_catalog.now()
-     where b.user_id = p_user_id
-    returning b.spendable into v_after;
-  elsif p_idempotency_key is not null then
-    -- Under the lock now: a key used before (or by a racing call that committed first) is a replay.
-    select u.id, u.tokens, u.balance_after into v_prev
-      from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_idempotency_key;
-    if found then
-      if v_prev.tokens <> p_amount then
-        raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
-          detail = pg_catalog.format('key %L charged %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
-      end if;
-      update billing.balances b set spendable = b.spendable + p_amount where b.user_id = p_user_id;
-      return query select v_prev.id, v_prev.tokens, v_prev.balance_after, true;
-      return;
-    end if;
+  if p_metadata is null then
+    p_metadata := '{}';
+  elsif pg_catalog.jsonb_typeof(p_metadata) <> 'object' then
+    perform billing._check_metadata(p_metadata);
   end if;
 
+  -- Fast path: nothing is due to expire and the head grant covers the amount. One UPDATE (which
+  -- also locks the user's balance row) and one INSERT; a key seen before inserts nothing.
+  with debit as (
+    update billing.balances b
+       set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+     where b.user_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+       and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+    returning b.user_id, b.spendable, b.head_grant_id
+  ), usage as (
+    insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+    select d.user_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
+      from debit d
+    on conflict (user_id, idempotency_key) where idempotency_key is not null do nothing
+    returning id
+  )
+  select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
+
+  if v_id is not null then
+    return query select v_id, p_amount, v_after, false;
+    return;
+  elsif v_after is not null then
+    -- The key was used before (or by a racing call that committed first): undo the debit.
+    update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
+     where b.user_id = p_user_id;
+    return query select * from billing._consume_replay(p_user_id, p_amount, p_idempotency_key);
+    return;
+  end if;
+
+  -- Slow path: lock, flush the head, settle what is due, then spend across grants in order.
+  v_row := billing._lock_and_settle(p_user_id, false);
+  if v_row.user_id is not null and p_idempotency_key is not null
+     and exists (select 1 from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_idempotency_key) then
+    return query select * from billing._consume_replay(p_user_id, p_amount, p_idempotency_key);
+    return;
+  end if;
+  if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+    perform billing._raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+  end if;
+  v_drawn := billing._burn(p_user_id, p_amount, false);
+  v_row := billing._recompute_balance(p_user_id);
   insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
-  values (p_user_id, p_amount, p_idempotency_key, p_metadata, billing._burn(p_user_id, p_amount, false), v_after)
+  values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
-  return query select v_id, p_amount, v_after, false;
+  return query select v_id, p_amount, v_row.spendable, false;
 end
 $$;
 comment on function billing.consume_tokens(uuid, bigint, text, jsonb) is
@@ -414,6 +495,7 @@ begin
         raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
           detail = pg_catalog.format('key %L reserved %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
       end if;
+      v_row := billing._recompute_balance(p_user_id);
       return query select v_prev.id, v_prev.tokens, v_prev.expires_at, v_row.spendable, true;
       return;
     end if;
@@ -425,11 +507,7 @@ begin
   insert into billing.token_reservations (user_id, tokens, idempotency_key, expires_at, drawn_from)
   values (p_user_id, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, billing._burn(p_user_id, p_amount, false))
   returning * into v_res;
-  update billing.balances b
-     set spendable = b.spendable - p_amount, held = b.held + p_amount,
-         next_event_at = least(b.next_event_at, v_res.expires_at), updated_at = pg_catalog.now()
-   where b.user_id = p_user_id
-  returning b.* into v_row;
+  v_row := billing._recompute_balance(p_user_id);
   return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable, false;
 end
 $$;
@@ -563,6 +641,7 @@ begin
        for update skip locked
   loop
     perform billing._lock_and_settle(v_user, false);
+    perform billing._recompute_balance(v_user);
     v_count := v_count + 1;
   end loop;
   return v_count;
@@ -575,7 +654,11 @@ comment on function billing.run_maintenance(integer) is
 create function billing.verify_ledger()
 returns table (invariant text, user_id uuid, detail text)
 language sql stable security definer set search_path = pg_catalog, pg_temp as $$
-  with spent as (
+  with live as (  -- grants with the head's authoritative remaining
+    select g.*, case when b.head_grant_id = g.id then b.head_remaining else g.remaining end as live_remaining
+      from billing.token_grants g
+      left join billing.balances b on b.user_id = g.user_id
+  ), spent as (
     select (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
       from billing.token_usage u cross join lateral pg_catalog.generate_subscripts(u.drawn_from, 1) as i
      group by 1
@@ -585,23 +668,23 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
      where r.status = 'held'
      group by 1
   ), per_user as (
-    select g.user_id, pg_catalog.sum(g.remaining) as remaining,
+    select g.user_id, pg_catalog.sum(g.live_remaining) as remaining,
            pg_catalog.sum(g.debt_incurred - g.debt_repaid) as debt
-      from billing.token_grants g group by g.user_id
+      from live g group by g.user_id
   ), holds as (
     select r.user_id, pg_catalog.sum(r.tokens) as held
       from billing.token_reservations r where r.status = 'held' group by r.user_id
   )
   select 'grant tokens do not add up', g.user_id,
          pg_catalog.format('grant %s: tokens %s <> remaining %s + frozen %s + expired %s + clawed back %s + debt repaid %s + spent %s + held %s',
-           g.id, g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_repaid, coalesce(s.t, 0), coalesce(h.t, 0))
-    from billing.token_grants g
+           g.id, g.tokens, g.live_remaining, g.frozen, g.expired, g.clawed_back, g.debt_repaid, coalesce(s.t, 0), coalesce(h.t, 0))
+    from live g
     left join spent s on s.grant_id = g.id
     left join held h on h.grant_id = g.id
-   where g.tokens <> g.remaining + g.frozen + g.expired + g.clawed_back + g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
+   where g.tokens <> g.live_remaining + g.frozen + g.expired + g.clawed_back + g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
   union all
-  select 'grant remaining out of range', g.user_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.remaining, g.tokens)
-    from billing.token_grants g where g.remaining < 0 or g.remaining > g.tokens
+  select 'grant remaining out of range', g.user_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.live_remaining, g.tokens)
+    from live g where g.live_remaining < 0 or g.live_remaining > g.tokens
   union all
   select 'balance does not match ledger', coalesce(b.user_id, p.user_id),
          pg_catalog.format('spendable %s vs grants %s; held %s vs reservations %s; debt %s vs grants %s',
@@ -619,6 +702,21 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   union all
   select 'debt with spendable tokens', b.user_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
     from billing.balances b where b.debt > 0 and b.spendable > 0
+  union all
+  select 'head grant is not the user''s', b.user_id, pg_catalog.format('head %s', b.head_grant_id)
+    from billing.balances b
+   where b.head_grant_id is not null
+     and not exists (select 1 from billing.token_grants g where g.id = b.head_grant_id and g.user_id = b.user_id
+                       and b.head_remaining <= g.remaining)
+  union all
+  select 'head grant is not first in burn order', b.user_id,
+         pg_catalog.format('head %s, but grant %s expires sooner', b.head_grant_id, g.id)
+    from billing.balances b
+    join billing.token_grants h on h.id = b.head_grant_id
+    join live g on g.user_id = b.user_id and g.id <> h.id and g.live_remaining > 0
+   where b.head_remaining > 0
+     and (g.expires_at is null or g.expires_at > pg_catalog.now())
+     and (coalesce(g.expires_at, 'infinity'), g.id) < (coalesce(h.expires_at, 'infinity'), h.id)
   union all
   select 'usage does not match its grants', u.user_id,
          pg_catalog.format('usage %s: tokens %s, drawn %s', u.id, u.tokens,

@@ -3,10 +3,11 @@
 -- grants.sql. Nobody but the extension's own functions writes the ledger tables.
 --
 -- Ledger invariants (checked by billing.verify_ledger()):
---   per grant:  tokens = remaining + frozen + expired + clawed_back + debt_repaid
+--   per grant:  tokens = live remaining + frozen + expired + clawed_back + debt_repaid
 --                        + spent (token_usage.drawn_from) + held (held reservations' drawn_from)
---   per user:   balances.spendable = sum(remaining), balances.held = sum(held reservations),
+--   per user:   balances.spendable = sum(live remaining), balances.held = sum(held reservations),
 --               balances.debt = sum(debt_incurred - debt_repaid); debt > 0 implies spendable = 0.
+--   live remaining: balances.head_remaining for the user's head grant, token_grants.remaining otherwise.
 
 -- Identity, exactly as Supabase's auth.uid() computes it (supabase/auth migrations), so policies and
 -- functions work where schema auth does not exist (plain PostgreSQL, `cargo pgrx test`).
@@ -106,7 +107,13 @@ create table billing.balances (
   -- soonest expiry of a grant with tokens left or of a held reservation: from then on the cached
   -- numbers may include expired tokens, and the next writer settles them first.
   next_event_at timestamptz,
-  updated_at    timestamptz not null default now()
+  updated_at    timestamptz not null default now(), -- last settle or slow-path write
+  -- The head of the burn order (the grant consume_tokens draws from next) and its authoritative
+  -- remaining tokens: a consume that fits updates only this row. token_grants.remaining of the head
+  -- is stale until a slow-path writer flushes head_remaining back (billing._flush_head).
+  head_grant_id  bigint,
+  head_remaining bigint not null default 0 check (head_remaining >= 0),
+  check (head_grant_id is not null or head_remaining = 0)
 ) with (fillfactor = 70); -- room for HOT updates: every consume updates this row
 
 create table billing.token_grants (

@@ -1,0 +1,193 @@
+"""How the product's FastAPI backend adopts pg_billing: every endpoint is a thin call into the database.
+
+Run: PG_BILLING_DSN=... SUPABASE_JWT_SECRET=... STRIPE_API_KEY=... uvicorn app:app
+(`create_app` takes the same settings as arguments, which is what the tests use.)
+
+Connections go through a psycopg 3 async pool configured for transaction poolers (Supavisor or
+PgBouncer in transaction mode): no prepared statements, no session state; identity is set per
+transaction with transaction-local settings only.
+"""
+import asyncio
+import json
+import os
+import uuid
+from contextlib import asynccontextmanager
+
+import jwt
+import psycopg
+import stripe
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, Field
+
+# SQLSTATE -> HTTP status for the errors the backend passes on (README "Errors").
+STATUS = {"PT402": 402, "42501": 403, "22023": 400, "22P02": 400, "PT409": 409, "PT404": 404, "PT410": 410}
+
+
+class CheckoutRequest(BaseModel):
+    price_id: str = Field(min_length=1, max_length=255)
+    quantity: int = Field(default=1, ge=1, le=100)
+
+
+class ChatRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=100_000)
+    max_tokens: int = Field(default=256, ge=1, le=100_000)
+
+
+def fake_model_reply(prompt: str, max_tokens: int) -> list[str]:
+    """Stands in for the LLM: one "token" per word, at most max_tokens."""
+    words = (f"echo: {prompt} " * 50).split()
+    return words[:max(1, min(max_tokens, len(prompt.split()) * 3))]
+
+
+def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, webhook_secret: str | None = None,
+               site_url: str = "http://localhost:3000", token_delay: float = 0.0) -> FastAPI:
+    pool = AsyncConnectionPool(dsn, open=False, min_size=1, max_size=10,
+                               kwargs={"prepare_threshold": None, "autocommit": False})
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await pool.open()
+        yield
+        await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    def current_user(authorization: str = Header(default="")) -> dict:
+        """The Supabase access token's claims (HS256 with the project's JWT secret)."""
+        if not authorization.startswith("Bearer "):
+            raise HTTPException(401, "missing bearer token")
+        try:
+            claims = jwt.decode(authorization[7:], jwt_secret, algorithms=["HS256"], audience="authenticated")
+            uuid.UUID(claims["sub"])
+        except (jwt.PyJWTError, KeyError, ValueError) as e:
+            raise HTTPException(401, f"invalid token: {e}") from e
+        return claims
+
+    def db_error(e: psycopg.Error) -> JSONResponse:
+        status = STATUS.get(e.sqlstate or "", 500)
+        return JSONResponse({"code": e.sqlstate, "message": e.diag.message_primary, "details": e.diag.message_detail,
+                             "hint": e.diag.message_hint}, status_code=status)
+
+    @app.post("/api/payments/webhook")
+    async def stripe_webhook(request: Request, stripe_signature: str = Header(default="")):
+        raw = await request.body()  # the exact bytes Stripe signed: never parse before verifying
+        try:
+            payload = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "body is not UTF-8"}, status_code=400)
+        try:
+            async with pool.connection() as conn:
+                async with conn.transaction():
+                    if webhook_secret:
+                        cur = await conn.execute("select billing.handle_stripe_webhook(%s, %s, %s)",
+                                                 (payload, stripe_signature, webhook_secret))
+                    else:  # the secret comes from Vault or billing.webhook_secrets
+                        cur = await conn.execute("select billing.handle_stripe_webhook(%s, %s)", (payload, stripe_signature))
+                    outcome = (await cur.fetchone())[0]
+            return outcome  # only after the transaction committed
+        except psycopg.Error as e:
+            if e.sqlstate in ("PT400", "22023"):
+                return JSONResponse({"error": e.diag.message_primary, "detail": e.diag.message_detail}, status_code=400)
+            # PT422 (catalog or customer link missing), PT500, lost connections: 5xx so Stripe retries
+            return JSONResponse({"error": e.diag.message_primary if e.diag else str(e)}, status_code=503)
+
+    @app.post("/api/payments/create-checkout")
+    async def create_checkout(body: CheckoutRequest, user: dict = Depends(current_user)):
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "select 'payment' from billing.token_packs where stripe_price_id = %(p)s and active"
+                " union all select 'subscription' from billing.plans where stripe_price_id = %(p)s and active",
+                {"p": body.price_id})
+            row = await cur.fetchone()
+        if row is None:
+            raise HTTPException(400, "unknown price")
+        mode = row[0]
+        quantity = body.quantity if mode == "payment" else 1
+        metadata = {"user_id": user["sub"], "price_id": body.price_id, "quantity": str(quantity)}
+        params = {
+            "mode": mode,
+            "line_items": [{"price": body.price_id, "quantity": quantity}],
+            "client_reference_id": user["sub"],
+            "metadata": metadata,
+            "success_url": f"{site_url}/billing?checkout=success",
+            "cancel_url": f"{site_url}/billing?checkout=cancel",
+        }
+        if mode == "subscription":
+            params["subscription_data"] = {"metadata": {"user_id": user["sub"]}}
+        session = await asyncio.to_thread(stripe_client.v1.checkout.sessions.create, params)
+        return {"id": session.id, "url": session.url}
+
+    @app.post("/api/chat")
+    async def chat(body: ChatRequest, request: Request, user: dict = Depends(current_user),
+                   idempotency_key: str | None = Header(default=None)):
+        """Metered chat: hold the request's maximum, stream, charge what was produced."""
+        key = idempotency_key or f"chat-{uuid.uuid4()}"
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute("select reservation_id from billing.reserve_tokens(%s, %s, %s)",
+                                         (user["sub"], body.max_tokens, key))
+                reservation = (await cur.fetchone())[0]
+                await conn.commit()
+        except psycopg.Error as e:
+            return db_error(e)
+
+        async def settle(sql, args):
+            async with pool.connection() as conn:
+                await conn.execute(sql, args)
+                await conn.commit()
+
+        async def stream():
+            produced, done = 0, False
+            try:
+                for word in fake_model_reply(body.prompt, body.max_tokens):
+                    if token_delay:
+                        await asyncio.sleep(token_delay)
+                    produced += 1
+                    yield word + " "
+                done = True
+            finally:
+                # shield: on a client disconnect this runs while the request task is being cancelled
+                if done:
+                    await asyncio.shield(settle("select billing.commit_reservation(%s, %s)", (reservation, produced)))
+                else:
+                    await asyncio.shield(settle("select billing.release_reservation(%s)", (reservation,)))
+
+        return StreamingResponse(stream(), media_type="text/plain", headers={"X-Reservation-Id": str(reservation)})
+
+    async def as_user(user: dict, sql: str, args=()):
+        """Runs a query as the user, so row-level security applies (transaction-local only)."""
+        async with pool.connection() as conn:
+            async with conn.transaction():
+                await conn.execute("select set_config('role', 'authenticated', true),"
+                                   " set_config('request.jwt.claims', %s, true)", (json.dumps(user),))
+                cur = await conn.execute(sql, args)
+                return await cur.fetchall()
+
+    @app.get("/api/billing/subscription")
+    async def subscription(user: dict = Depends(current_user)):
+        try:
+            return (await as_user(user, "select billing.get_billing_summary()"))[0][0]
+        except psycopg.Error as e:
+            return db_error(e)
+
+    @app.get("/api/billing/usage")
+    async def usage(user: dict = Depends(current_user), bucket: str = "day", group_by: str | None = None):
+        try:
+            rows = await as_user(user, "select bucket, group_key, tokens, requests from billing.get_usage_history("
+                                       "p_bucket => %s, p_group_by => %s)", (bucket, group_by))
+        except psycopg.Error as e:
+            return db_error(e)
+        return [{"bucket": b.isoformat(), "group": g, "tokens": t, "requests": r} for b, g, t, r in rows]
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    return create_app(os.environ["PG_BILLING_DSN"], os.environ["SUPABASE_JWT_SECRET"],
+                      stripe.StripeClient(os.environ["STRIPE_API_KEY"]), os.environ.get("STRIPE_WEBHOOK_SECRET"))
+
+
+if os.environ.get("PG_BILLING_DSN"):
+    app = app_from_env()

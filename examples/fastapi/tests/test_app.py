@@ -1,0 +1,202 @@
+"""The example backend end to end: HTTP in, pg_billing in the database, real PostgreSQL."""
+import concurrent.futures
+import json
+import pathlib
+import time
+import uuid
+
+import httpx
+import stripe
+
+from conftest import WEBHOOK_SECRET, token_for
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "stripe" / "events" / "current"
+SHIFT = int(time.time()) - 86400 - 1763900000  # the story, moved so it began a day ago
+
+
+def story_event(prefix, user=None, **overrides):
+    def shift(v):
+        if isinstance(v, dict):
+            return {k: shift(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [shift(x) for x in v]
+        if isinstance(v, int) and not isinstance(v, bool) and 1_700_000_000 <= v <= 1_800_000_000:
+            return v + SHIFT
+        return v
+    text = next(FIXTURES.glob(f"{prefix}_*.json")).read_text()
+    if user:
+        text = text.replace("5a1b2c3d-0000-4000-8000-00000000000a", str(user)).replace("cus_TestUserA", f"cus_{user.hex[:12]}")
+    event = shift(json.loads(text))
+    for path, value in overrides.items():
+        target = event
+        *parents, last = path.split(".")
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    return json.dumps(event)
+
+
+def post_webhook(http, payload, secret=WEBHOOK_SECRET):
+    header = stripe.WebhookSignature.generate_signature_header(payload, secret)
+    return http.post("/api/payments/webhook", content=payload.encode(),
+                     headers={"Stripe-Signature": header, "Content-Type": "application/json"})
+
+
+def new_user(db):
+    u = uuid.uuid4()
+    db.execute("insert into auth.users (id, email) values (%s, %s)", (u, f"{u}@example.com"))
+    return u
+
+
+def balance(db, u):
+    return db.execute("select billing.get_balance(%s)", (u,)).fetchone()[0]
+
+
+def auth(u):
+    return {"Authorization": f"Bearer {token_for(u)}"}
+
+
+def test_fixture_story_through_http(http, db):
+    u = new_user(db)
+    ids = {"id": f"evt_{uuid.uuid4().hex}", "data.object.id": f"cs_{uuid.uuid4().hex}",
+           "data.object.payment_intent": f"pi_{uuid.uuid4().hex}"}
+    checkout = story_event("01", u, **ids)
+    r = post_webhook(http, checkout)
+    assert r.status_code == 200 and r.json()["outcome"] == "processed"
+    assert post_webhook(http, checkout).json()["outcome"] == "duplicate"
+    assert balance(db, u) == 1000
+    sub_id = f"sub_{uuid.uuid4().hex}"
+    for prefix in ["04", "05"]:
+        r = post_webhook(http, story_event(prefix, u, **{"id": f"evt_{uuid.uuid4().hex}", "data.object.id":
+                                                          sub_id if prefix == "05" else f"cs_{uuid.uuid4().hex}"}))
+        assert r.status_code == 200, r.text
+    r = post_webhook(http, story_event("06", u, **{"id": f"evt_{uuid.uuid4().hex}", "data.object.id": f"in_{uuid.uuid4().hex}"}))
+    assert r.json()["effect"]["action"] == "granted"
+    assert balance(db, u) == 101000
+    refund = story_event("12", u, **{"id": f"evt_{uuid.uuid4().hex}", "data.object.payment_intent":
+                                     ids["data.object.payment_intent"]})
+    assert post_webhook(http, refund).json()["effect"]["grants"][0]["clawed_back"] == 500
+    assert balance(db, u) == 100500
+    summary = http.get("/api/billing/subscription", headers=auth(u)).json()
+    assert summary["balance"] == 100500 and summary["subscription"]["plan"] == "pro"
+    assert summary["subscription"]["status"] == "active"
+
+
+def test_bad_signature_is_400_and_records_nothing(http, db):
+    payload = story_event("17", **{"id": f"evt_{uuid.uuid4().hex}"})
+    r = post_webhook(http, payload, secret="whsec_wrong")
+    assert r.status_code == 400
+    r = http.post("/api/payments/webhook", content=payload.encode(), headers={"Stripe-Signature": "t=1,v1=00"})
+    assert r.status_code == 400
+    assert http.post("/api/payments/webhook", content=b"\xff\xfe", headers={"Stripe-Signature": "t=1"}).status_code == 400
+    evt = json.loads(payload)["id"]
+    assert db.execute("select count(*) from billing.payment_transactions where stripe_event_id = %s", (evt,)).fetchone()[0] == 0
+
+
+def test_unappliable_event_is_5xx_so_stripe_retries_and_retry_succeeds(http, db):
+    u = new_user(db)
+    price = f"price_late_{uuid.uuid4().hex[:8]}"
+    payload = story_event("01", u, **{"id": f"evt_{uuid.uuid4().hex}", "data.object.id": f"cs_{uuid.uuid4().hex}",
+                                      "data.object.metadata.price_id": price})
+    assert post_webhook(http, payload).status_code == 503
+    db.execute("insert into billing.token_packs (stripe_price_id, tokens, currency) values (%s, 50, 'usd')", (price,))
+    r = post_webhook(http, payload)
+    assert r.status_code == 200 and r.json()["outcome"] == "processed"
+    assert balance(db, u) == 50
+
+
+def test_concurrent_duplicate_webhook_posts_grant_once(server, db):
+    u = new_user(db)
+    payload = story_event("01", u, **{"id": f"evt_{uuid.uuid4().hex}", "data.object.id": f"cs_{uuid.uuid4().hex}",
+                                      "data.object.payment_intent": f"pi_{uuid.uuid4().hex}"})
+
+    def send(_):
+        with httpx.Client(base_url=server, timeout=30) as c:
+            return post_webhook(c, payload)
+
+    with concurrent.futures.ThreadPoolExecutor(10) as ex:
+        responses = list(ex.map(send, range(10)))
+    assert all(r.status_code == 200 for r in responses)
+    assert sorted(r.json()["outcome"] for r in responses) == ["duplicate"] * 9 + ["processed"]
+    assert balance(db, u) == 1000
+
+
+def test_create_checkout_sends_exact_parameters(http, db, stripe_http):
+    u = new_user(db)
+    stripe_http.requests.clear()
+    r = http.post("/api/payments/create-checkout", json={"price_id": "price_Pack1000", "quantity": 3}, headers=auth(u))
+    assert r.status_code == 200 and r.json()["id"] == "cs_test_recorded"
+    method, url, params = stripe_http.requests[-1]
+    assert (method, url) == ("post", "https://api.stripe.com/v1/checkout/sessions")
+    assert params == {
+        "mode": "payment",
+        "line_items[0][price]": "price_Pack1000",
+        "line_items[0][quantity]": "3",
+        "client_reference_id": str(u),
+        "metadata[user_id]": str(u),
+        "metadata[price_id]": "price_Pack1000",
+        "metadata[quantity]": "3",
+        "success_url": "http://localhost:3000/billing?checkout=success",
+        "cancel_url": "http://localhost:3000/billing?checkout=cancel",
+    }
+    r = http.post("/api/payments/create-checkout", json={"price_id": "price_ProMonthly", "quantity": 5}, headers=auth(u))
+    params = stripe_http.requests[-1][2]
+    assert params["mode"] == "subscription" and params["line_items[0][quantity]"] == "1"
+    assert params["subscription_data[metadata][user_id]"] == str(u)
+    n = len(stripe_http.requests)
+    assert http.post("/api/payments/create-checkout", json={"price_id": "price_nope"}, headers=auth(u)).status_code == 400
+    assert http.post("/api/payments/create-checkout", json={"price_id": "price_Pack1000"}).status_code == 401
+    assert len(stripe_http.requests) == n  # nothing sent to Stripe for refused requests
+
+
+def test_metered_chat_charges_what_was_streamed(http, db):
+    u = new_user(db)
+    db.execute("select billing.grant_purchase(%s, 100, %s)", (u, f"chat-{u}"))
+    r = http.post("/api/chat", json={"prompt": "hello there", "max_tokens": 50}, headers=auth(u))
+    assert r.status_code == 200
+    produced = len(r.text.split())
+    assert 0 < produced <= 50
+    rid = r.headers["X-Reservation-Id"]
+    assert db.execute("select status, committed_tokens from billing.token_reservations where id = %s", (rid,)).fetchone() \
+        == ("committed", produced)
+    assert balance(db, u) == 100 - produced
+
+
+def test_metered_chat_without_enough_tokens_is_402(http, db):
+    u = new_user(db)
+    db.execute("select billing.grant_purchase(%s, 10, %s)", (u, f"chat-{u}"))
+    r = http.post("/api/chat", json={"prompt": "hi", "max_tokens": 50}, headers=auth(u))
+    assert r.status_code == 402
+    assert r.json()["details"] == "requested 50, available 10"
+    assert balance(db, u) == 10
+
+
+def test_client_disconnect_mid_stream_releases_the_hold(server, db):
+    u = new_user(db)
+    db.execute("select billing.grant_purchase(%s, 1000, %s)", (u, f"chat-{u}"))
+    with httpx.Client(base_url=server, timeout=30) as c:
+        with c.stream("POST", "/api/chat", json={"prompt": "a long question " * 20, "max_tokens": 500},
+                      headers=auth(u)) as r:
+            rid = r.headers["X-Reservation-Id"]
+            next(r.iter_raw())  # first words arrive, then the client goes away
+            assert balance(db, u) == 500
+    for _ in range(100):
+        status = db.execute("select status from billing.token_reservations where id = %s", (rid,)).fetchone()[0]
+        if status != "held":
+            break
+        time.sleep(0.05)
+    assert status == "released"
+    assert balance(db, u) == 1000
+    assert db.execute("select count(*) from billing.verify_ledger()").fetchone()[0] == 0
+
+
+def test_usage_and_subscription_are_read_as_the_user(http, db):
+    a, b = new_user(db), new_user(db)
+    for u, model in [(a, "small"), (b, "large")]:
+        db.execute("select billing.grant_purchase(%s, 100, %s)", (u, f"use-{u}"))
+        db.execute("select billing.consume_tokens(%s, 7, null, %s)", (u, json.dumps({"model": model})))
+    rows = http.get("/api/billing/usage", params={"group_by": "model"}, headers=auth(a)).json()
+    assert [(r["group"], r["tokens"]) for r in rows] == [("small", 7)]
+    assert http.get("/api/billing/usage", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert http.get("/api/billing/usage", params={"bucket": "week"}, headers=auth(a)).status_code == 400
+    assert http.get("/api/billing/subscription", headers=auth(a)).json()["balance"] == 93
