@@ -5,6 +5,7 @@ database with sql/supabase-compat.sql and `CREATE EXTENSION pg_billing` once per
 Each test uses its own random user ids and catalog rows, so tests do not see each other's data.
 """
 import json
+import threading
 import os
 import pathlib
 import uuid
@@ -103,3 +104,23 @@ def db():
 
 def sqlstate(excinfo):
     return excinfo.value.sqlstate
+
+
+def run_threads(n, target):
+    """Runs target(i) in n threads (each opens its own connection) and re-raises the first error, so an
+    assertion that fails inside a worker fails the test."""
+    errors = []
+
+    def wrap(i):
+        try:
+            target(i)
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

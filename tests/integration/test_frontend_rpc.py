@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from conftest import connect
+from conftest import connect, run_threads
 from postgrest import call
 
 
@@ -133,11 +133,7 @@ def test_promo_global_limit_holds_under_concurrency(db, rpc):
         with lock:
             statuses.append(s)
 
-    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(len(users), lambda i: worker(users[i]))
     assert sorted(statuses) == [200] * 10 + [410] * 20
     assert db.one("select redeemed_count from billing.promo_codes where code = %s", (code,))[0] == 10
     assert db.one("select count(*) from billing.promo_redemptions where code = %s", (code,))[0] == 10

@@ -7,28 +7,9 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import sqlstate
+from conftest import run_threads, sqlstate
 
 NOW = lambda: dt.datetime.now(dt.timezone.utc)  # noqa: E731
-
-
-def run_threads(n, target):
-    """Runs target(i) in n threads (each opens its own connection) and re-raises the first error."""
-    errors = []
-
-    def wrap(i):
-        try:
-            target(i)
-        except Exception as e:  # noqa: BLE001 - surfaced below
-            errors.append(e)
-
-    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 def test_race_spends_each_token_once(db):

@@ -11,7 +11,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import DBNAME, HOST, PORT
+from conftest import DBNAME, HOST, PORT, run_threads
 
 POOL_PORT = PORT + 1
 
@@ -66,7 +66,7 @@ def test_backend_race_through_the_pooler(db, pooler):
     db.grant(user, 300)
     ok, lock = [0], threading.Lock()
 
-    def worker():
+    def worker(_):
         with pooler() as c:
             for _ in range(50):
                 try:
@@ -76,11 +76,7 @@ def test_backend_race_through_the_pooler(db, pooler):
                 except psycopg.Error as e:
                     assert e.sqlstate == "PT402"
 
-    threads = [threading.Thread(target=worker) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(12, worker)
     assert ok[0] == 300 and db.balance(user) == 0
     assert db.ledger_problems() == []
 
@@ -107,11 +103,7 @@ def test_identity_never_leaks_between_pooled_transactions(db, pooler):
                     if leftover[0] not in (None, "") or leftover[1] != "authenticator":
                         errors.append(leftover)
 
-    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(len(users), lambda i: worker(users[i]))
     assert errors == []
     assert all(me == (u, 1) for u, me in seen)
     assert all(db.balance(u) == 5 for u in users)
@@ -138,15 +130,11 @@ def test_webhook_exactly_once_through_the_pooler(db, pooler):
     header = f"t={t},v1=" + hmac.new(b"whsec_pool", f"{t}.{payload}".encode(), hashlib.sha256).hexdigest()
     outcomes, lock = [], threading.Lock()
 
-    def worker():
+    def worker(_):
         with pooler() as c:
             r = c.execute("select billing.handle_stripe_webhook(%s, %s, 'whsec_pool')", (payload, header)).fetchone()[0]
             with lock:
                 outcomes.append(r["outcome"])
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t_ in threads:
-        t_.start()
-    for t_ in threads:
-        t_.join()
+    run_threads(8, worker)
     assert sorted(outcomes) == ["duplicate"] * 7 + ["ignored"]

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import stripe
 
-from conftest import Db, create_database, sqlstate
+from conftest import Db, create_database, run_threads, sqlstate
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "stripe" / "events"
 SHAPES = ["current", "2024-06-20"]
@@ -151,16 +151,12 @@ def test_concurrent_duplicate_deliveries_grant_once():
     payload = event("current", "01")
     outcomes, lock = [], threading.Lock()
 
-    def worker():
+    def worker(_):
         r = d.deliver(payload)
         with lock:
             outcomes.append(r["outcome"])
 
-    threads = [threading.Thread(target=worker) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(20, worker)
     assert sorted(outcomes) == ["duplicate"] * 19 + ["processed"]
     assert d.balance(USER) == 1000
     assert d.one("select count(*) from billing.token_grants")[0] == 1
