@@ -34,6 +34,17 @@ begin
   return v - p_amount;
 end $$;
 
+-- (b) inside the leanest PL/pgSQL function (invoker, no SET, no checks): what any function-based API
+-- costs on top of (b). Not a baseline with a target; it shows where the gap to (b) comes from.
+create function bench.consume_cte_fn(p_user uuid, p_amount bigint) returns bigint language plpgsql as $$
+declare v bigint;
+begin
+  with d as (update bench.accounts set tokens = tokens - p_amount where user_id = p_user and tokens >= p_amount
+             returning user_id, tokens)
+  insert into bench.usage (user_id, tokens) select user_id, p_amount from d returning id into v;
+  return v;
+end $$;
+
 insert into bench.accounts select bench.uid(n), 1000000000000 from generate_series(1, 10000) n;
 select count(*) from (select billing.grant_purchase(bench.uid(n), 1000000000000, 'bench-' || n)
                         from generate_series(1, 10000) n) g;

@@ -172,7 +172,7 @@ begin
     v_expires, pg_catalog.jsonb_build_object('promo_code', v_code), null, null, null, null);
   insert into billing.promo_redemptions (code, user_id, grant_id) values (v_code, v_user, v_ins.grant_id);
   v_row := billing._recompute_balance(v_user);
-  return query select v_ins.grant_id, v_promo.tokens, v_expires, v_row.spendable;
+  return query select v_ins.grant_id, v_promo.tokens, v_expires, v_row.spendable::bigint;
 end
 $$;
 comment on function billing.redeem_promo_code(text) is

@@ -82,37 +82,40 @@ $$;
 
 -- Takes p_amount tokens from the user's grants, soonest expiry first (never-expiring last), and
 -- returns {{grant_id, tokens}, ...}. The caller holds the balance lock and has checked that enough
--- is spendable. p_repays_debt marks the tokens as used to cover debt.
+-- is spendable. p_repays_debt marks the tokens as used to cover debt. How much each grant gives is
+-- billing._burn_allocation (pg_billing_core::ledger, fuzzed).
 create function billing._burn(p_user_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
+  v_ids bigint[];
+  v_remaining bigint[];
+  v_take bigint[];
   v_drawn bigint[];
-  v_total numeric;
 begin
-  with ordered as (
-    select g.id, g.remaining, g.expires_at,
-           pg_catalog.sum(g.remaining) over (order by g.expires_at, g.id) - g.remaining as before
-      from billing.token_grants g
-     where g.user_id = p_user_id and g.remaining > 0
-       and (g.expires_at is null or g.expires_at > pg_catalog.now())
-  ), take as (
-    select o.id, o.expires_at, least(o.remaining, p_amount - o.before)::bigint as t
-      from ordered o where o.before < p_amount
+  select pg_catalog.array_agg(g.id order by g.expires_at, g.id),
+         pg_catalog.array_agg(g.remaining order by g.expires_at, g.id)
+    into v_ids, v_remaining
+    from billing.token_grants g
+   where g.user_id = p_user_id and g.remaining > 0
+     and (g.expires_at is null or g.expires_at > pg_catalog.now());
+  v_take := billing._burn_allocation(v_remaining, p_amount);
+  if v_take is null then
+    raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+      detail = pg_catalog.format('needed %s tokens for user %s, grants held %s', p_amount, p_user_id,
+                                 coalesce((select pg_catalog.sum(r) from pg_catalog.unnest(v_remaining) r), 0));
+  end if;
+  with take as (
+    select t.id, t.tokens, t.ord from rows from (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_take)) with ordinality as t(id, tokens, ord)
+     where t.tokens > 0
   ), upd as (
     update billing.token_grants g
-       set remaining = g.remaining - take.t,
-           debt_repaid = g.debt_repaid + case when p_repays_debt then take.t else 0 end
+       set remaining = g.remaining - take.tokens,
+           debt_repaid = g.debt_repaid + case when p_repays_debt then take.tokens else 0 end
       from take where g.id = take.id
-    returning g.id, take.t, take.expires_at
+    returning g.id
   )
-  select pg_catalog.array_agg(array[upd.id, upd.t] order by upd.expires_at, upd.id),
-         pg_catalog.sum(upd.t)
-    into v_drawn, v_total
-    from upd;
-  if v_total is distinct from p_amount then
-    raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
-      detail = pg_catalog.format('needed %s tokens for user %s, grants held %s', p_amount, p_user_id, coalesce(v_total, 0));
-  end if;
+  select pg_catalog.array_agg(array[take.id, take.tokens] order by take.ord) into v_drawn
+    from take join upd on upd.id = take.id;
   return v_drawn;
 end
 $$;
@@ -276,25 +279,30 @@ begin
 end
 $$;
 
--- An inlinable SQL function (no SECURITY DEFINER, no SET): the planner folds it into the calling
--- query, so reading a balance costs about a primary-key lookup. Without a pinned search_path it
--- qualifies every function, operator and type. It runs with the caller's rights: row-level
--- security limits `authenticated` to its own row; the explicit check adds the 42501 the contract
--- promises. p_user_id is referenced once so that inlining never duplicates the argument.
+-- PL/pgSQL, SECURITY INVOKER, no SET: PostgreSQL never inlines a scalar SQL function whose body
+-- reads a table, and a non-inlined SQL function is planned again on every call (0.2.0 measured
+-- 0.21x a primary-key lookup); PL/pgSQL keeps its plan for the session. Without a pinned
+-- search_path every function, operator and type is qualified (tests/integration/test_linter.py
+-- checks it). It runs with the caller's rights: row-level security limits `authenticated` to its
+-- own row, and the explicit check adds the 42501 the contract promises.
 create function billing.get_balance(p_user_id uuid) returns bigint
-language sql stable as $$
-  select (
-    select coalesce(
-             (select b.spendable from billing.balances b
-               where b.user_id operator(pg_catalog.=) r.u
-                 and (b.next_event_at is null or b.next_event_at operator(pg_catalog.>) pg_catalog.now())),
-             billing._spendable_now(r.u))
-      from (select case when x.p is null
-                          or pg_catalog.current_setting('role') operator(pg_catalog.=) any
-                             (array['anon', 'authenticated']::pg_catalog.text[])
-                        then billing._check_balance_reader(x.p)
-                        else x.p end as u
-              from (select p_user_id as p) x) r)
+language plpgsql stable as $$
+declare
+  v_spendable pg_catalog.int8;
+begin
+  if p_user_id is null
+     or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
+    perform billing._check_balance_reader(p_user_id);
+  end if;
+  select b.spendable into v_spendable
+    from billing.balances b
+   where b.user_id operator(pg_catalog.=) p_user_id
+     and (b.next_event_at is null or b.next_event_at operator(pg_catalog.>) pg_catalog.now());
+  if found then
+    return v_spendable;
+  end if;
+  return billing._spendable_now(p_user_id);
+end
 $$;
 comment on function billing.get_balance(uuid) is 'Spendable tokens now (excludes expired and held tokens).';
 
@@ -348,31 +356,57 @@ begin
   end if;
 
   -- Fast path: nothing is due to expire and the head grant covers the amount. One UPDATE (which
-  -- also locks the user's balance row) and one INSERT; a key seen before inserts nothing.
-  with debit as (
-    update billing.balances b
-       set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
-     where b.user_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
-       and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-    returning b.user_id, b.spendable, b.head_grant_id
-  ), usage as (
-    insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
-    select d.user_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
+  -- also locks the user's balance row) and one INSERT in a single statement. Without a key it is a
+  -- plain INSERT; with one, ON CONFLICT makes a key seen before insert nothing. The result goes out
+  -- through the OUT parameters and RETURN NEXT (no extra query, unlike RETURN QUERY).
+  if p_idempotency_key is null then
+    with debit as (
+      update billing.balances b
+         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+       where b.user_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+         and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+      returning b.user_id, b.spendable, b.head_grant_id
+    )
+    insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after)
+    select d.user_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
-    on conflict (user_id, idempotency_key) where idempotency_key is not null do nothing
-    returning id
-  )
-  select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
+    returning id, token_usage.balance_after into usage_id, balance_after;
+    if found then
+      tokens_charged := p_amount;
+      replayed := false;
+      return next;
+      return;
+    end if;
+  else
+    with debit as (
+      update billing.balances b
+         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+       where b.user_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+         and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+      returning b.user_id, b.spendable, b.head_grant_id
+    ), usage as (
+      insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+      select d.user_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
+        from debit d
+      on conflict (user_id, idempotency_key) where idempotency_key is not null do nothing
+      returning id
+    )
+    select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
 
-  if v_id is not null then
-    return query select v_id, p_amount, v_after, false;
-    return;
-  elsif v_after is not null then
-    -- The key was used before (or by a racing call that committed first): undo the debit.
-    update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
-     where b.user_id = p_user_id;
-    return query select * from billing._consume_replay(p_user_id, p_amount, p_idempotency_key);
-    return;
+    if v_id is not null then
+      usage_id := v_id;
+      tokens_charged := p_amount;
+      balance_after := v_after;
+      replayed := false;
+      return next;
+      return;
+    elsif v_after is not null then
+      -- The key was used before (or by a racing call that committed first): undo the debit.
+      update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
+       where b.user_id = p_user_id;
+      return query select * from billing._consume_replay(p_user_id, p_amount, p_idempotency_key);
+      return;
+    end if;
   end if;
 
   -- Slow path: lock, flush the head, settle what is due, then spend across grants in order.
@@ -390,7 +424,7 @@ begin
   insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
-  return query select v_id, p_amount, v_row.spendable, false;
+  return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
 comment on function billing.consume_tokens(uuid, bigint, text, jsonb) is
@@ -458,7 +492,7 @@ begin
       detail = pg_catalog.format('(%s, %s) already granted %s tokens', p_kind, p_reference, v_grant.tokens);
   end if;
   v_row := billing._recompute_balance(p_user_id);
-  return query select v_grant.id, v_grant.tokens, v_row.spendable, not v_ins.inserted;
+  return query select v_grant.id, v_grant.tokens, v_row.spendable::bigint, not v_ins.inserted;
 end
 $$;
 comment on function billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb) is
@@ -496,7 +530,7 @@ begin
           detail = pg_catalog.format('key %L reserved %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
       end if;
       v_row := billing._recompute_balance(p_user_id);
-      return query select v_prev.id, v_prev.tokens, v_prev.expires_at, v_row.spendable, true;
+      return query select v_prev.id, v_prev.tokens, v_prev.expires_at, v_row.spendable::bigint, true;
       return;
     end if;
   end if;
@@ -508,7 +542,7 @@ begin
   values (p_user_id, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, billing._burn(p_user_id, p_amount, false))
   returning * into v_res;
   v_row := billing._recompute_balance(p_user_id);
-  return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable, false;
+  return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable::bigint, false;
 end
 $$;
 comment on function billing.reserve_tokens(uuid, bigint, text, interval) is
@@ -594,7 +628,7 @@ begin
     returning id into v_usage;
     update billing.token_reservations set usage_id = v_usage where id = v_res.id;
   end if;
-  return query select v_usage, p_actual_amount, v_res.tokens - p_actual_amount, v_row.spendable, false;
+  return query select v_usage, p_actual_amount, v_res.tokens - p_actual_amount, v_row.spendable::bigint, false;
 end
 $$;
 comment on function billing.commit_reservation(uuid, bigint) is
@@ -619,7 +653,7 @@ begin
   perform billing._return_to_grants(v_res.drawn_from);
   update billing.token_reservations set status = 'released', settled_at = pg_catalog.now() where id = v_res.id;
   v_row := billing._recompute_balance(v_res.user_id);
-  return query select v_res.tokens, v_row.spendable, false;
+  return query select v_res.tokens, v_row.spendable::bigint, false;
 end
 $$;
 comment on function billing.release_reservation(uuid) is 'Releases every token of a held reservation.';
@@ -724,6 +758,16 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
     from billing.token_usage u
    where u.tokens is distinct from
          (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i)
+  union all
+  select 'head tokens without a head grant', b.user_id, pg_catalog.format('head_remaining %s', b.head_remaining)
+    from billing.balances b where b.head_grant_id is null and b.head_remaining <> 0
+  union all
+  select 'usage row breaks its column rules', u.user_id,
+         pg_catalog.format('usage %s: tokens %s, key length %s, metadata %s', u.id, u.tokens,
+           pg_catalog.length(u.idempotency_key), pg_catalog.jsonb_typeof(u.metadata))
+    from billing.token_usage u
+   where u.tokens <= 0 or pg_catalog.length(u.idempotency_key) not between 1 and 255
+      or pg_catalog.jsonb_typeof(u.metadata) <> 'object'
   union all
   select 'duplicate grant reference', null::uuid, pg_catalog.format('(%s, %s) granted %s times', g.kind, g.reference, pg_catalog.count(*))
     from billing.token_grants g group by g.kind, g.reference having pg_catalog.count(*) > 1

@@ -227,25 +227,23 @@ create function billing._claw_back(p_grant_id bigint, p_target bigint) returns j
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_g billing.token_grants;
-  v_delta bigint;
-  v_from_remaining bigint;
-  v_from_frozen bigint;
+  v_split bigint[];  -- {from_remaining, from_frozen, debt}: billing._claw_back_split (pg_billing_core::ledger)
 begin
   select g.* into v_g from billing.token_grants g where g.id = p_grant_id;
-  v_delta := least(p_target, v_g.tokens) - (v_g.clawed_back + v_g.debt_incurred);
-  if v_delta <= 0 then
-    return pg_catalog.jsonb_build_object('grant_id', p_grant_id, 'clawed_back', 0, 'debt', 0);
+  v_split := billing._claw_back_split(v_g.tokens, v_g.remaining, v_g.frozen, v_g.clawed_back, v_g.debt_incurred, p_target);
+  if v_split is null then
+    raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+      detail = pg_catalog.format('grant %s cannot be clawed back to %s tokens', p_grant_id, p_target);
   end if;
-  v_from_remaining := least(v_delta, v_g.remaining);
-  v_from_frozen := least(v_delta - v_from_remaining, v_g.frozen);
-  update billing.token_grants g
-     set remaining = g.remaining - v_from_remaining,
-         frozen = g.frozen - v_from_frozen,
-         clawed_back = g.clawed_back + v_from_remaining + v_from_frozen,
-         debt_incurred = g.debt_incurred + (v_delta - v_from_remaining - v_from_frozen)
-   where g.id = p_grant_id;
-  return pg_catalog.jsonb_build_object('grant_id', p_grant_id, 'clawed_back', v_from_remaining + v_from_frozen,
-    'debt', v_delta - v_from_remaining - v_from_frozen);
+  if v_split[1] + v_split[2] + v_split[3] > 0 then
+    update billing.token_grants g
+       set remaining = g.remaining - v_split[1],
+           frozen = g.frozen - v_split[2],
+           clawed_back = g.clawed_back + v_split[1] + v_split[2],
+           debt_incurred = g.debt_incurred + v_split[3]
+     where g.id = p_grant_id;
+  end if;
+  return pg_catalog.jsonb_build_object('grant_id', p_grant_id, 'clawed_back', v_split[1] + v_split[2], 'debt', v_split[3]);
 end
 $$;
 
@@ -273,8 +271,7 @@ begin
         pg_catalog.format('grant %s, charge %s', v_g.currency, p_event ->> 'currency'));
     end if;
     perform billing._lock_and_settle(v_g.user_id, true);
-    v_effects := v_effects || billing._claw_back(v_g.id,
-      pg_catalog.floor(v_g.tokens::numeric * v_refunded / v_amount)::bigint);
+    v_effects := v_effects || billing._claw_back(v_g.id, billing._refund_share(v_g.tokens, v_amount, v_refunded));
     perform billing._recompute_balance(v_g.user_id);
     v_user := v_g.user_id;
   end loop;

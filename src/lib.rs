@@ -1,6 +1,7 @@
 //! pg_billing: wiring only. The ledger, policies and grants are SQL files under `sql/` (readable by a
 //! DBA, with PL/pgSQL where a custom SQLSTATE such as PT402 must be raised); Stripe signature
-//! verification and event decoding are pure Rust in `pg_billing_core`, exposed by `sql_api`.
+//! verification, event decoding and the ledger's burn-down/claw-back arithmetic are pure Rust in
+//! `pg_billing_core`, exposed by `sql_api`.
 
 use pgrx::prelude::*;
 
@@ -11,7 +12,7 @@ pgrx::pg_module_magic!(name, version);
 // Order matters: tables and helpers first, then the Rust functions (generated), then the
 // PL/pgSQL functions that call them, then grants that name every function.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"]);
+extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema", sql_api::ledger::burn_allocation, sql_api::ledger::refund_share, sql_api::ledger::claw_back_split]);
 extension_sql_file!("../sql/stripe.sql", name = "stripe", requires = ["ledger", sql_api::stripe::stripe_signature_check, sql_api::stripe::decode_stripe_event]);
 extension_sql_file!("../sql/frontend.sql", name = "frontend", requires = ["stripe"]);
 extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["frontend"]);

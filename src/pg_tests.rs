@@ -53,6 +53,41 @@ fn grant_consume_and_ledger_check() {
     assert_eq!(Spi::get_one::<i64>("select count(*) from billing.verify_ledger()"), Ok(Some(0)));
 }
 
+#[pg_test]
+fn a_consume_spanning_grants_burns_soonest_expiry_first() {
+    // three grants; the Rust allocation (billing._burn_allocation) decides how much each gives
+    Spi::run(&format!(
+        "select billing.grant_purchase({USER}, 10, 'later', 'promo', now() + interval '2 days'); \
+         select billing.grant_purchase({USER}, 5, 'soon', 'promo', now() + interval '1 day'); \
+         select billing.grant_purchase({USER}, 100, 'never')"
+    ))
+    .expect("grants");
+    Spi::run(&format!("select billing.consume_tokens({USER}, 12)")).expect("consume");
+    let drawn = Spi::get_one::<String>(&format!(
+        "select string_agg(g.reference || '=' || d.t, ',' order by d.ord) \
+           from billing.token_usage u, \
+                lateral (select u.drawn_from[i][1] as gid, u.drawn_from[i][2] as t, i as ord \
+                           from generate_subscripts(u.drawn_from, 1) i) d \
+           join billing.token_grants g on g.id = d.gid \
+          where u.user_id = {USER}"
+    ));
+    assert_eq!(drawn, Ok(Some("soon=5,later=7".into())));
+    assert_eq!(Spi::get_one::<i64>(&format!("select billing.get_balance({USER})")), Ok(Some(103)));
+    assert_eq!(Spi::get_one::<i64>("select count(*) from billing.verify_ledger()"), Ok(Some(0)));
+}
+
+#[pg_test]
+fn ledger_arithmetic_helpers_return_null_for_impossible_input() {
+    assert_eq!(Spi::get_one::<i64>("select billing._refund_share(1000, 3, 1)"), Ok(Some(333)));
+    assert_eq!(Spi::get_one::<bool>("select billing._refund_share(1000, 3, 4) is null"), Ok(Some(true)));
+    assert_eq!(Spi::get_one::<bool>("select billing._burn_allocation('{5,null}', 1) is null"), Ok(Some(true)));
+    assert_eq!(Spi::get_one::<bool>("select billing._burn_allocation('{5,3}', 9) is null"), Ok(Some(true)));
+    assert_eq!(
+        Spi::get_one::<String>("select billing._claw_back_split(100, 30, 20, 0, 0, 100)::text"),
+        Ok(Some("{30,20,50}".into()))
+    );
+}
+
 #[pg_test(error = "insufficient tokens")]
 fn consuming_more_than_the_balance_fails() {
     Spi::run(&format!("select billing.grant_purchase({USER}, 5, 'pg_test_small')")).expect("grant");

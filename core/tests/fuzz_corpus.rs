@@ -49,3 +49,12 @@ fn event_decoding_corpus_never_panics() {
     }
     assert!(decoded >= 17);
 }
+
+#[test]
+fn ledger_arithmetic_corpus_keeps_every_token_accounted_for() {
+    let cases = inputs("ledger_arithmetic");
+    assert!(cases.len() >= 2, "corpus missing");
+    for data in cases {
+        pg_billing_core::ledger::check_scenario(&data);
+    }
+}

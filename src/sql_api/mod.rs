@@ -1,3 +1,4 @@
 //! `#[pg_extern]` functions: check arguments, call the pure core, map errors to SQLSTATEs.
 
+pub mod ledger;
 pub mod stripe;

@@ -8,11 +8,12 @@ README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 # SECURITY DEFINER functions that `authenticated` may call, each listed in the README with why.
 DEFINER_FOR_USERS = {"consume_tokens", "reserve_tokens", "commit_reservation", "release_reservation",
                      "redeem_promo_code"}
-# Inlinable SQL functions: no SET clause (it would stop inlining), so they must qualify every name and
-# operator themselves, and must not be SECURITY DEFINER (README "Privileges").
-INLINABLE = {"billing.get_balance(uuid)"}
+# Hot read functions without a SET clause (it costs a GUC save/restore per call): they must qualify
+# every name, operator and type themselves, and must not be SECURITY DEFINER (README "Privileges").
+UNPINNED = {"billing.get_balance(uuid)"}
 SQL_WORDS = {"select", "coalesce", "case", "when", "then", "else", "end", "from", "where", "and", "or", "any", "array",
-             "operator", "is", "null", "not", "as", "exists", "in"}
+             "operator", "is", "null", "not", "as", "exists", "in", "if", "perform", "into", "return", "found",
+             "declare", "begin"}
 
 
 def test_rls_enabled_on_every_table(db):  # splinter 0007/0013
@@ -25,20 +26,22 @@ def test_every_function_pins_search_path(db):  # splinter 0011, stricter: pg_tem
     unpinned = db.all(
         "select p.oid::regprocedure::text, p.proconfig from pg_proc p where p.pronamespace = 'billing'::regnamespace"
         " and not ('search_path=pg_catalog, pg_temp' = any(coalesce(p.proconfig, '{}')))")
-    assert {r[0] for r in unpinned} == INLINABLE
+    assert {r[0] for r in unpinned} == UNPINNED
 
 
-def test_inlinable_functions_qualify_everything(db):
-    for fn in INLINABLE:
+def test_unpinned_functions_qualify_everything(db):
+    for fn in UNPINNED:
         lang, definer, volatility, src = db.one(
             "select l.lanname, p.prosecdef, p.provolatile, p.prosrc from pg_proc p join pg_language l on l.oid = p.prolang"
             " where p.oid = %s::regprocedure", (fn,))
-        assert (lang, definer, volatility) == ("sql", False, "s"), fn
+        assert (lang, definer, volatility) == ("plpgsql", False, "s"), fn
         calls = re.findall(r"(?<![.\w])([a-z_][a-z0-9_]*)\s*\(", src)
         assert [c for c in calls if c not in SQL_WORDS] == [], (fn, calls)
         bare_operators = re.sub(r"operator\(pg_catalog\.[^)]*\)", "", src)
         assert not re.search(r"[=<>]", bare_operators), fn
         assert re.findall(r"::(\w+)\b(?!\.)", src) == [], "casts must name pg_catalog types"
+        declared = re.findall(r"^\s+v_\w+\s+([\w.]+)", src, re.M)
+        assert declared and all(t.startswith("pg_catalog.") for t in declared), (fn, declared)
 
 
 def test_no_security_definer_function_executable_by_anon_or_public(db):  # splinter 0028

@@ -48,6 +48,9 @@ with fns(fn, args, who) as (values
   ('_burn', '{uuid,bigint,boolean}', 'owner'),
   ('_lock_and_settle', '{uuid,boolean}', 'owner'),
   ('_claw_back', '{bigint,bigint}', 'owner'),
+  ('_burn_allocation', '{bigint[],bigint}', 'owner'),
+  ('_refund_share', '{bigint,bigint,bigint}', 'owner'),
+  ('_claw_back_split', '{bigint,bigint,bigint,bigint,bigint,bigint}', 'owner'),
   ('stripe_signature_check', '{text,text,text[],integer}', 'owner'),
   ('decode_stripe_event', '{text}', 'owner')
 ), roles(role) as (values ('anon'), ('authenticated'), ('service_role'))
