@@ -88,7 +88,7 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--dbname", default="pg_billing_bench")
     ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--growth-rows", type=int, default=10_000_000)
     a = ap.parse_args()
     b = Bench(a.host, a.port, a.dbname, a.seconds, a.reps)
@@ -107,6 +107,7 @@ def main():
         m = b.compare(f"consume, 10k users, no key, {mode} commit",
                       [("pg_billing consume_tokens", "consume_ours.sql"), ("(a) bare UPDATE", "consume_floor.sql"),
                        ("(b) UPDATE+INSERT CTE", "consume_cte.sql"), ("(c) PL/pgSQL RPC", "consume_plpgsql.sql"),
+                       ("(c) as a Supabase RPC: SECURITY DEFINER, search_path ''", "consume_plpgsql_definer.sql"),
                        ("(b) inside a minimal PL/pgSQL function", "consume_cte_fn.sql")],
                       sync=sync)
         ratios += [(f"consume vs (b), no key, {mode}", m["pg_billing consume_tokens"] / m["(b) UPDATE+INSERT CTE"], 0.90),
@@ -115,15 +116,22 @@ def main():
                    (f"consume vs (b) inside a minimal function, {mode}",
                     m["pg_billing consume_tokens"] / m["(b) inside a minimal PL/pgSQL function"], None),
                    (f"consume vs (c), no key, {mode}", m["pg_billing consume_tokens"] / m["(c) PL/pgSQL RPC"], 1.0),
+                   (f"consume vs (c) as a Supabase RPC (definer), no key, {mode}",
+                    m["pg_billing consume_tokens"] / m["(c) as a Supabase RPC: SECURITY DEFINER, search_path ''"], 1.0),
                    (f"consume vs (a) floor, no key, {mode}", m["pg_billing consume_tokens"] / m["(a) bare UPDATE"], None)]
         m = b.compare(f"consume, 10k users, idempotency key, {mode} commit",
                       [("pg_billing consume_tokens", "consume_ours_key.sql"), ("(b) UPDATE+INSERT CTE", "consume_cte_key.sql"),
-                       ("(c) PL/pgSQL RPC", "consume_plpgsql_key.sql")], sync=sync)
+                       ("(c) PL/pgSQL RPC", "consume_plpgsql_key.sql"),
+                       ("(c) as a Supabase RPC: SECURITY DEFINER, search_path ''", "consume_plpgsql_definer_key.sql")],
+                      sync=sync)
         ratios += [(f"consume vs (b), key, {mode}", m["pg_billing consume_tokens"] / m["(b) UPDATE+INSERT CTE"], 0.90),
-                   (f"consume vs (c), key, {mode}", m["pg_billing consume_tokens"] / m["(c) PL/pgSQL RPC"], 1.0)]
+                   (f"consume vs (c), key, {mode}", m["pg_billing consume_tokens"] / m["(c) PL/pgSQL RPC"], 1.0),
+                   (f"consume vs (c) as a Supabase RPC (definer), key, {mode}",
+                    m["pg_billing consume_tokens"] / m["(c) as a Supabase RPC: SECURITY DEFINER, search_path ''"], 1.0)]
     m = b.compare("consume, one hot user, no key, sync commit",
                   [("pg_billing consume_tokens", "hot_ours.sql"), ("(a) bare UPDATE", "hot_floor.sql"),
-                   ("(b) UPDATE+INSERT CTE", "hot_cte.sql"), ("(c) PL/pgSQL RPC", "hot_plpgsql.sql")])
+                   ("(b) UPDATE+INSERT CTE", "hot_cte.sql"), ("(c) PL/pgSQL RPC", "hot_plpgsql.sql"),
+                   ("(c) as a Supabase RPC: SECURITY DEFINER, search_path ''", "hot_plpgsql_definer.sql")])
     ratios.append(("hot user: consume vs (b)", m["pg_billing consume_tokens"] / m["(b) UPDATE+INSERT CTE"], 0.90))
 
     # 5a. reads

@@ -17,9 +17,29 @@ create table bench.usage (
 create index on bench.usage (user_id, created_at);
 create unique index on bench.usage (user_id, idempotency_key) where idempotency_key is not null;
 
--- (c) the usual hand-written RPC: lock, check, update, insert.
+-- (c) the usual hand-written RPC: lock, check, update, insert (SECURITY INVOKER: callable only by
+-- roles that may write the tables, e.g. a backend).
 create function bench.consume_plpgsql(p_user uuid, p_amount bigint, p_key text default null)
 returns bigint language plpgsql as $$
+declare v bigint;
+begin
+  if p_key is not null and exists (select 1 from bench.usage where user_id = p_user and idempotency_key = p_key) then
+    return (select tokens from bench.accounts where user_id = p_user);
+  end if;
+  select tokens into v from bench.accounts where user_id = p_user for update;
+  if v is null or v < p_amount then
+    raise exception 'insufficient tokens' using errcode = 'P0001';
+  end if;
+  update bench.accounts set tokens = tokens - p_amount where user_id = p_user;
+  insert into bench.usage (user_id, tokens, idempotency_key) values (p_user, p_amount, p_key);
+  return v - p_amount;
+end $$;
+
+-- (c) as a Supabase RPC that signed-in users may call: it must write tables they cannot, so
+-- SECURITY DEFINER, and Supabase's docs and linter ask for a pinned search_path ('' and qualified
+-- names). Same body as (c).
+create function bench.consume_plpgsql_definer(p_user uuid, p_amount bigint, p_key text default null)
+returns bigint language plpgsql security definer set search_path = '' as $$
 declare v bigint;
 begin
   if p_key is not null and exists (select 1 from bench.usage where user_id = p_user and idempotency_key = p_key) then

@@ -94,6 +94,16 @@ $$;
 comment on function billing.get_usage_history(timestamptz, timestamptz, text, text) is
   'Tokens used per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key.';
 
+-- Paging arguments of the history functions: 22023 unless 1 <= p_limit <= 500 and p_offset >= 0.
+create function billing._check_page(p_limit integer, p_offset integer) returns void
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
+begin
+  if p_limit is null or p_limit < 1 or p_limit > 500 or p_offset is null or p_offset < 0 then
+    raise exception using errcode = '22023', message = 'p_limit must be 1 to 500 and p_offset >= 0';
+  end if;
+end
+$$;
+
 create function billing.get_grant_history(p_limit integer default 50, p_offset integer default 0)
 returns table (grant_id bigint, kind text, tokens bigint, remaining bigint, frozen bigint, expired bigint,
                clawed_back bigint, expires_at timestamptz, created_at timestamptz)
@@ -101,9 +111,7 @@ language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing.current_user_id();
 begin
-  if p_limit is null or p_limit < 1 or p_limit > 500 or p_offset is null or p_offset < 0 then
-    raise exception using errcode = '22023', message = 'p_limit must be 1 to 500 and p_offset >= 0';
-  end if;
+  perform billing._check_page(p_limit, p_offset);
   return query
     select g.id, g.kind, g.tokens,
            case when g.id = b.head_grant_id then b.head_remaining else g.remaining end,
@@ -123,9 +131,7 @@ language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing.current_user_id();
 begin
-  if p_limit is null or p_limit < 1 or p_limit > 500 or p_offset is null or p_offset < 0 then
-    raise exception using errcode = '22023', message = 'p_limit must be 1 to 500 and p_offset >= 0';
-  end if;
+  perform billing._check_page(p_limit, p_offset);
   return query
     select t.stripe_event_id, t.event_type, t.event_created, t.status,
            t.outcome operator(pg_catalog.->>) 'action',

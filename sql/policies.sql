@@ -27,7 +27,7 @@ declare
   c_user_functions constant text[] := array[
     'billing.auth_uid()', 'billing.jwt_claims()', 'billing.is_billing_admin()', 'billing.caller_kind()',
     'billing.get_balance(uuid)', 'billing._check_balance_reader(uuid)', 'billing._spendable_now(uuid)',
-    'billing._require_access(uuid)',
+    'billing._require_access(uuid)', 'billing._check_page(integer, integer)',
     'billing.consume_tokens(uuid, bigint, text, jsonb)',
     'billing.reserve_tokens(uuid, bigint, text, interval)', 'billing.commit_reservation(uuid, bigint)',
     'billing.release_reservation(uuid)', 'billing.current_user_id()', 'billing.get_billing_summary()',

@@ -299,3 +299,39 @@ def test_verify_ledger_reports_tampering(db):
         problems = c.execute("select invariant from billing.verify_ledger() where user_id = %s", (user,)).fetchall()
         c.execute("rollback")
     assert problems == [("balance does not match ledger",)]
+
+
+def test_balance_counters_cannot_go_negative_even_behind_the_functions_back(db):
+    """billing.token_count (a domain, 0.3.0) keeps the database's own guarantee: no write of any
+    kind leaves a negative spendable, held, debt or head count."""
+    user = db.user()
+    db.grant(user, 10)
+    for column in ("spendable", "held", "debt", "head_remaining"):
+        with db.service() as c:
+            with pytest.raises(psycopg.Error) as e:
+                c.execute(f"update billing.balances set {column} = {column} - 1000 where user_id = %s", (user,))
+        assert sqlstate(e) == "23514", column
+    assert db.balance(user) == 10
+    assert db.ledger_problems() == []
+
+
+def test_verify_ledger_reports_usage_rows_that_break_the_column_rules(db):
+    """token_usage has no CHECK constraints (only the functions insert, and they validate); a row
+    written behind their back with bad values is reported."""
+    user = db.user()
+    db.grant(user, 10, reference=f"rules-{user}")
+    db.one("select * from billing.consume_tokens(%s, 1)", (user,))
+    bad = [("tokens", "0"), ("idempotency_key", "''"), ("metadata", "'[]'::jsonb"), ("head", None)]
+    for column, value in bad:
+        with db.service() as c:
+            c.execute("begin")
+            if column == "head":
+                c.execute("update billing.balances set head_grant_id = null where user_id = %s", (user,))
+            else:
+                c.execute(f"update billing.token_usage set {column} = {value} where user_id = %s", (user,))
+            problems = {r[0] for r in c.execute(
+                "select invariant from billing.verify_ledger() where user_id = %s", (user,)).fetchall()}
+            c.execute("rollback")
+        expected = "head tokens without a head grant" if column == "head" else "usage row breaks its column rules"
+        assert expected in problems, (column, problems)
+    assert db.ledger_problems() == []
