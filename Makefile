@@ -69,7 +69,7 @@ test-pgtap: install start
 	pg_prove -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -d pg_billing_pgtap --ext .sql -r tests/pgtap
 
 # Benchmarks: release build, a cluster of their own (port 54340, .cluster-bench/), results in
-# bench/results/latest.md. Takes about 15 minutes, most of it the release build and 10M-row load.
+# bench/results/latest.md. Takes about 20 minutes, most of it the release build and 10M-row load.
 BENCH_PORT ?= 54340
 BENCH_DIR = $(CURDIR)/.cluster-bench
 bench: setup
