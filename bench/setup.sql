@@ -37,21 +37,12 @@ end $$;
 
 -- (c) as a Supabase RPC that signed-in users may call: it must write tables they cannot, so
 -- SECURITY DEFINER, and Supabase's docs and linter ask for a pinned search_path ('' and qualified
--- names). Same body as (c).
-create function bench.consume_plpgsql_definer(p_user uuid, p_amount bigint, p_key text default null)
-returns bigint language plpgsql security definer set search_path = '' as $$
-declare v bigint;
+-- names). The body is (c)'s, copied from the catalog.
+do $$
 begin
-  if p_key is not null and exists (select 1 from bench.usage where user_id = p_user and idempotency_key = p_key) then
-    return (select tokens from bench.accounts where user_id = p_user);
-  end if;
-  select tokens into v from bench.accounts where user_id = p_user for update;
-  if v is null or v < p_amount then
-    raise exception 'insufficient tokens' using errcode = 'P0001';
-  end if;
-  update bench.accounts set tokens = tokens - p_amount where user_id = p_user;
-  insert into bench.usage (user_id, tokens, idempotency_key) values (p_user, p_amount, p_key);
-  return v - p_amount;
+  execute format('create function bench.consume_plpgsql_definer(p_user uuid, p_amount bigint, p_key text default null)'
+                 ' returns bigint language plpgsql security definer set search_path = '''' as %L',
+                 (select prosrc from pg_proc where oid = 'bench.consume_plpgsql(uuid, bigint, text)'::regprocedure));
 end $$;
 
 -- (b) inside the leanest PL/pgSQL function (invoker, no SET, no checks): what any function-based API
