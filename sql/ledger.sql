@@ -267,15 +267,14 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 
 -- Who may read p_user_id's balance: raises 42501 for anon and for a user asking about someone
--- else, 22023 for NULL; returns p_user_id. get_balance calls it only for API roles.
-create function billing._check_balance_reader(p_user_id uuid) returns uuid
+-- else, 22023 for NULL. get_balance calls it only for API roles and NULL.
+create function billing._check_balance_reader(p_user_id uuid) returns void
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
   perform billing._require_access(p_user_id);
   if p_user_id is null then
     raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
   end if;
-  return p_user_id;
 end
 $$;
 

@@ -11,6 +11,8 @@
 --   Changing the column type rewrites billing.balances (one row per user), not token_usage.
 -- * consume_tokens: plain INSERT when there is no idempotency key, RETURN NEXT instead of RETURN QUERY.
 -- * history functions share billing._check_page.
+-- * billing._check_balance_reader returns void (its uuid result was only needed inside 0.2.0's SQL
+--   get_balance).
 -- * get_balance is PL/pgSQL again (a scalar SQL function that reads a table is never inlined, and
 --   a non-inlined SQL function is planned on every call).
 -- * Burn-down and claw-back arithmetic moved to Rust (pg_billing_core::ledger, fuzzed):
@@ -35,6 +37,9 @@ alter table billing.balances
   alter column held type billing.token_count,
   alter column debt type billing.token_count,
   alter column head_remaining type billing.token_count;
+
+-- Its return type changes, which CREATE OR REPLACE cannot do.
+drop function billing._check_balance_reader(uuid);
 
 -- The function bodies below are the 0.3.0 files verbatim, with `create or replace`.
 
@@ -343,15 +348,14 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 
 -- Who may read p_user_id's balance: raises 42501 for anon and for a user asking about someone
--- else, 22023 for NULL; returns p_user_id. get_balance calls it only for API roles.
-create or replace function billing._check_balance_reader(p_user_id uuid) returns uuid
+-- else, 22023 for NULL. get_balance calls it only for API roles and NULL.
+create or replace function billing._check_balance_reader(p_user_id uuid) returns void
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
   perform billing._require_access(p_user_id);
   if p_user_id is null then
     raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
   end if;
-  return p_user_id;
 end
 $$;
 

@@ -11,6 +11,8 @@
 --   Changing the column type rewrites billing.balances (one row per user), not token_usage.
 -- * consume_tokens: plain INSERT when there is no idempotency key, RETURN NEXT instead of RETURN QUERY.
 -- * history functions share billing._check_page.
+-- * billing._check_balance_reader returns void (its uuid result was only needed inside 0.2.0's SQL
+--   get_balance).
 -- * get_balance is PL/pgSQL again (a scalar SQL function that reads a table is never inlined, and
 --   a non-inlined SQL function is planned on every call).
 -- * Burn-down and claw-back arithmetic moved to Rust (pg_billing_core::ledger, fuzzed):
@@ -35,3 +37,6 @@ alter table billing.balances
   alter column held type billing.token_count,
   alter column debt type billing.token_count,
   alter column head_remaining type billing.token_count;
+
+-- Its return type changes, which CREATE OR REPLACE cannot do.
+drop function billing._check_balance_reader(uuid);
