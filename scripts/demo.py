@@ -9,7 +9,7 @@ import time
 import psycopg
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "stripe" / "events" / "current"
+FIXTURES = ROOT / "tests" / "fixtures" / "stripe" / "events" / "2025-10-29.clover"
 USER = "5a1b2c3d-0000-4000-8000-00000000000a"  # the fixture story's user
 SECRET = "whsec_demo_secret"
 
@@ -22,13 +22,31 @@ def show(conn, sql, params=None):
     print(f"   sql> {sql}")
     try:
         cur = conn.execute(sql, params)
-        cols = [d.name for d in cur.description] if cur.description else []
+        if cur.description is None:
+            print(f"        {cur.statusmessage}")
+            return
+        cols = [d.name for d in cur.description]
         for row in cur.fetchall():
             print("        " + ", ".join(f"{c}={v}" for c, v in zip(cols, row)))
     except psycopg.Error as e:
         print(f"        ERROR {e.sqlstate}: {e.diag.message_primary}")
         if e.diag.message_detail:
             print(f"        DETAIL: {e.diag.message_detail}")
+
+
+def story_event(name: str) -> str:
+    """A fixture event, moved in time so its story began a day ago (as the tests do)."""
+    shift = int(time.time()) - 86400 - 1763900000
+
+    def move(v):
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        if isinstance(v, int) and not isinstance(v, bool) and 1_700_000_000 <= v <= 1_800_000_000:
+            return v + shift
+        return v
+    return json.dumps(move(json.loads((FIXTURES / name).read_text())))
 
 
 def signed(payload: str, secret: str) -> str:
@@ -49,7 +67,8 @@ def main():
     conn.execute("insert into billing.token_packs (stripe_price_id, tokens, name, price_amount, currency)"
                  " values ('price_Pack1000', 1000, '1,000 tokens', 999, 'usd')")
     conn.execute("insert into billing.plans (code, name, stripe_price_id, tokens_per_period, price_amount)"
-                 " values ('pro', 'Pro', 'price_ProMonthly', 100000, 2000)")
+                 " values ('pro', 'Pro', 'price_ProMonthly', 100000, 2000),"
+                 " ('starter', 'Starter', 'price_StarterMonthly', 30000, 1000)")
     show(conn, "select stripe_price_id, tokens, price_amount, currency from billing.token_packs")
     conn.execute("insert into auth.users (id, email) values (%s, 'demo@example.com')", (USER,))
 
@@ -69,21 +88,37 @@ def main():
     step("Run out of tokens: SQLSTATE PT402 (PostgREST answers HTTP 402)")
     show(conn, "select * from billing.consume_tokens(%s, 10000)", (USER,))
 
-    step("A signed Stripe checkout.session.completed, delivered twice: granted once")
-    payload = (FIXTURES / "01_checkout_pack_paid.json").read_text()
-    for _ in range(2):
-        show(conn, "select billing.handle_stripe_webhook(%s, %s, %s)", (payload, signed(payload, SECRET), SECRET))
-    show(conn, "select billing.get_balance(%s)", (USER,))
+    step("Stripe: this endpoint receives test-mode events (live mode is the default)")
+    show(conn, "insert into billing.settings (stripe_livemode) values (false)"
+               " on conflict (id) do update set stripe_livemode = excluded.stripe_livemode")
+
+    def deliver(name, what="-> 'effect'"):
+        payload = story_event(name)
+        show(conn, f"select billing.handle_stripe_webhook(%s, %s, %s) {what}", (payload, signed(payload, SECRET), SECRET))
+
+    step("charge.refunded for 500 of 999 cents arrives before its Checkout Session: recorded, waiting")
+    deliver("12_charge_refunded_partial.json")
+
+    step("The signed checkout.session.completed, delivered twice: granted once, the early refund applied at once")
+    deliver("01_checkout_pack_paid.json", "")
+    deliver("01_checkout_pack_paid.json", "->> 'outcome'")
+    show(conn, "select kind, tokens, remaining, clawed_back from billing.token_grants where user_id = %s order by id", (USER,))
 
     step("A tampered delivery is refused (PT400) and records nothing")
+    payload = story_event("01_checkout_pack_paid.json")
     show(conn, "select billing.handle_stripe_webhook(%s, %s, %s)",
          (payload.replace("999", "1"), signed(payload, SECRET), SECRET))
 
-    step("charge.refunded for 500 of 999 cents claws back half of that pack")
-    refund = (FIXTURES / "12_charge_refunded_partial.json").read_text()
-    show(conn, "select billing.handle_stripe_webhook(%s, %s, %s) -> 'effect'", (refund, signed(refund, SECRET), SECRET))
-    show(conn, "select kind, tokens, remaining, clawed_back, debt_incurred from billing.token_grants"
-               " where user_id = %s order by id", (USER,))
+    step("A session whose amount does not match the catalog (quantity 10 for 9.99) is kept as failed")
+    deliver("36_checkout_amount_mismatch.json", "")
+    show(conn, "select stripe_event_id, status, attempts, error ->> 'message' as error from billing.payment_transactions"
+               " where status = 'failed'")
+
+    step("A subscription period: Starter, upgraded to Pro, downgraded for $0, upgraded again: one Pro allowance")
+    for name in ["18_plan_subscription_created.json", "19_plan_invoice_create.json", "21_plan_invoice_upgrade.json",
+                 "22_plan_invoice_downgrade_zero.json", "23_plan_invoice_upgrade_again.json"]:
+        deliver(name, "-> 'effect' ->> 'action'")
+    show(conn, "select reference, tokens, expires_at from billing.token_grants where kind = 'subscription'")
     show(conn, "select billing.get_balance(%s)", (USER,))
 
     step("The ledger check: no rows means every invariant holds")

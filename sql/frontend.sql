@@ -43,7 +43,7 @@ begin
                                          else g.remaining end)::bigint as tokens
                 from billing.token_grants g
                where g.user_id = v_user and g.remaining > 0
-                 and (g.expires_at is null or g.expires_at > pg_catalog.now())
+                 and billing._is_live(g.expires_at)
                group by g.kind, g.expires_at) x
        where x.tokens > 0),
     'subscription', (

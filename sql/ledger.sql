@@ -97,7 +97,7 @@ begin
     into v_ids, v_remaining
     from billing.token_grants g
    where g.user_id = p_user_id and g.remaining > 0
-     and (g.expires_at is null or g.expires_at > pg_catalog.now());
+     and billing._is_live(g.expires_at);
   v_take := billing._burn_allocation(v_remaining, p_amount);
   if v_take is null then
     raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
@@ -120,26 +120,142 @@ begin
 end
 $$;
 
--- Gives tokens back to the grants they were drawn from ({{grant_id, tokens}, ...}); tokens of a
--- grant that expired in the meantime expire. Returns how many became spendable again.
+-- New counters for a grant, computed by pg_billing_core::ledger (fuzzed): {remaining, frozen,
+-- expired, clawed_back, debt_incurred, debt_forgiven}. Writes the first five; raises XX000 on NULL
+-- (counters no consistent ledger holds). Returns debt_forgiven: debt this change cancelled, which
+-- billing._recompute_balance settles against debt the user already repaid.
+create function billing._set_grant_counters(p_grant_id bigint, p_counters bigint[], p_what text) returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  if p_counters is null then
+    raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+      detail = pg_catalog.format('grant %s: %s is impossible with its counters', p_grant_id, p_what);
+  end if;
+  update billing.token_grants g
+     set remaining = p_counters[1], frozen = p_counters[2], expired = p_counters[3],
+         clawed_back = p_counters[4], debt_incurred = p_counters[5]
+   where g.id = p_grant_id;
+  return p_counters[6];
+end
+$$;
+
+-- Gives tokens back to the grants they were drawn from ({{grant_id, tokens}, ...}): a released,
+-- expired or partly committed hold. Per grant (billing._given_back_grant): debt a claw-back recorded
+-- for them while held is settled first; the rest is frozen up to the grant's freeze_target, else
+-- spendable, or expired if the grant expired meanwhile. Returns how many became spendable again.
 create function billing._return_to_grants(p_drawn bigint[]) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_back bigint;
+  v_part record;
+  v_spendable bigint := 0;
 begin
-  with parts as (
-    select p_drawn[i][1] as grant_id, pg_catalog.sum(p_drawn[i][2]) as t
-      from pg_catalog.generate_subscripts(p_drawn, 1) as i
-     group by 1
-  ), upd as (
-    update billing.token_grants g
-       set remaining = g.remaining + case when g.expires_at is null or g.expires_at > pg_catalog.now() then parts.t else 0 end,
-           expired   = g.expired   + case when g.expires_at is null or g.expires_at > pg_catalog.now() then 0 else parts.t end
-      from parts where g.id = parts.grant_id
-    returning case when g.expires_at is null or g.expires_at > pg_catalog.now() then parts.t else 0 end as back
-  )
-  select coalesce(pg_catalog.sum(back), 0) into v_back from upd;
-  return v_back;
+  for v_part in
+    select g.*, parts.t
+      from (select p_drawn[i][1] as grant_id, pg_catalog.sum(p_drawn[i][2])::bigint as t
+              from pg_catalog.generate_subscripts(p_drawn, 1) as i group by 1) parts
+      join billing.token_grants g on g.id = parts.grant_id
+     order by g.id
+  loop
+    perform billing._set_grant_counters(v_part.id,
+      billing._given_back_grant(v_part.tokens, v_part.remaining, v_part.frozen, v_part.expired, v_part.clawed_back,
+                                v_part.debt_incurred, v_part.debt_repaid, billing._is_live(v_part.expires_at),
+                                v_part.t, v_part.freeze_target),
+      pg_catalog.format('giving back %s tokens', v_part.t));
+    v_spendable := v_spendable + (select g.remaining from billing.token_grants g where g.id = v_part.id) - v_part.remaining;
+  end loop;
+  return v_spendable;
+end
+$$;
+
+-- Brings a grant to p_tokens in total (never fewer): a subscription period whose plan was upgraded.
+-- The new tokens are spendable, or expired if the grant has expired. The caller holds the balance lock.
+create function billing._grow_grant(p_grant_id bigint, p_tokens bigint) returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_before bigint;
+begin
+  select g.tokens into v_before from billing.token_grants g where g.id = p_grant_id;
+  if v_before >= p_tokens then
+    return 0;
+  end if;
+  update billing.token_grants g
+     set remaining = g.remaining + case when billing._is_live(g.expires_at) then p_tokens - g.tokens else 0 end,
+         expired = g.expired + case when billing._is_live(g.expires_at) then 0 else p_tokens - g.tokens end,
+         tokens = p_tokens
+   where g.id = p_grant_id;
+  return p_tokens - v_before;
+end
+$$;
+
+-- Moves a grant to its Stripe adjustment targets (billing._adjusted_grant: claw back to
+-- p_claw_target, keep p_freeze_target frozen, or give back when a target fell). The caller holds
+-- the balance lock and recomputes the balance afterwards. Returns what changed.
+create function billing._adjust_grant(p_grant_id bigint, p_claw_target bigint, p_freeze_target bigint) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  g billing.token_grants;
+  v_after billing.token_grants;
+begin
+  select * into g from billing.token_grants where id = p_grant_id;
+  perform billing._set_grant_counters(p_grant_id,
+    billing._adjusted_grant(g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_incurred, g.debt_repaid,
+                            billing._is_live(g.expires_at), p_claw_target, p_freeze_target),
+    pg_catalog.format('adjusting to claw back %s and freeze %s', p_claw_target, p_freeze_target));
+  update billing.token_grants set freeze_target = p_freeze_target where id = p_grant_id
+  returning * into v_after;
+  return pg_catalog.jsonb_build_object('grant_id', p_grant_id,
+    'clawed_back', v_after.clawed_back - g.clawed_back, 'debt', v_after.debt_incurred - g.debt_incurred,
+    'frozen', v_after.frozen - g.frozen, 'spendable', v_after.remaining - g.remaining);
+end
+$$;
+
+-- Debt that was forgiven after other tokens had already repaid it (a refund that failed, a dispute
+-- won after a loss was recorded) leaves the user owed: Σ(debt_incurred - debt_repaid) < 0. Gives the
+-- repaid tokens back, to live grants latest-expiring first. Repeats while giving back settles debt
+-- of the receiving grant itself. The caller holds the balance lock.
+create function billing._return_repaid_debt(p_user_id uuid) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_owed bigint;
+  v_ids bigint[];
+  v_repaid bigint[];
+  v_take bigint[];
+  v_round integer := 0;
+  v_grant record;
+begin
+  loop
+    select -(coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0)) into v_owed
+      from billing.token_grants g where g.user_id = p_user_id;
+    exit when v_owed <= 0;
+    v_round := v_round + 1;
+    if v_round > 100 then
+      raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+        detail = pg_catalog.format('user %s: repaid debt does not settle', p_user_id);
+    end if;
+    select pg_catalog.array_agg(g.id order by billing._is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc),
+           pg_catalog.array_agg(g.debt_repaid order by billing._is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc)
+      into v_ids, v_repaid
+      from billing.token_grants g where g.user_id = p_user_id and g.debt_repaid > 0;
+    v_take := billing._burn_allocation(v_repaid, v_owed);
+    if v_take is null then
+      raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+        detail = pg_catalog.format('user %s is owed %s tokens of repaid debt, grants hold %s', p_user_id, v_owed,
+                                   coalesce((select pg_catalog.sum(r) from pg_catalog.unnest(v_repaid) r), 0));
+    end if;
+    for v_grant in
+      select g.*, t.tokens as back
+        from rows from (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_take)) as t(id, tokens)
+        join billing.token_grants g on g.id = t.id
+       where t.tokens > 0
+    loop
+      update billing.token_grants g set debt_repaid = g.debt_repaid - v_grant.back where g.id = v_grant.id;
+      perform billing._set_grant_counters(v_grant.id,
+        billing._given_back_grant(v_grant.tokens, v_grant.remaining, v_grant.frozen, v_grant.expired,
+                                  v_grant.clawed_back, v_grant.debt_incurred, v_grant.debt_repaid - v_grant.back,
+                                  billing._is_live(v_grant.expires_at), v_grant.back, v_grant.freeze_target),
+        pg_catalog.format('returning %s tokens of repaid debt', v_grant.back));
+    end loop;
+  end loop;
 end
 $$;
 
@@ -168,6 +284,7 @@ declare
   v_row billing.balances;
 begin
   perform billing._flush_head(p_user_id);
+  perform billing._return_repaid_debt(p_user_id);
   select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
     into v_debt, v_spendable
     from billing.token_grants g where g.user_id = p_user_id;
@@ -175,7 +292,7 @@ begin
     perform billing._burn(p_user_id, least(v_debt, v_spendable), true);
   end if;
   select g.* into v_head from billing.token_grants g
-   where g.user_id = p_user_id and g.remaining > 0 and (g.expires_at is null or g.expires_at > pg_catalog.now())
+   where g.user_id = p_user_id and g.remaining > 0 and billing._is_live(g.expires_at)
    order by g.expires_at, g.id
    limit 1;
   update billing.balances b
@@ -230,7 +347,7 @@ begin
     update billing.token_reservations set status = 'expired', settled_at = pg_catalog.now() where id = v_hold.id;
   end loop;
   update billing.token_grants g set expired = g.expired + g.remaining, remaining = 0
-   where g.user_id = p_user_id and g.remaining > 0 and g.expires_at <= pg_catalog.now();
+   where g.user_id = p_user_id and g.remaining > 0 and not billing._is_live(g.expires_at);
   v_row := billing._recompute_balance(p_user_id);
   -- The caller writes grants next: leave no head, so its final recompute cannot overwrite them.
   perform billing._flush_head(p_user_id);
@@ -249,13 +366,13 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
       (select coalesce(pg_catalog.sum(case when g.id = b.head_grant_id then b.head_remaining else g.remaining end), 0)
          from billing.token_grants g
         where g.user_id = p_user_id and g.remaining > 0
-          and (g.expires_at is null or g.expires_at > pg_catalog.now()))
+          and billing._is_live(g.expires_at))
       + (select coalesce(pg_catalog.sum(r.drawn_from[i][2]), 0)
            from billing.token_reservations r
            cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
            join billing.token_grants g on g.id = r.drawn_from[i][1]
           where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
-            and (g.expires_at is null or g.expires_at > pg_catalog.now()))
+            and billing._is_live(g.expires_at))
       - b.debt)
   end
   from (select p_user_id as id) u
@@ -682,93 +799,3 @@ end
 $$;
 comment on function billing.run_maintenance(integer) is
   'Expires grants and holds that are due; schedule with pg_cron, e.g. every minute.';
-
--- Every violated invariant, one row each; no rows means the ledger is consistent.
-create function billing.verify_ledger()
-returns table (invariant text, user_id uuid, detail text)
-language sql stable security definer set search_path = pg_catalog, pg_temp as $$
-  with live as (  -- grants with the head's authoritative remaining
-    select g.*, case when b.head_grant_id = g.id then b.head_remaining else g.remaining end as live_remaining
-      from billing.token_grants g
-      left join billing.balances b on b.user_id = g.user_id
-  ), spent as (
-    select (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
-      from billing.token_usage u cross join lateral pg_catalog.generate_subscripts(u.drawn_from, 1) as i
-     group by 1
-  ), held as (
-    select (r.drawn_from[i][1]) as grant_id, pg_catalog.sum(r.drawn_from[i][2]) as t
-      from billing.token_reservations r cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
-     where r.status = 'held'
-     group by 1
-  ), per_user as (
-    select g.user_id, pg_catalog.sum(g.live_remaining) as remaining,
-           pg_catalog.sum(g.debt_incurred - g.debt_repaid) as debt
-      from live g group by g.user_id
-  ), holds as (
-    select r.user_id, pg_catalog.sum(r.tokens) as held
-      from billing.token_reservations r where r.status = 'held' group by r.user_id
-  )
-  select 'grant tokens do not add up', g.user_id,
-         pg_catalog.format('grant %s: tokens %s <> remaining %s + frozen %s + expired %s + clawed back %s + debt repaid %s + spent %s + held %s',
-           g.id, g.tokens, g.live_remaining, g.frozen, g.expired, g.clawed_back, g.debt_repaid, coalesce(s.t, 0), coalesce(h.t, 0))
-    from live g
-    left join spent s on s.grant_id = g.id
-    left join held h on h.grant_id = g.id
-   where g.tokens <> g.live_remaining + g.frozen + g.expired + g.clawed_back + g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
-  union all
-  select 'grant remaining out of range', g.user_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.live_remaining, g.tokens)
-    from live g where g.live_remaining < 0 or g.live_remaining > g.tokens
-  union all
-  select 'balance does not match ledger', coalesce(b.user_id, p.user_id),
-         pg_catalog.format('spendable %s vs grants %s; held %s vs reservations %s; debt %s vs grants %s',
-           b.spendable, coalesce(p.remaining, 0), b.held, coalesce(hs.held, 0), b.debt, coalesce(p.debt, 0))
-    from billing.balances b
-    full join per_user p on p.user_id = b.user_id
-    left join holds hs on hs.user_id = coalesce(b.user_id, p.user_id)
-   where b.user_id is null
-      or b.spendable <> coalesce(p.remaining, 0)
-      or b.held <> coalesce(hs.held, 0)
-      or b.debt <> coalesce(p.debt, 0)
-  union all
-  select 'negative balance', b.user_id, pg_catalog.format('spendable %s, held %s, debt %s', b.spendable, b.held, b.debt)
-    from billing.balances b where b.spendable < 0 or b.held < 0 or b.debt < 0
-  union all
-  select 'debt with spendable tokens', b.user_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
-    from billing.balances b where b.debt > 0 and b.spendable > 0
-  union all
-  select 'head grant is not the user''s', b.user_id, pg_catalog.format('head %s', b.head_grant_id)
-    from billing.balances b
-   where b.head_grant_id is not null
-     and not exists (select 1 from billing.token_grants g where g.id = b.head_grant_id and g.user_id = b.user_id
-                       and b.head_remaining <= g.remaining)
-  union all
-  select 'head grant is not first in burn order', b.user_id,
-         pg_catalog.format('head %s, but grant %s expires sooner', b.head_grant_id, g.id)
-    from billing.balances b
-    join billing.token_grants h on h.id = b.head_grant_id
-    join live g on g.user_id = b.user_id and g.id <> h.id and g.live_remaining > 0
-   where b.head_remaining > 0
-     and (g.expires_at is null or g.expires_at > pg_catalog.now())
-     and (coalesce(g.expires_at, 'infinity'), g.id) < (coalesce(h.expires_at, 'infinity'), h.id)
-  union all
-  select 'usage does not match its grants', u.user_id,
-         pg_catalog.format('usage %s: tokens %s, drawn %s', u.id, u.tokens,
-           (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i))
-    from billing.token_usage u
-   where u.tokens is distinct from
-         (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i)
-  union all
-  select 'head tokens without a head grant', b.user_id, pg_catalog.format('head_remaining %s', b.head_remaining)
-    from billing.balances b where b.head_grant_id is null and b.head_remaining <> 0
-  union all
-  select 'usage row breaks its column rules', u.user_id,
-         pg_catalog.format('usage %s: tokens %s, key length %s, metadata %s', u.id, u.tokens,
-           pg_catalog.length(u.idempotency_key), pg_catalog.jsonb_typeof(u.metadata))
-    from billing.token_usage u
-   where u.tokens <= 0 or pg_catalog.length(u.idempotency_key) not between 1 and 255
-      or pg_catalog.jsonb_typeof(u.metadata) <> 'object'
-  union all
-  select 'duplicate grant reference', null::uuid, pg_catalog.format('(%s, %s) granted %s times', g.kind, g.reference, pg_catalog.count(*))
-    from billing.token_grants g group by g.kind, g.reference having pg_catalog.count(*) > 1
-$$;
-comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';

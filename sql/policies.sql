@@ -9,8 +9,8 @@
 --   anon           reads the catalog (plans, token_packs); calls nothing.
 --   authenticated  reads its own rows of the user tables (an admin JWT reads all); calls the
 --                  user-facing functions, which check inside that it acts only for itself.
---   service_role   reads every table (BYPASSRLS), manages the catalog and webhook secrets,
---                  and calls every public function. The backend role (postgres) likewise.
+--   service_role   reads every table (BYPASSRLS), manages the catalog, webhook secrets and
+--                  billing.settings, and calls every public function. The backend role (postgres) likewise.
 --   nobody         writes ledger tables directly: only the extension's functions do.
 
 create function billing.setup_roles() returns text
@@ -23,10 +23,14 @@ declare
                                           'token_usage', 'token_reservations', 'payment_transactions',
                                           'promo_redemptions'];
   c_catalog constant text[] := array['plans', 'token_packs'];
+  -- what Stripe said about payments and what grants were bought with: service reads, nobody writes
+  c_stripe_facts constant text[] := array['stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
+                                          'purchase_payments'];
   -- user-facing functions: authenticated may call them for itself
   c_user_functions constant text[] := array[
     'billing.auth_uid()', 'billing.jwt_claims()', 'billing.is_billing_admin()', 'billing.caller_kind()',
     'billing.get_balance(uuid)', 'billing._check_balance_reader(uuid)', 'billing._spendable_now(uuid)',
+    'billing._is_live(timestamptz)',
     'billing._require_access(uuid)', 'billing._check_page(integer, integer)',
     'billing.consume_tokens(uuid, bigint, text, jsonb)',
     'billing.reserve_tokens(uuid, bigint, text, interval)', 'billing.commit_reservation(uuid, bigint)',
@@ -35,7 +39,8 @@ declare
     'billing.get_payment_history(integer, integer)', 'billing.redeem_promo_code(text)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb)',
-    'billing.handle_stripe_webhook(text, text, text)', 'billing.run_maintenance(integer)',
+    'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',
+    'billing.run_maintenance(integer)',
     'billing.verify_ledger()', 'billing.verify_stripe_signature(text, text, text, integer)',
     'billing.verify_stripe_signature(bytea, text, text, integer)',
     'billing.stripe_signature_rejection(text, text, text, integer)'];
@@ -72,6 +77,10 @@ begin
       end loop;
       execute pg_catalog.format('grant select, insert, update, delete on billing.webhook_secrets to %I', v_role);
       execute pg_catalog.format('grant select, insert, update, delete on billing.promo_codes to %I', v_role);
+      execute pg_catalog.format('grant select, update on billing.settings to %I', v_role);
+      foreach v_table in array c_stripe_facts loop
+        execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
+      end loop;
       foreach v_fn in array c_service_functions loop
         execute pg_catalog.format('grant execute on function %s to %I', v_fn, v_role);
       end loop;

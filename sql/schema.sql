@@ -46,6 +46,14 @@ language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
          end
 $$;
 
+-- A grant's tokens can be spent until it expires (expires_at null: never): the one definition of
+-- "live". SQL without a SET clause, so the planner inlines it into each query that uses it instead
+-- of calling it per row; it qualifies every function and operator itself.
+create function billing._is_live(p_expires_at timestamptz) returns boolean
+language sql stable parallel safe as $$
+  select p_expires_at is null or p_expires_at operator(pg_catalog.>) pg_catalog.now()
+$$;
+
 create table billing.plans (
   id                bigint generated always as identity primary key,
   code              text not null unique check (code ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
@@ -56,7 +64,10 @@ create table billing.plans (
   price_amount      bigint not null default 0 check (price_amount >= 0), -- minor units (cents)
   currency          text not null default 'usd' check (currency ~ '^[a-z]{3}$'),
   active            boolean not null default true,
-  created_at        timestamptz not null default now()
+  created_at        timestamptz not null default now(),
+  -- An invoice paid with nothing (trial, 100% coupon, an amount Stripe carries to the next invoice)
+  -- grants the allowance only when this is true.
+  grant_on_zero_amount boolean not null default false
 );
 comment on table billing.plans is 'Subscription plans (catalog). A DBA fills it with plain INSERTs.';
 
@@ -141,14 +152,15 @@ create table billing.token_grants (
   currency              text,
   metadata              jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
   created_at            timestamptz not null default now(),
+  -- Unspent tokens to keep frozen while disputes of the payments behind this grant are open:
+  -- frozen = least(freeze_target, unspent), also when a hold drawn from the grant comes back.
+  freeze_target         bigint not null default 0 check (freeze_target >= 0),
   unique (kind, reference),
   check (remaining + frozen + expired + clawed_back + debt_repaid <= tokens)
 ) with (fillfactor = 80); -- remaining changes on every consume; no index covers it, so updates stay HOT
 comment on table billing.token_grants is 'Every credit (the seed''s token_purchases). Idempotent on (kind, reference).';
 -- Burn-down order (soonest expiry first, never-expiring last) and per-user reads.
 create index token_grants_burn_order on billing.token_grants (user_id, expires_at, id);
-create index token_grants_payment_intent on billing.token_grants (stripe_payment_intent)
-  where stripe_payment_intent is not null;
 
 -- No CHECK constraints here (see billing.token_count): only pg_billing's functions insert rows, and
 -- they validate tokens > 0, the key's length and that metadata is an object before inserting;
@@ -198,14 +210,104 @@ create table billing.payment_transactions (
   livemode        boolean,
   api_version     text,
   user_id         uuid,
-  status          text not null check (status in ('processed', 'ignored', 'stale')),
+  -- processed | ignored (outcome.reason says why) | stale (older than the state it would change) |
+  -- failed (could not be applied yet: `error` says why; a redelivery or reprocess_failed_events()
+  -- applies it again)
+  status          text not null check (status in ('processed', 'ignored', 'stale', 'failed')),
   outcome         jsonb not null default '{}',
   payload         jsonb not null,
   received_at     timestamptz not null default now(),
-  processed_at    timestamptz not null default now()
+  processed_at    timestamptz not null default now(),
+  error           jsonb,            -- {code, message, detail} of the last failed attempt
+  attempts        integer not null default 1,
+  stripe_customer text              -- the event's customer: a new customer link retries its failed events
 );
 create index payment_transactions_user on billing.payment_transactions (user_id, event_created)
   where user_id is not null;
+create index payment_transactions_failed on billing.payment_transactions (stripe_customer, event_created)
+  where status = 'failed';
+
+-- Stripe settings: at most one row; without one the defaults apply (live mode, no connected
+-- account). Events from another mode, or from a connected account other than stripe_account, move
+-- nothing and are recorded as ignored. Service-writable; RLS, no policy. Set it with an upsert:
+--   insert into billing.settings (stripe_livemode) values (false)
+--   on conflict (id) do update set stripe_livemode = excluded.stripe_livemode;
+-- (No row is inserted here: pg_dump saves the table's rows, and a row the install script created
+-- would collide with them on restore.)
+create table billing.settings (
+  id              boolean primary key default true check (id),
+  stripe_livemode boolean not null default true,
+  stripe_account  text check (stripe_account <> ''), -- acct_...: the one connected account to accept
+  updated_at      timestamptz not null default now()
+);
+
+-- What Stripe says happened to each payment since it was made: a PaymentIntent (pi_...), or a
+-- charge without one (ch_...). Facts are recorded whether or not the grant they affect exists yet,
+-- so a refund or dispute that arrives before its purchase is applied when the purchase arrives.
+create table billing.stripe_payments (
+  payment_key       text primary key,
+  charge_id         text,
+  currency          text,
+  amount_captured   bigint check (amount_captured >= 0),           -- from charge events
+  refunded_reported bigint not null default 0 check (refunded_reported >= 0), -- highest amount_refunded seen
+  updated_at        timestamptz not null default now()
+);
+
+-- Each refund and dispute follows its own state: the event that is newest by (terminal status,
+-- created, status rank, event id) wins, so an older status never overrides a newer one, and a
+-- terminal one (a failed refund, a closed dispute) is never left (billing._stripe_status_rank).
+create table billing.stripe_refunds (
+  refund_id          text primary key,
+  payment_key        text not null,
+  amount             bigint not null check (amount >= 0),
+  currency           text,
+  status             text not null,
+  last_event_created timestamptz not null,
+  last_event_id      text not null
+);
+create index stripe_refunds_payment on billing.stripe_refunds (payment_key);
+
+create table billing.stripe_disputes (
+  dispute_id         text primary key,
+  payment_key        text not null,
+  amount             bigint not null check (amount >= 0),
+  currency           text,
+  status             text not null,
+  last_event_created timestamptz not null,
+  last_event_id      text not null
+);
+create index stripe_disputes_payment on billing.stripe_disputes (payment_key);
+
+-- What each Stripe-funded grant was bought with: a Checkout Session, or the subscription invoices
+-- of one period (a period's grant holds the largest allowance among them; each invoice is credited
+-- with what it added, in the order Stripe created them).
+create table billing.grant_purchases (
+  purchase_id            text primary key,  -- cs_... or in_...
+  grant_id               bigint not null references billing.token_grants (id),
+  kind                   text not null check (kind in ('checkout_session', 'invoice')),
+  allowance              bigint not null check (allowance > 0), -- tokens it entitles the grant to
+  amount                 bigint not null check (amount >= 0),   -- what it cost, minor units
+  currency               text not null,
+  purchased_at           timestamptz not null,                  -- the Stripe object's `created`
+  stripe_subscription_id text,
+  period_end             timestamptz,
+  plan_id                bigint references billing.plans (id)
+);
+create index grant_purchases_grant on billing.grant_purchases (grant_id);
+create unique index grant_purchases_period on billing.grant_purchases (stripe_subscription_id, period_end, purchase_id)
+  where stripe_subscription_id is not null;
+create index grant_purchases_plan_id on billing.grant_purchases (plan_id) where plan_id is not null;
+
+-- Which payments paid a purchase: a session's PaymentIntent; an invoice's payments, from
+-- invoice_payment.paid (basil and later) or from the invoice itself (earlier API versions). A link
+-- may arrive before its purchase.
+create table billing.purchase_payments (
+  purchase_id text not null,
+  payment_key text not null,
+  amount      bigint not null check (amount >= 0),
+  primary key (purchase_id, payment_key)
+);
+create index purchase_payments_payment on billing.purchase_payments (payment_key);
 
 -- Webhook signing secrets when Supabase Vault is not used. Several active rows = rotation.
 -- RLS on and no policy: only the owner and BYPASSRLS roles granted access (service_role) see it.
@@ -263,3 +365,24 @@ alter table billing.payment_transactions enable row level security;
 alter table billing.webhook_secrets enable row level security;
 alter table billing.promo_codes enable row level security;
 alter table billing.promo_redemptions enable row level security;
+alter table billing.settings enable row level security;
+alter table billing.stripe_payments enable row level security;
+alter table billing.stripe_refunds enable row level security;
+alter table billing.stripe_disputes enable row level security;
+alter table billing.grant_purchases enable row level security;
+alter table billing.purchase_payments enable row level security;
+
+-- pg_dump saves only CREATE EXTENSION for an extension's tables unless they are registered: every
+-- table here holds data a backup must keep (the ledger, the inbox, the catalog a DBA filled in).
+do $$
+declare
+  v_table regclass;
+begin
+  for v_table in
+    select c.oid::regclass from pg_catalog.pg_class c
+     where c.relnamespace = 'billing'::regnamespace and c.relkind in ('r', 'S')
+  loop
+    perform pg_catalog.pg_extension_config_dump(v_table, '');
+  end loop;
+end
+$$;

@@ -78,13 +78,33 @@ fn a_consume_spanning_grants_burns_soonest_expiry_first() {
 
 #[pg_test]
 fn ledger_arithmetic_helpers_return_null_for_impossible_input() {
-    assert_eq!(Spi::get_one::<i64>("select billing._refund_share(1000, 3, 1)"), Ok(Some(333)));
-    assert_eq!(Spi::get_one::<bool>("select billing._refund_share(1000, 3, 4) is null"), Ok(Some(true)));
+    assert_eq!(
+        Spi::get_one::<String>("select billing._adjustment_targets(1000, '{1000}', '{1}', '{1}', '{3}', '{1}', '{0}')::text"),
+        Ok(Some("{333,0}".into()))
+    );
+    assert_eq!(
+        Spi::get_one::<bool>("select billing._adjustment_targets(1000, '{1000}', '{2}', '{1}', '{3}', '{1}', '{0}') is null"),
+        Ok(Some(true))
+    );
+    assert_eq!(
+        Spi::get_one::<bool>("select billing._adjustment_targets(1000, '{1000,1}', '{1}', '{1}', '{3}', '{1}', '{0}') is null"),
+        Ok(Some(true))
+    );
     assert_eq!(Spi::get_one::<bool>("select billing._burn_allocation('{5,null}', 1) is null"), Ok(Some(true)));
     assert_eq!(Spi::get_one::<bool>("select billing._burn_allocation('{5,3}', 9) is null"), Ok(Some(true)));
+    // grant of 100: 30 unspent, 20 frozen; claw back everything: 50 taken, 50 spent become debt
     assert_eq!(
-        Spi::get_one::<String>("select billing._claw_back_split(100, 30, 20, 0, 0, 100)::text"),
-        Ok(Some("{30,20,50}".into()))
+        Spi::get_one::<String>("select billing._adjusted_grant(100, 30, 20, 0, 0, 0, 0, true, 100, 0)::text"),
+        Ok(Some("{0,0,0,50,50,0}".into()))
+    );
+    assert_eq!(
+        Spi::get_one::<bool>("select billing._adjusted_grant(100, 80, 30, 0, 0, 0, 0, true, 0, 0) is null"),
+        Ok(Some(true))
+    );
+    // 600 held tokens coming back settle the 600 of debt a claw-back recorded for them
+    assert_eq!(
+        Spi::get_one::<String>("select billing._given_back_grant(1000, 0, 0, 0, 400, 600, 0, false, 600, 0)::text"),
+        Ok(Some("{0,0,0,1000,0,600}".into()))
     );
 }
 
@@ -128,7 +148,7 @@ fn empty_secret_is_an_error() {
 fn decodes_a_stripe_event() {
     let kind = Spi::get_one::<String>(&format!(
         "select billing.decode_stripe_event({}) ->> 'kind'",
-        pgrx::spi::quote_literal(include_str!("../tests/fixtures/stripe/events/current/06_invoice_paid_first.json"))
+        pgrx::spi::quote_literal(include_str!("../tests/fixtures/stripe/events/2025-10-29.clover/06_invoice_paid_first.json"))
     ));
     assert_eq!(kind, Ok(Some("invoice_paid".into())));
 }

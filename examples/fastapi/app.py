@@ -86,12 +86,15 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
                     else:  # the secret comes from Vault or billing.webhook_secrets
                         cur = await conn.execute("select billing.handle_stripe_webhook(%s, %s)", (payload, stripe_signature))
                     outcome = (await cur.fetchone())[0]
-            return outcome  # only after the transaction committed
         except psycopg.Error as e:
             if e.sqlstate in ("PT400", "22023"):
                 return JSONResponse({"error": e.diag.message_primary, "detail": e.diag.message_detail}, status_code=400)
-            # PT422 (catalog or customer link missing), PT500, lost connections: 5xx so Stripe retries
+            # PT500 (no secret), deadlocks, lost connections: nothing was recorded; 5xx so Stripe retries
             return JSONResponse({"error": e.diag.message_primary if e.diag else str(e)}, status_code=503)
+        # Answered only after the transaction committed. `failed`: kept in the inbox with its error
+        # (unknown price or user, amount mismatch): 5xx so Stripe delivers it again, and the next
+        # delivery applies it once the cause is fixed. processed, duplicate, ignored, stale: 2xx.
+        return JSONResponse(outcome, status_code=503 if outcome["outcome"] == "failed" else 200)
 
     @app.post("/api/payments/create-checkout")
     async def create_checkout(body: CheckoutRequest, user: dict = Depends(current_user)):

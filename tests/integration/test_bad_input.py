@@ -134,10 +134,14 @@ def test_unknown_api_version_and_wrong_types_in_a_signed_event(db):
     r = deliver({"id": f"evt_{uuid.uuid4().hex}", "type": "thing.happened", "created": now, "api_version": "2099-01-01",
                  "data": {"object": {}}})
     assert r["outcome"] == "ignored"
-    # a used type whose fields have the wrong types: refused with PT422, nothing recorded
+    # a used type whose fields have the wrong types: kept as failed with PT422, nothing moves
     evt = f"evt_{uuid.uuid4().hex}"
-    with pytest.raises(psycopg.Error) as e:
-        deliver({"id": evt, "type": "charge.refunded", "created": now,
-                 "data": {"object": {"payment_intent": 5, "amount": "lots", "amount_refunded": [1]}}})
-    assert e.value.sqlstate == "PT422"
-    assert db.one("select count(*) from billing.payment_transactions where stripe_event_id = %s", (evt,))[0] == 0
+    r = deliver({"id": evt, "type": "charge.refunded", "created": now, "livemode": True,
+                 "data": {"object": {"payment_intent": "pi_x", "amount": "lots", "amount_refunded": [1]}}})
+    assert (r["outcome"], r["error"]["code"]) == ("failed", "PT422")
+    assert db.one("select status from billing.payment_transactions where stripe_event_id = %s", (evt,))[0] == "failed"
+    assert db.one("select count(*) from billing.stripe_payments where payment_key = 'pi_x'")[0] == 0
+    # without a payment it names, a charge event moves nothing: recorded as ignored
+    r = deliver({"id": f"evt_{uuid.uuid4().hex}", "type": "charge.refunded", "created": now, "livemode": True,
+                 "data": {"object": {"payment_intent": 5, "amount_refunded": 1}}})
+    assert (r["outcome"], r["reason"]) == ("ignored", "no_payment")

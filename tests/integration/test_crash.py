@@ -44,7 +44,9 @@ def crashdb():
     with connect() as c:
         c.execute((ROOT / "sql" / "supabase-compat.sql").read_text())
         c.execute("create extension pg_billing")
-        c.execute("insert into billing.token_packs (stripe_price_id, tokens, currency) values ('price_crash', 10, 'usd')")
+        c.execute("insert into billing.token_packs (stripe_price_id, tokens, price_amount, currency)"
+                  " values ('price_crash', 10, 100, 'usd')")
+        c.execute("insert into billing.settings (stripe_livemode) values (false)")
     yield connect
     cluster("stop")
 
@@ -74,7 +76,9 @@ class Load:
         evt = f"evt_crash_{self.run_id}_{i}_{n}"
         t = int(time.time())
         body = json.dumps({"id": evt, "object": "event", "type": "checkout.session.completed", "created": t,
+                           "livemode": False,
                            "data": {"object": {"id": f"cs_{evt}", "mode": "payment", "payment_status": "paid",
+                                               "amount_subtotal": 100, "amount_total": 100,
                                                "currency": "usd", "client_reference_id": str(user),
                                                "payment_intent": f"pi_{evt}",
                                                "metadata": {"price_id": "price_crash", "quantity": "1"}}}})
@@ -133,6 +137,7 @@ def check(connect, load):
     assert load.committed["consume"] <= keys, "a consume the client saw commit is missing"
     assert load.committed["grant"] <= refs, "a grant the client saw commit is missing"
     assert load.committed["event"] <= events, "a webhook the client saw commit is missing"
+    assert {f"cs_{e}" for e in load.committed["event"]} <= refs, "a purchase the client saw commit granted nothing"
     assert load.failed["consume"], "the load should include refused consumes"
     assert not (load.failed["consume"] & keys), "a consume that failed was recorded"
     assert not (load.failed["grant"] & refs) and not (load.failed["event"] & events)

@@ -8,9 +8,10 @@ README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 # SECURITY DEFINER functions that `authenticated` may call, each listed in the README with why.
 DEFINER_FOR_USERS = {"consume_tokens", "reserve_tokens", "commit_reservation", "release_reservation",
                      "redeem_promo_code"}
-# Hot read functions without a SET clause (it costs a GUC save/restore per call): they must qualify
-# every name, operator and type themselves, and must not be SECURITY DEFINER (README "Privileges").
-UNPINNED = {"billing.get_balance(uuid)"}
+# Functions without a SET clause: the hot read get_balance (a SET costs a GUC save/restore per call)
+# and _is_live, which the planner inlines only without one. They must qualify every name, operator
+# and type themselves, and must not be SECURITY DEFINER (README "Privileges").
+UNPINNED = {"billing.get_balance(uuid)": "plpgsql", "billing._is_live(timestamp with time zone)": "sql"}
 SQL_WORDS = {"select", "coalesce", "case", "when", "then", "else", "end", "from", "where", "and", "or", "any", "array",
              "operator", "is", "null", "not", "as", "exists", "in", "if", "perform", "into", "return", "found",
              "declare", "begin"}
@@ -26,22 +27,29 @@ def test_every_function_pins_search_path(db):  # splinter 0011, stricter: pg_tem
     unpinned = db.all(
         "select p.oid::regprocedure::text, p.proconfig from pg_proc p where p.pronamespace = 'billing'::regnamespace"
         " and not ('search_path=pg_catalog, pg_temp' = any(coalesce(p.proconfig, '{}')))")
-    assert {r[0] for r in unpinned} == UNPINNED
+    assert {r[0] for r in unpinned} == set(UNPINNED)
 
 
 def test_unpinned_functions_qualify_everything(db):
-    for fn in UNPINNED:
+    for fn, language in UNPINNED.items():
         lang, definer, volatility, src = db.one(
             "select l.lanname, p.prosecdef, p.provolatile, p.prosrc from pg_proc p join pg_language l on l.oid = p.prolang"
             " where p.oid = %s::regprocedure", (fn,))
-        assert (lang, definer, volatility) == ("plpgsql", False, "s"), fn
+        assert (lang, definer, volatility) == (language, False, "s"), fn
         calls = re.findall(r"(?<![.\w])([a-z_][a-z0-9_]*)\s*\(", src)
         assert [c for c in calls if c not in SQL_WORDS] == [], (fn, calls)
         bare_operators = re.sub(r"operator\(pg_catalog\.[^)]*\)", "", src)
         assert not re.search(r"[=<>]", bare_operators), fn
         assert re.findall(r"::(\w+)\b(?!\.)", src) == [], "casts must name pg_catalog types"
         declared = re.findall(r"^\s+v_\w+\s+([\w.]+)", src, re.M)
-        assert declared and all(t.startswith("pg_catalog.") for t in declared), (fn, declared)
+        assert all(t.startswith("pg_catalog.") for t in declared), (fn, declared)
+        assert declared or language == "sql", fn
+
+
+def test_is_live_is_inlined_into_the_queries_that_use_it(db):
+    plan = "\n".join(r[0] for r in db.all(
+        "explain (verbose, costs off) select id from billing.token_grants g where billing._is_live(g.expires_at)"))
+    assert "_is_live" not in plan and "now()" in plan, plan
 
 
 def test_no_security_definer_function_executable_by_anon_or_public(db):  # splinter 0028

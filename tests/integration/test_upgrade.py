@@ -1,6 +1,6 @@
 """Upgrades keep data and end in the same schema as a fresh install.
 
-For every earlier release in sql/releases/ (installed by `make install`): install it, fill it with
+For every earlier release (each is the source of an upgrade script in sql/): install it, fill it with
 data through its own functions, `ALTER EXTENSION pg_billing UPDATE`, and compare
 - the schema with a fresh install of the current version (a catalog fingerprint: pg_dump prints only
   `CREATE EXTENSION` for an extension's member objects, so it cannot show a difference), and
@@ -17,8 +17,10 @@ import pytest
 
 from conftest import Db, create_database
 
-RELEASES = sorted(p.name.split("--")[1][:-4]
-                  for p in (pathlib.Path(__file__).resolve().parents[2] / "sql" / "releases").glob("pg_billing--*.sql"))
+# Every earlier release is the source of an upgrade script; PostgreSQL installs a release without
+# an install script of its own from the oldest one plus the upgrade chain.
+RELEASES = sorted(p.name.split("--")[1]
+                  for p in (pathlib.Path(__file__).resolve().parents[2] / "sql").glob("pg_billing--*--*.sql"))
 
 FINGERPRINT = """
 select 'table ' || c.relname || ' kind=' || c.relkind::text || ' rls=' || c.relrowsecurity
@@ -119,3 +121,51 @@ def test_upgrade_from_each_release(release):
 def test_there_is_an_earlier_release_to_upgrade_from():
     """Guards the test above from passing vacuously: since 0.1.0, at least one older release exists."""
     assert "0.1.0" in RELEASES
+
+
+def test_upgrade_from_0_3_0_keeps_stripe_history_and_applies_new_events_to_it():
+    """0.3.0 applied a pack purchase, a partial refund, an open dispute and a subscription invoice;
+    0.4.0 records them as purchases and facts, keeps every balance, and later events build on them."""
+    from stripe_story import CATALOG, CLOVER, TEST_MODE, USER, StoryDb, event
+
+    d = StoryDb("pg_billing_upgrade_stripe_history")
+    create_database(d.name, extension=False)
+    with d.service() as c:
+        c.execute("create extension pg_billing version '0.3.0'")
+        c.execute("insert into auth.users (id, email) values (%s, 'story@example.com')", (USER,))
+        for sql in CATALOG:
+            c.execute(sql.replace(", ('starter', 'price_StarterMonthly', 30000, 1000, 'usd', false)", ""))
+    for prefix in ["01", "12", "14", "04"]:
+        assert d.deliver(event(CLOVER, prefix))["outcome"] == "processed", prefix
+    # 0.3.0's invoice applier reads fields the current library's decoder no longer emits (the
+    # library is not versioned per release), so the invoice's effects are written as 0.3.0 wrote them.
+    invoice = event(CLOVER, "06")
+    period_end = json.loads(invoice)["data"]["object"]["lines"]["data"][0]["period"]["end"]
+    with d.service() as c:
+        c.execute("select billing._lock_and_settle(%s, true)", (USER,))
+        c.execute("select billing._insert_grant(%s, 100000, 'in_TestProA1', 'subscription', to_timestamp(%s),"
+                  " jsonb_build_object('stripe_event_id', 'evt_Test006', 'subscription', 'sub_TestProA', 'plan', 'pro'),"
+                  " null, 'price_ProMonthly', 2000, 'usd')", (USER, period_end))
+        c.execute("select billing._recompute_balance(%s)", (USER,))
+        c.execute("insert into billing.payment_transactions (stripe_event_id, event_type, event_created, livemode,"
+                  " api_version, user_id, status, outcome, payload) values ('evt_Test006', 'invoice.paid', now(), false,"
+                  " %s, %s, 'processed', '{\"action\": \"granted\"}', %s)", (CLOVER, USER, invoice))
+    before = d.money()
+    assert before == (100000, 0, 0)  # pack A: 500 refunded, 500 frozen by the dispute; Pro period 1
+    with d.service() as c:
+        c.execute("alter extension pg_billing update")
+        c.execute(TEST_MODE)
+    assert d.money() == before
+    assert d.ledger_problems() == []
+    assert d.all("select purchase_id, kind, allowance from billing.grant_purchases order by 1") == \
+        [("cs_test_PackA", "checkout_session", 1000), ("in_TestProA1", "invoice", 100000)]
+    assert d.one("select refunded_reported from billing.stripe_payments where payment_key = 'pi_TestPackA'")[0] == 500
+    assert d.one("select status from billing.stripe_disputes")[0] == "needs_response"
+    d.deliver(event(CLOVER, "16"))  # the dispute is won: the frozen 500 come back
+    assert d.money() == (100500, 0, 0)
+    d.deliver(event(CLOVER, "13"))  # fully refunded: the rest of pack A goes
+    assert d.money() == (100000, 0, 0)
+    d.deliver(event(CLOVER, "06b"))  # the invoice's payment, then half of it refunded
+    d.deliver(event(CLOVER, "39"))
+    assert d.money() == (50000, 0, 0)
+    assert d.ledger_problems() == []

@@ -10,7 +10,13 @@ with expected(tbl, role, privs) as (values
   ('webhook_secrets', 'anon', '{}'), ('webhook_secrets', 'authenticated', '{}'),
   ('webhook_secrets', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
   ('promo_codes', 'anon', '{}'), ('promo_codes', 'authenticated', '{}'),
-  ('promo_codes', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}')
+  ('promo_codes', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
+  ('settings', 'anon', '{}'), ('settings', 'authenticated', '{}'), ('settings', 'service_role', '{SELECT,UPDATE}'),
+  ('stripe_payments', 'anon', '{}'), ('stripe_payments', 'authenticated', '{}'), ('stripe_payments', 'service_role', '{SELECT}'),
+  ('stripe_refunds', 'anon', '{}'), ('stripe_refunds', 'authenticated', '{}'), ('stripe_refunds', 'service_role', '{SELECT}'),
+  ('stripe_disputes', 'anon', '{}'), ('stripe_disputes', 'authenticated', '{}'), ('stripe_disputes', 'service_role', '{SELECT}'),
+  ('grant_purchases', 'anon', '{}'), ('grant_purchases', 'authenticated', '{}'), ('grant_purchases', 'service_role', '{SELECT}'),
+  ('purchase_payments', 'anon', '{}'), ('purchase_payments', 'authenticated', '{}'), ('purchase_payments', 'service_role', '{SELECT}')
 ), user_tables(tbl) as (values ('stripe_customers'), ('user_subscriptions'), ('balances'), ('token_grants'),
   ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'))
 select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on billing.' || e.tbl || ': ' || e.privs)
@@ -23,7 +29,8 @@ select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on
 -- Every table in the schema is covered above and has row-level security enabled.
 select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'promo_codes', 'stripe_customers',
   'user_subscriptions', 'balances', 'token_grants', 'token_usage', 'token_reservations', 'payment_transactions',
-  'promo_redemptions'], 'every billing table has its privileges listed above');
+  'promo_redemptions', 'settings', 'stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
+  'purchase_payments'], 'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
 
 -- Functions: EXECUTE per role.
@@ -40,6 +47,7 @@ with fns(fn, args, who) as (values
   ('redeem_promo_code', '{text}', 'user'),
   ('grant_purchase', '{uuid,bigint,text,text,"timestamp with time zone",jsonb}', 'service'),
   ('handle_stripe_webhook', '{text,text,text}', 'service'),
+  ('reprocess_failed_events', '{}', 'service'),
   ('run_maintenance', '{integer}', 'service'),
   ('verify_ledger', '{}', 'service'),
   ('verify_stripe_signature', '{text,text,text,integer}', 'service'),
@@ -47,10 +55,14 @@ with fns(fn, args, who) as (values
   ('setup_roles', '{}', 'owner'),
   ('_burn', '{uuid,bigint,boolean}', 'owner'),
   ('_lock_and_settle', '{uuid,boolean}', 'owner'),
-  ('_claw_back', '{bigint,bigint}', 'owner'),
+  ('_adjust_grant', '{bigint,bigint,bigint}', 'owner'),
+  ('_return_to_grants', '{bigint[]}', 'owner'),
+  ('_settle_stripe_grant', '{bigint}', 'owner'),
+  ('_process_event', '{jsonb,boolean}', 'owner'),
   ('_burn_allocation', '{bigint[],bigint}', 'owner'),
-  ('_refund_share', '{bigint,bigint,bigint}', 'owner'),
-  ('_claw_back_split', '{bigint,bigint,bigint,bigint,bigint,bigint}', 'owner'),
+  ('_adjustment_targets', '{bigint,bigint[],bigint[],bigint[],bigint[],bigint[],bigint[]}', 'owner'),
+  ('_adjusted_grant', '{bigint,bigint,bigint,bigint,bigint,bigint,bigint,boolean,bigint,bigint}', 'owner'),
+  ('_given_back_grant', '{bigint,bigint,bigint,bigint,bigint,bigint,bigint,boolean,bigint,bigint}', 'owner'),
   ('stripe_signature_check', '{text,text,text[],integer}', 'owner'),
   ('decode_stripe_event', '{text}', 'owner')
 ), roles(role) as (values ('anon'), ('authenticated'), ('service_role'))

@@ -60,6 +60,7 @@ def database():
                   " values ('price_Pack1000', 1000, 999, 'usd')")
         c.execute("insert into billing.plans (code, stripe_price_id, tokens_per_period, price_amount)"
                   " values ('pro', 'price_ProMonthly', 100000, 2000)")
+        c.execute("insert into billing.settings (stripe_livemode) values (false)")  # the fixtures are test mode
     return DB
 
 

@@ -10,7 +10,7 @@ import stripe
 
 from conftest import WEBHOOK_SECRET, token_for
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "stripe" / "events" / "current"
+FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "stripe" / "events" / "2025-10-29.clover"
 SHIFT = int(time.time()) - 86400 - 1763900000  # the story, moved so it began a day ago
 
 
@@ -93,16 +93,27 @@ def test_bad_signature_is_400_and_records_nothing(http, db):
     assert db.execute("select count(*) from billing.payment_transactions where stripe_event_id = %s", (evt,)).fetchone()[0] == 0
 
 
-def test_unappliable_event_is_5xx_so_stripe_retries_and_retry_succeeds(http, db):
+def test_failed_event_is_5xx_so_stripe_retries_and_the_retry_applies_it(http, db):
     u = new_user(db)
     price = f"price_late_{uuid.uuid4().hex[:8]}"
     payload = story_event("01", u, **{"id": f"evt_{uuid.uuid4().hex}", "data.object.id": f"cs_{uuid.uuid4().hex}",
                                       "data.object.metadata.price_id": price})
-    assert post_webhook(http, payload).status_code == 503
-    db.execute("insert into billing.token_packs (stripe_price_id, tokens, currency) values (%s, 50, 'usd')", (price,))
+    r = post_webhook(http, payload)
+    assert r.status_code == 503 and r.json()["outcome"] == "failed" and r.json()["error"]["code"] == "PT422"
+    evt = json.loads(payload)["id"]
+    assert db.execute("select status from billing.payment_transactions where stripe_event_id = %s", (evt,)).fetchone() \
+        == ("failed",)  # kept, not lost
+    db.execute("insert into billing.token_packs (stripe_price_id, tokens, price_amount, currency)"
+               " values (%s, 50, 999, 'usd')", (price,))
     r = post_webhook(http, payload)
     assert r.status_code == 200 and r.json()["outcome"] == "processed"
     assert balance(db, u) == 50
+
+
+def test_ignored_events_are_2xx(http, db):
+    for prefix in ["17", "40"]:  # a type pg_billing does not use; a thin (v2) event
+        r = post_webhook(http, story_event(prefix, **{"id": f"evt_{uuid.uuid4().hex}"}))
+        assert (r.status_code, r.json()["outcome"]) == (200, "ignored"), prefix
 
 
 def test_concurrent_duplicate_webhook_posts_grant_once(server, db):

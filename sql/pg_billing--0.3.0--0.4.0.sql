@@ -1,0 +1,1423 @@
+-- pg_billing 0.3.0 -> 0.4.0: Stripe money rules (README "Webhooks", docs/stripe.md).
+-- scripts/gen-upgrade.py turns this file into sql/pg_billing--0.3.0--0.4.0.sql: the functions that
+-- changed since 0.3.0 go where the `@functions` line is. tests/integration/test_upgrade.py proves
+-- the result equals a fresh install and keeps the data.
+--
+-- * billing.settings (test mode, Connect account); plans.grant_on_zero_amount;
+-- * Stripe facts recorded per payment (stripe_payments, stripe_refunds, stripe_disputes) and what
+--   each grant was bought with (grant_purchases, purchase_payments): refunds and disputes in any
+--   order, subscription refunds on basil and later, one allowance per subscription period;
+-- * token_grants.freeze_target: a disputed grant's tokens stay frozen when a hold comes back;
+-- * payment_transactions: status 'failed' with error and attempts (nothing verified is lost);
+-- * every table registered with pg_extension_config_dump, so pg_dump saves billing data;
+-- * token_grants_payment_intent index dropped (payments are found through purchase_payments).
+
+alter table billing.plans add column grant_on_zero_amount boolean not null default false;
+alter table billing.token_grants add column freeze_target bigint not null default 0 check (freeze_target >= 0);
+drop index billing.token_grants_payment_intent;
+alter table billing.payment_transactions
+  drop constraint payment_transactions_status_check,
+  add constraint payment_transactions_status_check check (status in ('processed', 'ignored', 'stale', 'failed')),
+  add column error jsonb,
+  add column attempts integer not null default 1,
+  add column stripe_customer text;
+create index payment_transactions_failed on billing.payment_transactions (stripe_customer, event_created)
+  where status = 'failed';
+
+create table billing.settings (
+  id              boolean primary key default true check (id),
+  stripe_livemode boolean not null default true,
+  stripe_account  text check (stripe_account <> ''),
+  updated_at      timestamptz not null default now()
+);
+create table billing.stripe_payments (
+  payment_key       text primary key,
+  charge_id         text,
+  currency          text,
+  amount_captured   bigint check (amount_captured >= 0),
+  refunded_reported bigint not null default 0 check (refunded_reported >= 0),
+  updated_at        timestamptz not null default now()
+);
+create table billing.stripe_refunds (
+  refund_id          text primary key,
+  payment_key        text not null,
+  amount             bigint not null check (amount >= 0),
+  currency           text,
+  status             text not null,
+  last_event_created timestamptz not null,
+  last_event_id      text not null
+);
+create index stripe_refunds_payment on billing.stripe_refunds (payment_key);
+create table billing.stripe_disputes (
+  dispute_id         text primary key,
+  payment_key        text not null,
+  amount             bigint not null check (amount >= 0),
+  currency           text,
+  status             text not null,
+  last_event_created timestamptz not null,
+  last_event_id      text not null
+);
+create index stripe_disputes_payment on billing.stripe_disputes (payment_key);
+create table billing.grant_purchases (
+  purchase_id            text primary key,
+  grant_id               bigint not null references billing.token_grants (id),
+  kind                   text not null check (kind in ('checkout_session', 'invoice')),
+  allowance              bigint not null check (allowance > 0),
+  amount                 bigint not null check (amount >= 0),
+  currency               text not null,
+  purchased_at           timestamptz not null,
+  stripe_subscription_id text,
+  period_end             timestamptz,
+  plan_id                bigint references billing.plans (id)
+);
+create index grant_purchases_grant on billing.grant_purchases (grant_id);
+create unique index grant_purchases_period on billing.grant_purchases (stripe_subscription_id, period_end, purchase_id)
+  where stripe_subscription_id is not null;
+create index grant_purchases_plan_id on billing.grant_purchases (plan_id) where plan_id is not null;
+create table billing.purchase_payments (
+  purchase_id text not null,
+  payment_key text not null,
+  amount      bigint not null check (amount >= 0),
+  primary key (purchase_id, payment_key)
+);
+create index purchase_payments_payment on billing.purchase_payments (payment_key);
+
+alter table billing.settings enable row level security;
+alter table billing.stripe_payments enable row level security;
+alter table billing.stripe_refunds enable row level security;
+alter table billing.stripe_disputes enable row level security;
+alter table billing.grant_purchases enable row level security;
+alter table billing.purchase_payments enable row level security;
+
+do $$
+declare
+  v_table regclass;
+begin
+  for v_table in
+    select c.oid::regclass from pg_catalog.pg_class c
+     where c.relnamespace = 'billing'::regnamespace and c.relkind in ('r', 'S')
+  loop
+    perform pg_catalog.pg_extension_config_dump(v_table, '');
+  end loop;
+end
+$$;
+
+-- Rust helpers of 0.3.0's claw-back, replaced by billing._adjustment_targets and billing._adjusted_grant.
+drop function billing._refund_share(bigint, bigint, bigint);
+drop function billing._claw_back_split(bigint, bigint, bigint, bigint, bigint, bigint);
+
+-- ===== functions removed, or whose result changed =====
+drop function billing._claw_back(p_grant_id bigint, p_target bigint);
+
+-- ===== Rust functions new or changed in 0.4.0 (as generated by pgrx) =====
+
+CREATE  FUNCTION "_adjustment_targets"(
+	"p_grant_tokens" bigint, /* i64 */
+	"p_tokens" bigint[], /* Array < i64 > */
+	"p_weight" bigint[], /* Array < i64 > */
+	"p_purchase_weight" bigint[], /* Array < i64 > */
+	"p_captured" bigint[], /* Array < i64 > */
+	"p_taken" bigint[], /* Array < i64 > */
+	"p_open" bigint[] /* Array < i64 > */
+) RETURNS bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'adjustment_targets_wrapper';
+
+CREATE  FUNCTION "_adjusted_grant"(
+	"p_tokens" bigint, /* i64 */
+	"p_remaining" bigint, /* i64 */
+	"p_frozen" bigint, /* i64 */
+	"p_expired" bigint, /* i64 */
+	"p_clawed_back" bigint, /* i64 */
+	"p_debt_incurred" bigint, /* i64 */
+	"p_debt_repaid" bigint, /* i64 */
+	"p_live" bool, /* bool */
+	"p_claw_target" bigint, /* i64 */
+	"p_freeze_target" bigint /* i64 */
+) RETURNS bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'adjusted_grant_wrapper';
+
+CREATE  FUNCTION "_given_back_grant"(
+	"p_tokens" bigint, /* i64 */
+	"p_remaining" bigint, /* i64 */
+	"p_frozen" bigint, /* i64 */
+	"p_expired" bigint, /* i64 */
+	"p_clawed_back" bigint, /* i64 */
+	"p_debt_incurred" bigint, /* i64 */
+	"p_debt_repaid" bigint, /* i64 */
+	"p_live" bool, /* bool */
+	"p_back" bigint, /* i64 */
+	"p_freeze_target" bigint /* i64 */
+) RETURNS bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+IMMUTABLE STRICT PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'given_back_grant_wrapper';
+
+-- ===== SQL functions new or changed in 0.4.0 (35 of 66) =====
+
+create or replace function billing._is_live(p_expires_at timestamptz) returns boolean
+language sql stable parallel safe as $$
+  select p_expires_at is null or p_expires_at operator(pg_catalog.>) pg_catalog.now()
+$$;
+
+create or replace function billing._burn(p_user_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_ids bigint[];
+  v_remaining bigint[];
+  v_take bigint[];
+  v_drawn bigint[];
+begin
+  select pg_catalog.array_agg(g.id order by g.expires_at, g.id),
+         pg_catalog.array_agg(g.remaining order by g.expires_at, g.id)
+    into v_ids, v_remaining
+    from billing.token_grants g
+   where g.user_id = p_user_id and g.remaining > 0
+     and billing._is_live(g.expires_at);
+  v_take := billing._burn_allocation(v_remaining, p_amount);
+  if v_take is null then
+    raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+      detail = pg_catalog.format('needed %s tokens for user %s, grants held %s', p_amount, p_user_id,
+                                 coalesce((select pg_catalog.sum(r) from pg_catalog.unnest(v_remaining) r), 0));
+  end if;
+  with take as (
+    select t.id, t.tokens, t.ord from rows from (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_take)) with ordinality as t(id, tokens, ord)
+     where t.tokens > 0
+  ), upd as (
+    update billing.token_grants g
+       set remaining = g.remaining - take.tokens,
+           debt_repaid = g.debt_repaid + case when p_repays_debt then take.tokens else 0 end
+      from take where g.id = take.id
+    returning g.id
+  )
+  select pg_catalog.array_agg(array[take.id, take.tokens] order by take.ord) into v_drawn
+    from take join upd on upd.id = take.id;
+  return v_drawn;
+end
+$$;
+
+create or replace function billing._set_grant_counters(p_grant_id bigint, p_counters bigint[], p_what text) returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  if p_counters is null then
+    raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+      detail = pg_catalog.format('grant %s: %s is impossible with its counters', p_grant_id, p_what);
+  end if;
+  update billing.token_grants g
+     set remaining = p_counters[1], frozen = p_counters[2], expired = p_counters[3],
+         clawed_back = p_counters[4], debt_incurred = p_counters[5]
+   where g.id = p_grant_id;
+  return p_counters[6];
+end
+$$;
+
+create or replace function billing._return_to_grants(p_drawn bigint[]) returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_part record;
+  v_spendable bigint := 0;
+begin
+  for v_part in
+    select g.*, parts.t
+      from (select p_drawn[i][1] as grant_id, pg_catalog.sum(p_drawn[i][2])::bigint as t
+              from pg_catalog.generate_subscripts(p_drawn, 1) as i group by 1) parts
+      join billing.token_grants g on g.id = parts.grant_id
+     order by g.id
+  loop
+    perform billing._set_grant_counters(v_part.id,
+      billing._given_back_grant(v_part.tokens, v_part.remaining, v_part.frozen, v_part.expired, v_part.clawed_back,
+                                v_part.debt_incurred, v_part.debt_repaid, billing._is_live(v_part.expires_at),
+                                v_part.t, v_part.freeze_target),
+      pg_catalog.format('giving back %s tokens', v_part.t));
+    v_spendable := v_spendable + (select g.remaining from billing.token_grants g where g.id = v_part.id) - v_part.remaining;
+  end loop;
+  return v_spendable;
+end
+$$;
+
+create or replace function billing._grow_grant(p_grant_id bigint, p_tokens bigint) returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_before bigint;
+begin
+  select g.tokens into v_before from billing.token_grants g where g.id = p_grant_id;
+  if v_before >= p_tokens then
+    return 0;
+  end if;
+  update billing.token_grants g
+     set remaining = g.remaining + case when billing._is_live(g.expires_at) then p_tokens - g.tokens else 0 end,
+         expired = g.expired + case when billing._is_live(g.expires_at) then 0 else p_tokens - g.tokens end,
+         tokens = p_tokens
+   where g.id = p_grant_id;
+  return p_tokens - v_before;
+end
+$$;
+
+create or replace function billing._adjust_grant(p_grant_id bigint, p_claw_target bigint, p_freeze_target bigint) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  g billing.token_grants;
+  v_after billing.token_grants;
+begin
+  select * into g from billing.token_grants where id = p_grant_id;
+  perform billing._set_grant_counters(p_grant_id,
+    billing._adjusted_grant(g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_incurred, g.debt_repaid,
+                            billing._is_live(g.expires_at), p_claw_target, p_freeze_target),
+    pg_catalog.format('adjusting to claw back %s and freeze %s', p_claw_target, p_freeze_target));
+  update billing.token_grants set freeze_target = p_freeze_target where id = p_grant_id
+  returning * into v_after;
+  return pg_catalog.jsonb_build_object('grant_id', p_grant_id,
+    'clawed_back', v_after.clawed_back - g.clawed_back, 'debt', v_after.debt_incurred - g.debt_incurred,
+    'frozen', v_after.frozen - g.frozen, 'spendable', v_after.remaining - g.remaining);
+end
+$$;
+
+create or replace function billing._return_repaid_debt(p_user_id uuid) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_owed bigint;
+  v_ids bigint[];
+  v_repaid bigint[];
+  v_take bigint[];
+  v_round integer := 0;
+  v_grant record;
+begin
+  loop
+    select -(coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0)) into v_owed
+      from billing.token_grants g where g.user_id = p_user_id;
+    exit when v_owed <= 0;
+    v_round := v_round + 1;
+    if v_round > 100 then
+      raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+        detail = pg_catalog.format('user %s: repaid debt does not settle', p_user_id);
+    end if;
+    select pg_catalog.array_agg(g.id order by billing._is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc),
+           pg_catalog.array_agg(g.debt_repaid order by billing._is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc)
+      into v_ids, v_repaid
+      from billing.token_grants g where g.user_id = p_user_id and g.debt_repaid > 0;
+    v_take := billing._burn_allocation(v_repaid, v_owed);
+    if v_take is null then
+      raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+        detail = pg_catalog.format('user %s is owed %s tokens of repaid debt, grants hold %s', p_user_id, v_owed,
+                                   coalesce((select pg_catalog.sum(r) from pg_catalog.unnest(v_repaid) r), 0));
+    end if;
+    for v_grant in
+      select g.*, t.tokens as back
+        from rows from (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_take)) as t(id, tokens)
+        join billing.token_grants g on g.id = t.id
+       where t.tokens > 0
+    loop
+      update billing.token_grants g set debt_repaid = g.debt_repaid - v_grant.back where g.id = v_grant.id;
+      perform billing._set_grant_counters(v_grant.id,
+        billing._given_back_grant(v_grant.tokens, v_grant.remaining, v_grant.frozen, v_grant.expired,
+                                  v_grant.clawed_back, v_grant.debt_incurred, v_grant.debt_repaid - v_grant.back,
+                                  billing._is_live(v_grant.expires_at), v_grant.back, v_grant.freeze_target),
+        pg_catalog.format('returning %s tokens of repaid debt', v_grant.back));
+    end loop;
+  end loop;
+end
+$$;
+
+create or replace function billing._recompute_balance(p_user_id uuid) returns billing.balances
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_debt bigint;
+  v_spendable bigint;
+  v_head billing.token_grants;
+  v_row billing.balances;
+begin
+  perform billing._flush_head(p_user_id);
+  perform billing._return_repaid_debt(p_user_id);
+  select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
+    into v_debt, v_spendable
+    from billing.token_grants g where g.user_id = p_user_id;
+  if v_debt > 0 and v_spendable > 0 then
+    perform billing._burn(p_user_id, least(v_debt, v_spendable), true);
+  end if;
+  select g.* into v_head from billing.token_grants g
+   where g.user_id = p_user_id and g.remaining > 0 and billing._is_live(g.expires_at)
+   order by g.expires_at, g.id
+   limit 1;
+  update billing.balances b
+     set spendable = (select coalesce(pg_catalog.sum(g.remaining), 0) from billing.token_grants g
+                       where g.user_id = p_user_id),
+         held = (select coalesce(pg_catalog.sum(r.tokens), 0) from billing.token_reservations r
+                  where r.user_id = p_user_id and r.status = 'held'),
+         debt = (select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0) from billing.token_grants g
+                  where g.user_id = p_user_id),
+         next_event_at = least(
+           (select pg_catalog.min(g.expires_at) from billing.token_grants g
+             where g.user_id = p_user_id and g.remaining > 0),
+           (select pg_catalog.min(r.expires_at) from billing.token_reservations r
+             where r.user_id = p_user_id and r.status = 'held')),
+         head_grant_id = v_head.id,
+         head_remaining = coalesce(v_head.remaining, 0),
+         updated_at = pg_catalog.now()
+   where b.user_id = p_user_id
+  returning b.* into v_row;
+  return v_row;
+end
+$$;
+
+create or replace function billing._lock_and_settle(p_user_id uuid, p_create boolean) returns billing.balances
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_row billing.balances;
+  v_hold record;
+begin
+  select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
+  if not found then
+    if not p_create then
+      return null;
+    end if;
+    insert into billing.balances (user_id) values (p_user_id) on conflict (user_id) do nothing;
+    select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
+  end if;
+  perform billing._flush_head(p_user_id);
+  if v_row.next_event_at is null or v_row.next_event_at > pg_catalog.now() then
+    return v_row; -- spendable, held and debt are exact; the caller recomputes the head when done
+  end if;
+  for v_hold in
+    select r.id, r.drawn_from from billing.token_reservations r
+     where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
+  loop
+    perform billing._return_to_grants(v_hold.drawn_from);
+    update billing.token_reservations set status = 'expired', settled_at = pg_catalog.now() where id = v_hold.id;
+  end loop;
+  update billing.token_grants g set expired = g.expired + g.remaining, remaining = 0
+   where g.user_id = p_user_id and g.remaining > 0 and not billing._is_live(g.expires_at);
+  v_row := billing._recompute_balance(p_user_id);
+  -- The caller writes grants next: leave no head, so its final recompute cannot overwrite them.
+  perform billing._flush_head(p_user_id);
+  return v_row;
+end
+$$;
+
+create or replace function billing._spendable_now(p_user_id uuid) returns bigint
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select case
+    when b.user_id is null then 0
+    when b.next_event_at is null or b.next_event_at > pg_catalog.now() then b.spendable
+    else greatest(0,
+      (select coalesce(pg_catalog.sum(case when g.id = b.head_grant_id then b.head_remaining else g.remaining end), 0)
+         from billing.token_grants g
+        where g.user_id = p_user_id and g.remaining > 0
+          and billing._is_live(g.expires_at))
+      + (select coalesce(pg_catalog.sum(r.drawn_from[i][2]), 0)
+           from billing.token_reservations r
+           cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
+           join billing.token_grants g on g.id = r.drawn_from[i][1]
+          where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
+            and billing._is_live(g.expires_at))
+      - b.debt)
+  end
+  from (select p_user_id as id) u
+  left join billing.balances b on b.user_id = u.id
+$$;
+
+create or replace function billing._raise_unprocessable(p_message text, p_detail text) returns void
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
+begin
+  raise exception using errcode = 'PT422', message = p_message, detail = coalesce(p_detail, ''),
+    hint = 'Fix the catalog or the customer link, then billing.reprocess_failed_events() (Stripe also redelivers).';
+end
+$$;
+
+create or replace function billing._stripe_status_rank(p_object text, p_status text) returns integer
+language sql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
+  select case p_object
+    when 'subscription' then case p_status
+      when 'incomplete' then 0 when 'trialing' then 1 when 'active' then 2 when 'past_due' then 3
+      when 'unpaid' then 4 when 'paused' then 5 when 'canceled' then 100 when 'incomplete_expired' then 101 end
+    when 'refund' then case p_status
+      when 'pending' then 0 when 'requires_action' then 1 when 'succeeded' then 2
+      when 'failed' then 100 when 'canceled' then 101 else 3 end
+    when 'dispute' then case p_status
+      when 'warning_needs_response' then 0 when 'warning_under_review' then 1 when 'needs_response' then 2
+      when 'under_review' then 3 when 'won' then 100 when 'warning_closed' then 101 when 'prevented' then 102
+      when 'lost' then 103 else 4 end
+  end
+$$;
+
+create or replace function billing._lock_stripe_object(p_id text) returns void
+language sql volatile set search_path = pg_catalog, pg_temp as $$
+  select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_billing.stripe'), pg_catalog.hashtext(p_id))
+   where p_id is not null
+$$;
+
+create or replace function billing._note_payment(p_payment_key text, p_currency text) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_currency text;
+begin
+  insert into billing.stripe_payments as p (payment_key, currency) values (p_payment_key, p_currency)
+  on conflict (payment_key) do update set currency = coalesce(p.currency, excluded.currency), updated_at = pg_catalog.now()
+  returning p.currency into v_currency;
+  if p_currency is not null and v_currency <> p_currency then
+    perform billing._raise_unprocessable('currency does not match the payment',
+      pg_catalog.format('payment %s is in %s, the event in %s', p_payment_key, v_currency, p_currency));
+  end if;
+end
+$$;
+
+create or replace function billing._stripe_targets(p_grant_id bigint) returns bigint[]
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  with purchases as (
+    -- what each purchase added to the grant, in the order Stripe created them
+    select p.purchase_id, p.amount,
+           greatest(0, p.allowance - coalesce(pg_catalog.max(p.allowance) over (
+             order by p.purchased_at, p.purchase_id rows between unbounded preceding and 1 preceding), 0)) as tokens
+      from billing.grant_purchases p where p.grant_id = p_grant_id
+  ), shares as (
+    select pu.tokens, pp.amount as weight,
+           greatest(pu.amount, pg_catalog.sum(pp.amount) over (partition by pu.purchase_id))::bigint as purchase_weight,
+           coalesce(sp.amount_captured, (select pg_catalog.sum(x.amount) from billing.purchase_payments x
+                                          where x.payment_key = pp.payment_key))::bigint as captured,
+           (greatest(0, greatest(coalesce(sp.refunded_reported, 0), coalesce(rf.issued, 0)) - coalesce(rf.failed, 0))
+            + coalesce(dp.lost, 0))::bigint as taken,
+           coalesce(dp.open, 0)::bigint as open
+      from purchases pu
+      join billing.purchase_payments pp on pp.purchase_id = pu.purchase_id
+      left join billing.stripe_payments sp on sp.payment_key = pp.payment_key
+      left join lateral (
+        select pg_catalog.sum(r.amount) as issued,
+               pg_catalog.sum(r.amount) filter (where billing._stripe_status_rank('refund', r.status) >= 100) as failed
+          from billing.stripe_refunds r where r.payment_key = pp.payment_key) rf on true
+      left join lateral (
+        select pg_catalog.sum(d.amount) filter (where d.status = 'lost') as lost,
+               pg_catalog.sum(d.amount) filter (where billing._stripe_status_rank('dispute', d.status) < 100) as open
+          from billing.stripe_disputes d where d.payment_key = pp.payment_key) dp on true
+  )
+  select billing._adjustment_targets(g.tokens, coalesce(a.tokens, '{}'), coalesce(a.weight, '{}'),
+           coalesce(a.purchase_weight, '{}'), coalesce(a.captured, '{}'), coalesce(a.taken, '{}'), coalesce(a.open, '{}'))
+    from billing.token_grants g,
+         (select pg_catalog.array_agg(s.tokens) as tokens, pg_catalog.array_agg(s.weight) as weight,
+                 pg_catalog.array_agg(s.purchase_weight) as purchase_weight, pg_catalog.array_agg(s.captured) as captured,
+                 pg_catalog.array_agg(s.taken) as taken, pg_catalog.array_agg(s.open) as open
+            from shares s) a
+   where g.id = p_grant_id
+$$;
+
+create or replace function billing._settle_stripe_grant(p_grant_id bigint) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_targets bigint[] := billing._stripe_targets(p_grant_id);
+begin
+  if v_targets is null then
+    raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
+      detail = pg_catalog.format('grant %s: Stripe facts give no adjustment targets', p_grant_id);
+  end if;
+  return billing._adjust_grant(p_grant_id, v_targets[1], v_targets[2]);
+end
+$$;
+
+create or replace function billing._settle_payment(p_payment_key text) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_grant record;
+  v_user uuid;
+  v_effects jsonb := '[]';
+begin
+  for v_grant in
+    select distinct g.id, g.user_id
+      from billing.purchase_payments pp
+      join billing.grant_purchases gp on gp.purchase_id = pp.purchase_id
+      join billing.token_grants g on g.id = gp.grant_id
+     where pp.payment_key = p_payment_key
+     order by g.id
+  loop
+    perform billing._lock_and_settle(v_grant.user_id, true);
+    v_effects := v_effects || billing._settle_stripe_grant(v_grant.id);
+    perform billing._recompute_balance(v_grant.user_id);
+    v_user := v_grant.user_id;
+  end loop;
+  return pg_catalog.jsonb_build_object('user_id', v_user, 'payment', p_payment_key,
+    'action', case when v_user is null then 'recorded_pending' else 'adjusted' end, 'grants', v_effects);
+end
+$$;
+
+create or replace function billing._apply_checkout(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_user uuid := billing._event_user(p_event);
+  v_pack billing.token_packs;
+  v_quantity bigint := coalesce((p_event ->> 'quantity')::bigint, 1);
+  v_payment text := p_event ->> 'payment_key';
+  v_session text := p_event ->> 'object_id';
+  v_paid bigint := coalesce((p_event ->> 'amount_total')::bigint, 0);
+  v_link text;
+  v_base jsonb;
+  v_ins record;
+  v_tokens numeric;
+  v_adjusted jsonb;
+begin
+  if v_user is null then
+    perform billing._raise_unprocessable('checkout session has no user', v_session);
+  end if;
+  v_link := billing._link_customer(v_user, p_event ->> 'customer');
+  v_base := pg_catalog.jsonb_build_object('user_id', v_user, 'customer', v_link)
+            || case when v_link = 'linked' then pg_catalog.jsonb_build_object('linked_customer', p_event ->> 'customer')
+                    else '{}'::jsonb end;
+  if p_event ->> 'mode' = 'subscription' then
+    return v_base || '{"action": "linked_subscription_customer"}';
+  elsif p_event ->> 'type' = 'checkout.session.async_payment_failed' then
+    return v_base || '{"action": "payment_failed"}';
+  elsif p_event ->> 'mode' is distinct from 'payment' then
+    return v_base || '{"action": "ignored_mode"}';
+  elsif coalesce(p_event ->> 'payment_status', '') not in ('paid', 'no_payment_required') then
+    return v_base || '{"action": "awaiting_payment"}';
+  end if;
+
+  select p.* into v_pack from billing.token_packs p where p.stripe_price_id = p_event ->> 'price_id';
+  if not found then
+    perform billing._raise_unprocessable('price is not a token pack in billing.token_packs',
+      coalesce(p_event ->> 'price_id', 'metadata.price_id missing'));
+  elsif v_pack.currency is distinct from p_event ->> 'currency' then
+    perform billing._raise_unprocessable('currency does not match the token pack',
+      pg_catalog.format('pack %s, session %s', v_pack.currency, p_event ->> 'currency'));
+  elsif v_quantity < 1 or v_quantity > 1000 then
+    perform billing._raise_unprocessable('quantity out of range (1 to 1000)', v_quantity::text);
+  elsif (p_event ->> 'amount_subtotal')::numeric is distinct from v_pack.price_amount::numeric * v_quantity then
+    perform billing._raise_unprocessable('amount does not match the catalog',
+      pg_catalog.format('session amount_subtotal %s, catalog %s x %s = %s', coalesce(p_event ->> 'amount_subtotal', 'missing'),
+                        v_pack.price_amount, v_quantity, v_pack.price_amount::numeric * v_quantity));
+  end if;
+  v_tokens := v_pack.tokens::numeric * v_quantity;
+  if v_tokens > 9223372036854775807 then
+    perform billing._raise_unprocessable('token amount overflows', v_tokens::text);
+  end if;
+
+  if v_payment is not null then
+    perform billing._lock_stripe_object(v_payment);
+    perform billing._note_payment(v_payment, v_pack.currency);
+  end if;
+  perform billing._lock_and_settle(v_user, true);
+  select * into v_ins from billing._insert_grant(v_user, v_tokens::bigint, v_session, 'purchase', null,
+    pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'quantity', v_quantity),
+    v_payment, v_pack.stripe_price_id, v_paid, v_pack.currency);
+  if v_ins.inserted then
+    insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at)
+    values (v_session, v_ins.grant_id, 'checkout_session', v_tokens::bigint, v_paid, v_pack.currency,
+            pg_catalog.to_timestamp(coalesce((p_event ->> 'object_created')::bigint, (p_event ->> 'created')::bigint)));
+    if v_payment is not null then
+      insert into billing.purchase_payments (purchase_id, payment_key, amount) values (v_session, v_payment, v_paid)
+      on conflict do nothing;
+    end if;
+    v_adjusted := billing._settle_stripe_grant(v_ins.grant_id); -- refunds or disputes that came first
+  end if;
+  perform billing._recompute_balance(v_user);
+  return v_base || pg_catalog.jsonb_build_object('action', case when v_ins.inserted then 'granted' else 'already_granted' end,
+    'grant_id', v_ins.grant_id, 'tokens', case when v_ins.inserted then v_tokens end, 'adjusted', v_adjusted);
+end
+$$;
+
+create or replace function billing._apply_invoice_paid(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_invoice text := p_event ->> 'object_id';
+  v_reason text := p_event ->> 'billing_reason';
+  v_sub text := p_event ->> 'subscription';
+  v_paid bigint := coalesce((p_event ->> 'amount_settled')::bigint, 0);
+  v_payment text := p_event ->> 'payment_key';
+  v_user uuid;
+  v_line jsonb;
+  v_plan_id bigint;
+  v_plan billing.plans;
+  v_allowance bigint;
+  v_period_end timestamptz;
+  v_grant bigint;
+  v_ins record;
+  v_created boolean := false;
+  v_added bigint;
+  v_expires timestamptz;
+  v_adjusted jsonb;
+begin
+  if v_sub is null then
+    return '{"action": "ignored", "reason": "not_a_subscription_invoice"}';
+  elsif v_reason is null or v_reason not in ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription') then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_allowance_for_billing_reason',
+                                         'billing_reason', v_reason);
+  end if;
+  v_user := billing._event_user(p_event);
+  if v_user is null then
+    perform billing._raise_unprocessable('invoice customer is not linked to a user', p_event ->> 'customer');
+  end if;
+  select l.line, p.id into v_line, v_plan_id
+    from pg_catalog.jsonb_array_elements(p_event -> 'lines') with ordinality as l(line, ord)
+    join billing.plans p on p.stripe_price_id = l.line ->> 'price'
+   where ((l.line ->> 'proration')::boolean is not true and l.line ->> 'line_kind' <> 'invoiceitem')
+      or (v_reason = 'subscription_update' and (l.line ->> 'proration')::boolean and (l.line ->> 'amount')::bigint > 0)
+   order by (l.line ->> 'proration')::boolean, (l.line ->> 'period_end')::bigint desc, p.tokens_per_period desc, l.ord
+   limit 1;
+  if v_line is null then
+    if v_reason = 'subscription_update' and not exists (
+         select 1 from pg_catalog.jsonb_array_elements(p_event -> 'lines') l(line)
+          where (l.line ->> 'amount')::bigint > 0
+            and not exists (select 1 from billing.plans p where p.stripe_price_id = l.line ->> 'price')) then
+      return pg_catalog.jsonb_build_object('user_id', v_user, 'action', 'no_plan_line', 'invoice', v_invoice);
+    end if;
+    perform billing._raise_unprocessable('no line of the invoice is a plan in billing.plans',
+      pg_catalog.format('invoice %s prices: %s%s', v_invoice,
+        (select pg_catalog.string_agg(coalesce(l.line ->> 'price', 'none'), ', ')
+           from pg_catalog.jsonb_array_elements(p_event -> 'lines') l(line)),
+        case when (p_event ->> 'lines_has_more')::boolean then ' (more lines than the event lists)' else '' end));
+  end if;
+  select p.* into v_plan from billing.plans p where p.id = v_plan_id;
+  if v_plan.currency is distinct from p_event ->> 'currency' then
+    perform billing._raise_unprocessable('currency does not match the plan',
+      pg_catalog.format('plan %s, invoice %s', v_plan.currency, p_event ->> 'currency'));
+  end if;
+  v_period_end := pg_catalog.to_timestamp((v_line ->> 'period_end')::bigint);
+  if v_period_end is null then
+    perform billing._raise_unprocessable('the plan line has no period', v_invoice);
+  end if;
+  v_allowance := case when v_paid > 0 or v_plan.grant_on_zero_amount then v_plan.tokens_per_period else 0 end;
+  if v_allowance = 0 then
+    return pg_catalog.jsonb_build_object('user_id', v_user, 'action', 'zero_amount', 'invoice', v_invoice,
+                                         'plan', v_plan.code);
+  end if;
+
+  perform billing._lock_stripe_object(v_invoice);
+  if v_payment is not null then
+    perform billing._lock_stripe_object(v_payment);
+    perform billing._note_payment(v_payment, v_plan.currency);
+  end if;
+  perform billing._lock_and_settle(v_user, true);
+  select gp.grant_id into v_grant from billing.grant_purchases gp
+   where gp.stripe_subscription_id = v_sub and gp.period_end = v_period_end
+   order by gp.purchased_at, gp.purchase_id limit 1;
+  if v_grant is null then
+    select * into v_ins from billing._insert_grant(v_user, v_allowance,
+      v_sub || '@' || extract(epoch from v_period_end)::bigint, 'subscription',
+      case when v_plan.rollover then null else v_period_end end,
+      pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'subscription', v_sub, 'plan', v_plan.code,
+                                    'period_end', v_period_end),
+      v_payment, v_plan.stripe_price_id, v_paid, v_plan.currency);
+    v_grant := v_ins.grant_id;
+    v_created := v_ins.inserted;
+  end if;
+  if (select g.user_id from billing.token_grants g where g.id = v_grant) is distinct from v_user then
+    perform billing._raise_unprocessable('the subscription period is credited to another user',
+      pg_catalog.format('subscription %s, period ending %s, invoice %s for user %s', v_sub, v_period_end, v_invoice, v_user));
+  end if;
+  insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
+                                       stripe_subscription_id, period_end, plan_id)
+  values (v_invoice, v_grant, 'invoice', v_allowance, v_paid, v_plan.currency,
+          pg_catalog.to_timestamp(coalesce((p_event ->> 'object_created')::bigint, (p_event ->> 'created')::bigint)),
+          v_sub, v_period_end, v_plan.id)
+  on conflict (purchase_id) do nothing;
+  -- The period's tokens: the largest allowance among its invoices; its expiry that of the plan
+  -- with the largest allowance (period end, unless that plan rolls over).
+  v_added := case when v_created then v_allowance else 0 end
+             + billing._grow_grant(v_grant, (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
+                                              where gp.grant_id = v_grant));
+  select case when p.rollover then null else gp.period_end end into v_expires
+    from billing.grant_purchases gp join billing.plans p on p.id = gp.plan_id
+   where gp.grant_id = v_grant order by gp.allowance desc, gp.purchased_at, gp.purchase_id limit 1;
+  update billing.token_grants g set expires_at = v_expires
+   where g.id = v_grant and billing._is_live(g.expires_at) and g.expires_at is distinct from v_expires;
+  if v_payment is not null then
+    insert into billing.purchase_payments (purchase_id, payment_key, amount)
+    values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
+    on conflict do nothing;
+  end if;
+  v_adjusted := billing._settle_stripe_grant(v_grant); -- refunds or disputes that came first
+  perform billing._recompute_balance(v_user);
+  return pg_catalog.jsonb_build_object('user_id', v_user, 'action', case when v_added > 0 then 'granted' else 'no_allowance_added' end,
+    'grant_id', v_grant, 'tokens', v_added, 'plan', v_plan.code, 'allowance', v_allowance, 'period_end', v_period_end,
+    'adjusted', v_adjusted);
+end
+$$;
+
+create or replace function billing._apply_invoice_payment(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_invoice text := p_event ->> 'invoice';
+  v_payment text := p_event ->> 'payment_key';
+  v_grant record;
+  v_adjusted jsonb;
+begin
+  if p_event ->> 'status' is distinct from 'paid' then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'invoice_payment_not_paid');
+  elsif v_invoice is null or v_payment is null then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_invoice_or_payment');
+  end if;
+  perform billing._lock_stripe_object(v_invoice);
+  perform billing._lock_stripe_object(v_payment);
+  perform billing._note_payment(v_payment, p_event ->> 'currency');
+  insert into billing.purchase_payments as pp (purchase_id, payment_key, amount)
+  values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
+  on conflict (purchase_id, payment_key) do update set amount = excluded.amount;
+  select g.id, g.user_id into v_grant
+    from billing.grant_purchases gp join billing.token_grants g on g.id = gp.grant_id
+   where gp.purchase_id = v_invoice;
+  if not found then
+    return pg_catalog.jsonb_build_object('action', 'linked_before_invoice', 'invoice', v_invoice, 'payment', v_payment);
+  end if;
+  perform billing._lock_and_settle(v_grant.user_id, true);
+  update billing.token_grants g set stripe_payment_intent = v_payment
+   where g.id = v_grant.id and g.stripe_payment_intent is null;
+  v_adjusted := billing._settle_stripe_grant(v_grant.id);
+  perform billing._recompute_balance(v_grant.user_id);
+  return pg_catalog.jsonb_build_object('user_id', v_grant.user_id, 'action', 'linked', 'invoice', v_invoice,
+    'payment', v_payment, 'grant_id', v_grant.id, 'adjusted', v_adjusted);
+end
+$$;
+
+create or replace function billing._record_refund(p_payment_key text, p_refund_id text, p_amount bigint, p_currency text,
+                                       p_status text, p_event_created timestamptz, p_event_id text) returns boolean
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  if p_refund_id is null or p_amount is null or p_amount < 0 or p_status is null then
+    perform billing._raise_unprocessable('refund without id, amount or status', p_refund_id);
+  end if;
+  insert into billing.stripe_refunds as r (refund_id, payment_key, amount, currency, status, last_event_created, last_event_id)
+  values (p_refund_id, p_payment_key, p_amount, p_currency, p_status, p_event_created, p_event_id)
+  on conflict (refund_id) do update
+     set amount = excluded.amount, currency = excluded.currency, status = excluded.status,
+         last_event_created = excluded.last_event_created, last_event_id = excluded.last_event_id
+   where (billing._stripe_status_rank('refund', excluded.status) >= 100, excluded.last_event_created,
+          billing._stripe_status_rank('refund', excluded.status), excluded.last_event_id)
+       > (billing._stripe_status_rank('refund', r.status) >= 100, r.last_event_created,
+          billing._stripe_status_rank('refund', r.status), r.last_event_id);
+  return found;
+end
+$$;
+
+create or replace function billing._record_charge(p_event jsonb) returns text
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_payment text := p_event ->> 'payment_key';
+  v_refund jsonb;
+begin
+  if v_payment is null then
+    return null;
+  elsif p_event ->> 'amount_refunded' is null or (p_event ->> 'amount_refunded')::bigint < 0
+     or (p_event ->> 'amount_captured')::bigint < 0 then
+    perform billing._raise_unprocessable('charge.refunded without a usable amount_refunded and amount_captured', v_payment);
+  end if;
+  perform billing._lock_stripe_object(v_payment);
+  perform billing._note_payment(v_payment, p_event ->> 'currency');
+  update billing.stripe_payments p
+     set charge_id = coalesce(p.charge_id, p_event ->> 'charge'),
+         amount_captured = coalesce((p_event ->> 'amount_captured')::bigint, p.amount_captured),
+         refunded_reported = greatest(p.refunded_reported, (p_event ->> 'amount_refunded')::bigint),
+         updated_at = pg_catalog.now()
+   where p.payment_key = v_payment;
+  for v_refund in select r from pg_catalog.jsonb_array_elements(coalesce(p_event -> 'refunds', '[]')) r loop
+    perform billing._record_refund(v_payment, v_refund ->> 'id', (v_refund ->> 'amount')::bigint, p_event ->> 'currency',
+      coalesce(v_refund ->> 'status', 'succeeded'), pg_catalog.to_timestamp((p_event ->> 'created')::bigint), p_event ->> 'id');
+  end loop;
+  return v_payment;
+end
+$$;
+
+create or replace function billing._apply_charge(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_payment text := billing._record_charge(p_event);
+begin
+  if v_payment is null then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_payment');
+  end if;
+  return billing._settle_payment(v_payment);
+end
+$$;
+
+create or replace function billing._apply_refund(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_payment text := p_event ->> 'payment_key';
+begin
+  if v_payment is null then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_payment');
+  end if;
+  perform billing._lock_stripe_object(v_payment);
+  perform billing._note_payment(v_payment, p_event ->> 'currency');
+  if not billing._record_refund(v_payment, p_event ->> 'object_id', (p_event ->> 'amount')::bigint, p_event ->> 'currency',
+                                p_event ->> 'status', pg_catalog.to_timestamp((p_event ->> 'created')::bigint), p_event ->> 'id') then
+    return pg_catalog.jsonb_build_object('action', 'stale', 'refund', p_event ->> 'object_id');
+  end if;
+  return billing._settle_payment(v_payment) || pg_catalog.jsonb_build_object('refund', p_event ->> 'object_id',
+                                                                              'status', p_event ->> 'status');
+end
+$$;
+
+create or replace function billing._record_dispute(p_event jsonb) returns boolean
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_amount bigint := (p_event ->> 'amount')::bigint;
+begin
+  if p_event ->> 'object_id' is null or v_amount is null or v_amount < 0 or p_event ->> 'status' is null then
+    perform billing._raise_unprocessable('dispute without id, amount or status', p_event ->> 'object_id');
+  end if;
+  perform billing._lock_stripe_object(p_event ->> 'payment_key');
+  perform billing._note_payment(p_event ->> 'payment_key', p_event ->> 'currency');
+  insert into billing.stripe_disputes as d (dispute_id, payment_key, amount, currency, status, last_event_created, last_event_id)
+  values (p_event ->> 'object_id', p_event ->> 'payment_key', v_amount, p_event ->> 'currency', p_event ->> 'status',
+          pg_catalog.to_timestamp((p_event ->> 'created')::bigint), p_event ->> 'id')
+  on conflict (dispute_id) do update
+     set amount = excluded.amount, currency = excluded.currency, status = excluded.status,
+         last_event_created = excluded.last_event_created, last_event_id = excluded.last_event_id
+   where (billing._stripe_status_rank('dispute', excluded.status) >= 100, excluded.last_event_created,
+          billing._stripe_status_rank('dispute', excluded.status), excluded.last_event_id)
+       > (billing._stripe_status_rank('dispute', d.status) >= 100, d.last_event_created,
+          billing._stripe_status_rank('dispute', d.status), d.last_event_id);
+  return found;
+end
+$$;
+
+create or replace function billing._apply_dispute(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  if p_event ->> 'payment_key' is null then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_payment');
+  elsif not billing._record_dispute(p_event) then
+    return pg_catalog.jsonb_build_object('action', 'stale', 'dispute', p_event ->> 'object_id');
+  end if;
+  return billing._settle_payment(p_event ->> 'payment_key') || pg_catalog.jsonb_build_object(
+    'dispute', p_event ->> 'object_id', 'status', p_event ->> 'status');
+end
+$$;
+
+create or replace function billing._apply_subscription(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_user uuid := billing._event_user(p_event);
+  v_created timestamptz := pg_catalog.to_timestamp((p_event ->> 'created')::bigint);
+  v_status text := case when p_event ->> 'type' = 'customer.subscription.deleted' then 'canceled'
+                        else p_event ->> 'status' end;
+  v_plan_id bigint;
+  v_link text;
+  v_applied boolean;
+begin
+  if v_user is null then
+    perform billing._raise_unprocessable('subscription customer is not linked to a user', p_event ->> 'customer');
+  end if;
+  if billing._stripe_status_rank('subscription', v_status) is null then
+    perform billing._raise_unprocessable('unknown subscription status', coalesce(v_status, 'NULL'));
+  end if;
+  select p.id into v_plan_id from billing.plans p where p.stripe_price_id = p_event ->> 'price_id';
+  v_link := billing._link_customer(v_user, p_event ->> 'customer');
+
+  insert into billing.user_subscriptions as s (stripe_subscription_id, user_id, plan_id, stripe_price_id, status,
+      current_period_start, current_period_end, cancel_at_period_end, canceled_at, last_event_created, last_event_id)
+  values (p_event ->> 'object_id', v_user, v_plan_id, p_event ->> 'price_id', v_status,
+      pg_catalog.to_timestamp((p_event ->> 'current_period_start')::bigint),
+      pg_catalog.to_timestamp((p_event ->> 'current_period_end')::bigint),
+      coalesce((p_event ->> 'cancel_at_period_end')::boolean, false),
+      pg_catalog.to_timestamp((p_event ->> 'canceled_at')::bigint),
+      v_created, p_event ->> 'id')
+  on conflict (stripe_subscription_id) do update
+     set plan_id = excluded.plan_id, stripe_price_id = excluded.stripe_price_id, status = excluded.status,
+         current_period_start = excluded.current_period_start, current_period_end = excluded.current_period_end,
+         cancel_at_period_end = excluded.cancel_at_period_end, canceled_at = excluded.canceled_at,
+         last_event_created = excluded.last_event_created, last_event_id = excluded.last_event_id,
+         updated_at = pg_catalog.now()
+   where (billing._stripe_status_rank('subscription', excluded.status) >= 100, excluded.last_event_created,
+          billing._stripe_status_rank('subscription', excluded.status), excluded.last_event_id)
+       > (billing._stripe_status_rank('subscription', s.status) >= 100, s.last_event_created,
+          billing._stripe_status_rank('subscription', s.status), s.last_event_id)
+  returning true into v_applied;
+  return pg_catalog.jsonb_build_object('user_id', v_user, 'subscription', p_event ->> 'object_id',
+           'action', case when v_applied then 'updated' else 'stale' end,
+           'status', case when v_applied then v_status end)
+         || case when v_link = 'linked' then pg_catalog.jsonb_build_object('linked_customer', p_event ->> 'customer')
+                 else '{}'::jsonb end;
+end
+$$;
+
+create or replace function billing._ignore_reason(p_event jsonb) returns text
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_settings billing.settings;
+begin
+  if p_event ->> 'kind' = 'ignored' then
+    return coalesce(p_event ->> 'ignore_reason', 'event_type_not_used');
+  end if;
+  select s.* into v_settings from billing.settings s;
+  if (p_event ->> 'livemode')::boolean is distinct from coalesce(v_settings.stripe_livemode, true) then
+    return 'livemode_mismatch';
+  elsif p_event ->> 'account' is not null and p_event ->> 'account' is distinct from v_settings.stripe_account then
+    return 'connect_account_mismatch';
+  end if;
+  return null;
+end
+$$;
+
+create or replace function billing._apply_event(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_reason text := billing._ignore_reason(p_event);
+begin
+  if v_reason is not null then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', v_reason);
+  end if;
+  return case p_event ->> 'kind'
+    when 'checkout' then billing._apply_checkout(p_event)
+    when 'invoice_paid' then billing._apply_invoice_paid(p_event)
+    when 'invoice_payment' then billing._apply_invoice_payment(p_event)
+    when 'subscription' then billing._apply_subscription(p_event)
+    when 'charge' then billing._apply_charge(p_event)
+    when 'refund' then billing._apply_refund(p_event)
+    when 'dispute' then billing._apply_dispute(p_event)
+  end;
+end
+$$;
+
+create or replace function billing._process_event(p_event jsonb, p_retry_linked boolean) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_effect jsonb;
+  v_status text;
+  v_error jsonb;
+  v_code text;
+  v_message text;
+  v_detail text;
+  v_failed record;
+begin
+  begin
+    v_effect := billing._apply_event(p_event);
+    v_status := case v_effect ->> 'action' when 'ignored' then 'ignored' when 'stale' then 'stale' else 'processed' end;
+  exception
+    when serialization_failure or deadlock_detected or lock_not_available or query_canceled then
+      raise;
+    when others then
+      get stacked diagnostics v_code = returned_sqlstate, v_message = message_text, v_detail = pg_exception_detail;
+      v_status := 'failed';
+      v_error := pg_catalog.jsonb_build_object('code', v_code, 'message', v_message, 'detail', nullif(v_detail, ''));
+  end;
+  update billing.payment_transactions t
+     set status = v_status, outcome = coalesce(v_effect, '{}'), error = v_error,
+         user_id = coalesce((v_effect ->> 'user_id')::uuid, t.user_id), processed_at = pg_catalog.clock_timestamp()
+   where t.stripe_event_id = p_event ->> 'id';
+  if p_retry_linked and v_status = 'processed' and v_effect ? 'linked_customer' then
+    for v_failed in
+      select t.stripe_event_id, t.payload from billing.payment_transactions t
+       where t.status = 'failed' and t.stripe_customer = v_effect ->> 'linked_customer'
+       order by t.event_created, t.stripe_event_id
+         for update
+    loop
+      update billing.payment_transactions set attempts = attempts + 1 where stripe_event_id = v_failed.stripe_event_id;
+      perform billing._process_event(billing.decode_stripe_event(v_failed.payload::text), false);
+    end loop;
+  end if;
+  return pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('event_id', p_event ->> 'id', 'type', p_event ->> 'type',
+    'outcome', v_status, 'effect', v_effect, 'reason', case when v_status = 'ignored' then v_effect ->> 'reason' end,
+    'error', v_error));
+end
+$$;
+
+create or replace function billing.handle_stripe_webhook(
+  p_payload text,
+  p_signature_header text,
+  p_secret text default null
+) returns jsonb
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_secrets text[];
+  v_rejection text;
+  v_event jsonb;
+  v_prior billing.payment_transactions;
+begin
+  perform billing._require_service();
+  if p_secret is not null then
+    v_secrets := array[p_secret];
+  else
+    v_secrets := billing._webhook_secrets();
+  end if;
+  if v_secrets is null or pg_catalog.cardinality(v_secrets) = 0 then
+    raise exception using errcode = 'PT500', message = 'no Stripe webhook secret configured',
+      hint = 'Store it in Supabase Vault as stripe_webhook_secret, or insert it into billing.webhook_secrets.';
+  end if;
+  v_rejection := billing.stripe_signature_check(p_payload, p_signature_header, v_secrets, 300);
+  if v_rejection is not null then
+    raise exception using errcode = 'PT400', message = 'invalid Stripe signature',
+      detail = v_rejection || case
+        when v_rejection = 'signature_mismatch'
+             and exists (select 1 from pg_catalog.unnest(v_secrets) s where s <> pg_catalog.btrim(s, E' \t\r\n'))
+        then ': a configured webhook secret has leading or trailing whitespace (a newline from copying it?)'
+        else '' end,
+      hint = 'Use the endpoint''s signing secret (whsec_...) exactly, and pass the raw request body as received.';
+  end if;
+  v_event := billing.decode_stripe_event(p_payload);
+
+  insert into billing.payment_transactions (stripe_event_id, event_type, event_created, livemode, api_version,
+                                            status, payload, stripe_customer)
+  values (v_event ->> 'id', v_event ->> 'type',
+          coalesce(pg_catalog.to_timestamp((v_event ->> 'created')::bigint), pg_catalog.clock_timestamp()),
+          (v_event ->> 'livemode')::boolean, v_event ->> 'api_version', 'processed', p_payload::jsonb,
+          v_event ->> 'customer')
+  on conflict (stripe_event_id) do nothing;
+  if not found then
+    select t.* into v_prior from billing.payment_transactions t where t.stripe_event_id = v_event ->> 'id' for update;
+    if v_prior.status <> 'failed' then
+      return pg_catalog.jsonb_build_object('event_id', v_event ->> 'id', 'type', v_event ->> 'type',
+        'outcome', 'duplicate', 'first_outcome', v_prior.status);
+    end if;
+    update billing.payment_transactions set attempts = attempts + 1 where stripe_event_id = v_event ->> 'id';
+  end if;
+  return billing._process_event(v_event, true);
+end
+$$;
+comment on function billing.handle_stripe_webhook(text, text, text) is
+  'Verifies, records exactly once and applies one Stripe webhook delivery; returns {event_id, type, outcome, effect}.';
+
+create or replace function billing.reprocess_failed_events() returns integer
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_row record;
+  v_done integer := 0;
+  v_pass integer;
+begin
+  perform billing._require_service();
+  loop
+    v_pass := 0;
+    for v_row in
+      select t.stripe_event_id, t.payload from billing.payment_transactions t
+       where t.status = 'failed' order by t.event_created, t.stripe_event_id
+         for update
+    loop
+      update billing.payment_transactions set attempts = attempts + 1 where stripe_event_id = v_row.stripe_event_id;
+      if billing._process_event(billing.decode_stripe_event(v_row.payload::text), false) ->> 'outcome' <> 'failed' then
+        v_pass := v_pass + 1;
+      end if;
+    end loop;
+    v_done := v_done + v_pass;
+    exit when v_pass = 0;
+  end loop;
+  return v_done;
+end
+$$;
+comment on function billing.reprocess_failed_events() is
+  'Applies every failed Stripe event again (e.g. after a catalog fix); returns how many are no longer failed.';
+
+create or replace function billing.verify_ledger()
+returns table (invariant text, user_id uuid, detail text)
+language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  with live as (  -- grants with the head's authoritative remaining
+    select g.*, case when b.head_grant_id = g.id then b.head_remaining else g.remaining end as live_remaining
+      from billing.token_grants g
+      left join billing.balances b on b.user_id = g.user_id
+  ), spent as (
+    select (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
+      from billing.token_usage u cross join lateral pg_catalog.generate_subscripts(u.drawn_from, 1) as i
+     group by 1
+  ), held as (
+    select (r.drawn_from[i][1]) as grant_id, pg_catalog.sum(r.drawn_from[i][2]) as t
+      from billing.token_reservations r cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
+     where r.status = 'held'
+     group by 1
+  ), per_user as (
+    select g.user_id, pg_catalog.sum(g.live_remaining) as remaining,
+           pg_catalog.sum(g.debt_incurred - g.debt_repaid) as debt
+      from live g group by g.user_id
+  ), holds as (
+    select r.user_id, pg_catalog.sum(r.tokens) as held
+      from billing.token_reservations r where r.status = 'held' group by r.user_id
+  )
+  select 'grant tokens do not add up', g.user_id,
+         pg_catalog.format('grant %s: tokens %s <> remaining %s + frozen %s + expired %s + clawed back %s + debt repaid %s + spent %s + held %s',
+           g.id, g.tokens, g.live_remaining, g.frozen, g.expired, g.clawed_back, g.debt_repaid, coalesce(s.t, 0), coalesce(h.t, 0))
+    from live g
+    left join spent s on s.grant_id = g.id
+    left join held h on h.grant_id = g.id
+   where g.tokens <> g.live_remaining + g.frozen + g.expired + g.clawed_back + g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
+  union all
+  select 'grant remaining out of range', g.user_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.live_remaining, g.tokens)
+    from live g where g.live_remaining < 0 or g.live_remaining > g.tokens
+  union all
+  select 'balance does not match ledger', coalesce(b.user_id, p.user_id),
+         pg_catalog.format('spendable %s vs grants %s; held %s vs reservations %s; debt %s vs grants %s',
+           b.spendable, coalesce(p.remaining, 0), b.held, coalesce(hs.held, 0), b.debt, coalesce(p.debt, 0))
+    from billing.balances b
+    full join per_user p on p.user_id = b.user_id
+    left join holds hs on hs.user_id = coalesce(b.user_id, p.user_id)
+   where b.user_id is null
+      or b.spendable <> coalesce(p.remaining, 0)
+      or b.held <> coalesce(hs.held, 0)
+      or b.debt <> coalesce(p.debt, 0)
+  union all
+  select 'negative balance', b.user_id, pg_catalog.format('spendable %s, held %s, debt %s', b.spendable, b.held, b.debt)
+    from billing.balances b where b.spendable < 0 or b.held < 0 or b.debt < 0
+  union all
+  select 'debt with spendable tokens', b.user_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
+    from billing.balances b where b.debt > 0 and b.spendable > 0
+  union all
+  select 'head grant is not the user''s', b.user_id, pg_catalog.format('head %s', b.head_grant_id)
+    from billing.balances b
+   where b.head_grant_id is not null
+     and not exists (select 1 from billing.token_grants g where g.id = b.head_grant_id and g.user_id = b.user_id
+                       and b.head_remaining <= g.remaining)
+  union all
+  select 'head grant is not first in burn order', b.user_id,
+         pg_catalog.format('head %s, but grant %s expires sooner', b.head_grant_id, g.id)
+    from billing.balances b
+    join billing.token_grants h on h.id = b.head_grant_id
+    join live g on g.user_id = b.user_id and g.id <> h.id and g.live_remaining > 0
+   where b.head_remaining > 0
+     and billing._is_live(g.expires_at)
+     and (coalesce(g.expires_at, 'infinity'), g.id) < (coalesce(h.expires_at, 'infinity'), h.id)
+  union all
+  select 'usage does not match its grants', u.user_id,
+         pg_catalog.format('usage %s: tokens %s, drawn %s', u.id, u.tokens,
+           (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i))
+    from billing.token_usage u
+   where u.tokens is distinct from
+         (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i)
+  union all
+  select 'head tokens without a head grant', b.user_id, pg_catalog.format('head_remaining %s', b.head_remaining)
+    from billing.balances b where b.head_grant_id is null and b.head_remaining <> 0
+  union all
+  select 'usage row breaks its column rules', u.user_id,
+         pg_catalog.format('usage %s: tokens %s, key length %s, metadata %s', u.id, u.tokens,
+           pg_catalog.length(u.idempotency_key), pg_catalog.jsonb_typeof(u.metadata))
+    from billing.token_usage u
+   where u.tokens <= 0 or pg_catalog.length(u.idempotency_key) not between 1 and 255
+      or pg_catalog.jsonb_typeof(u.metadata) <> 'object'
+  union all
+  select 'duplicate grant reference', null::uuid, pg_catalog.format('(%s, %s) granted %s times', g.kind, g.reference, pg_catalog.count(*))
+    from billing.token_grants g group by g.kind, g.reference having pg_catalog.count(*) > 1
+  union all
+  select 'debt beyond spent tokens', g.user_id,
+         pg_catalog.format('grant %s: debt incurred %s, but only %s of its tokens were spent, held or repaid debt',
+           g.id, g.debt_incurred, g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0))
+    from live g
+    left join spent s on s.grant_id = g.id
+    left join held h on h.grant_id = g.id
+   where g.debt_incurred > g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
+  union all
+  select 'frozen above the dispute hold', g.user_id,
+         pg_catalog.format('grant %s: frozen %s, freeze_target %s', g.id, g.frozen, g.freeze_target)
+    from billing.token_grants g where g.frozen > g.freeze_target
+  union all
+  select 'grant tokens differ from its purchases', g.user_id,
+         pg_catalog.format('grant %s: tokens %s, largest purchase allowance %s', g.id, g.tokens, p.allowance)
+    from billing.token_grants g
+    join (select gp.grant_id, pg_catalog.max(gp.allowance) as allowance from billing.grant_purchases gp group by 1) p
+      on p.grant_id = g.id
+   where g.tokens <> p.allowance
+  union all
+  select 'Stripe adjustments not applied', g.user_id,
+         pg_catalog.format('grant %s: clawed back %s + debt %s, freeze target %s; the Stripe facts give %s and %s',
+           g.id, g.clawed_back, g.debt_incurred, g.freeze_target, g.targets[1], g.targets[2])
+    from (select g.*, billing._stripe_targets(g.id) as targets from billing.token_grants g
+           where exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)) g
+   where g.targets is null or g.clawed_back + g.debt_incurred <> g.targets[1] or g.freeze_target <> g.targets[2]
+$$;
+comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';
+
+create or replace function billing.get_billing_summary() returns jsonb
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_user uuid := billing.current_user_id();
+  v_bal billing.balances;
+begin
+  select b.* into v_bal from billing.balances b where b.user_id = v_user;
+  return pg_catalog.jsonb_build_object(
+    'user_id', v_user,
+    'balance', billing.get_balance(v_user),
+    'reserved', coalesce(v_bal.held, 0),
+    'debt', coalesce(v_bal.debt, 0),
+    'breakdown', (
+      select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('kind', x.kind, 'expires_at', x.expires_at,
+                                                                          'tokens', x.tokens)
+                                           order by x.expires_at, x.kind), '[]'::jsonb)
+        from (select g.kind, g.expires_at,
+                     pg_catalog.sum(case when g.id = v_bal.head_grant_id then v_bal.head_remaining
+                                         else g.remaining end)::bigint as tokens
+                from billing.token_grants g
+               where g.user_id = v_user and g.remaining > 0
+                 and billing._is_live(g.expires_at)
+               group by g.kind, g.expires_at) x
+       where x.tokens > 0),
+    'subscription', (
+      select pg_catalog.jsonb_build_object(
+               'plan', p.code, 'plan_name', p.name, 'status', s.status,
+               'current_period_end', s.current_period_end, 'cancel_at_period_end', s.cancel_at_period_end,
+               'renews_at', case when s.status in ('active', 'trialing') and not s.cancel_at_period_end
+                                 then s.current_period_end end)
+        from billing.user_subscriptions s
+        left join billing.plans p on p.id = s.plan_id
+       where s.user_id = v_user
+       order by (s.status in ('active', 'trialing', 'past_due')) desc, s.current_period_end desc nulls last
+       limit 1));
+end
+$$;
+comment on function billing.get_billing_summary() is
+  'The signed-in user''s balance, its breakdown by grant kind and expiry, reserved tokens, debt and plan.';
+
+create or replace function billing.setup_roles() returns text
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_role text;
+  v_table text;
+  v_done text[] := '{}';
+  c_user_tables constant text[] := array['stripe_customers', 'user_subscriptions', 'balances', 'token_grants',
+                                          'token_usage', 'token_reservations', 'payment_transactions',
+                                          'promo_redemptions'];
+  c_catalog constant text[] := array['plans', 'token_packs'];
+  -- what Stripe said about payments and what grants were bought with: service reads, nobody writes
+  c_stripe_facts constant text[] := array['stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
+                                          'purchase_payments'];
+  -- user-facing functions: authenticated may call them for itself
+  c_user_functions constant text[] := array[
+    'billing.auth_uid()', 'billing.jwt_claims()', 'billing.is_billing_admin()', 'billing.caller_kind()',
+    'billing.get_balance(uuid)', 'billing._check_balance_reader(uuid)', 'billing._spendable_now(uuid)',
+    'billing._is_live(timestamptz)',
+    'billing._require_access(uuid)', 'billing._check_page(integer, integer)',
+    'billing.consume_tokens(uuid, bigint, text, jsonb)',
+    'billing.reserve_tokens(uuid, bigint, text, interval)', 'billing.commit_reservation(uuid, bigint)',
+    'billing.release_reservation(uuid)', 'billing.current_user_id()', 'billing.get_billing_summary()',
+    'billing.get_usage_history(timestamptz, timestamptz, text, text)', 'billing.get_grant_history(integer, integer)',
+    'billing.get_payment_history(integer, integer)', 'billing.redeem_promo_code(text)'];
+  c_service_functions constant text[] := array[
+    'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb)',
+    'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',
+    'billing.run_maintenance(integer)',
+    'billing.verify_ledger()', 'billing.verify_stripe_signature(text, text, text, integer)',
+    'billing.verify_stripe_signature(bytea, text, text, integer)',
+    'billing.stripe_signature_rejection(text, text, text, integer)'];
+  v_fn text;
+begin
+  -- Nothing by default: PostgreSQL grants EXECUTE to PUBLIC, Supabase adds default privileges.
+  revoke all on all tables in schema billing from public;
+  revoke all on all sequences in schema billing from public;
+  revoke all on all functions in schema billing from public;
+  revoke all on schema billing from public;
+
+  for v_role in select r.rolname from pg_catalog.pg_roles r
+                 where r.rolname in ('anon', 'authenticated', 'service_role', 'postgres')
+                   and r.oid <> (select n.nspowner from pg_catalog.pg_namespace n where n.nspname = 'billing')
+  loop
+    execute pg_catalog.format('revoke all on all tables in schema billing from %I', v_role);
+    execute pg_catalog.format('revoke all on all sequences in schema billing from %I', v_role);
+    execute pg_catalog.format('revoke all on all functions in schema billing from %I', v_role);
+    execute pg_catalog.format('grant usage on schema billing to %I', v_role);
+    foreach v_table in array c_catalog loop
+      execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
+    end loop;
+    if v_role <> 'anon' then
+      foreach v_table in array c_user_tables loop
+        execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
+      end loop;
+      foreach v_fn in array c_user_functions loop
+        execute pg_catalog.format('grant execute on function %s to %I', v_fn, v_role);
+      end loop;
+    end if;
+    if v_role in ('service_role', 'postgres') then
+      foreach v_table in array c_catalog loop
+        execute pg_catalog.format('grant insert, update, delete on billing.%I to %I', v_table, v_role);
+      end loop;
+      execute pg_catalog.format('grant select, insert, update, delete on billing.webhook_secrets to %I', v_role);
+      execute pg_catalog.format('grant select, insert, update, delete on billing.promo_codes to %I', v_role);
+      execute pg_catalog.format('grant select, update on billing.settings to %I', v_role);
+      foreach v_table in array c_stripe_facts loop
+        execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
+      end loop;
+      foreach v_fn in array c_service_functions loop
+        execute pg_catalog.format('grant execute on function %s to %I', v_fn, v_role);
+      end loop;
+    end if;
+    v_done := v_done || v_role;
+  end loop;
+
+  -- Policies (Supabase style: `to <role>`, auth functions inside `(select ...)` so they run once).
+  if exists (select 1 from pg_catalog.pg_roles where rolname in ('anon', 'authenticated')) then
+    foreach v_table in array c_catalog loop
+      execute pg_catalog.format('drop policy if exists catalog_readable on billing.%I', v_table);
+      execute pg_catalog.format('create policy catalog_readable on billing.%I for select to %s using (true)', v_table,
+        (select pg_catalog.string_agg(pg_catalog.quote_ident(rolname), ', ') from pg_catalog.pg_roles
+          where rolname in ('anon', 'authenticated')));
+    end loop;
+  end if;
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
+    foreach v_table in array c_user_tables loop
+      execute pg_catalog.format('drop policy if exists own_rows on billing.%I', v_table);
+      execute pg_catalog.format(
+        'create policy own_rows on billing.%I for select to authenticated '
+        'using (user_id = (select billing.auth_uid()) or (select billing.is_billing_admin()))', v_table);
+    end loop;
+  end if;
+  return 'privileges set for: ' || coalesce(pg_catalog.array_to_string(v_done, ', '), '');
+end
+$$;
+comment on function billing.setup_roles() is
+  'Idempotent: revokes defaults, grants per role and creates RLS policies for the Supabase roles that exist.';
+
+-- What 0.3.0's Stripe grants were bought with: a Checkout Session (grant reference cs_...) or an
+-- invoice (reference in_...; its period ends when the grant expires, or, for a plan that rolls
+-- over, at the period end of the invoice line 0.3.0 read).
+insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
+                                     stripe_subscription_id, period_end, plan_id)
+select g.reference, g.id, case g.kind when 'purchase' then 'checkout_session' else 'invoice' end, g.tokens,
+       coalesce(g.amount_paid, 0), coalesce(g.currency, 'usd'), g.created_at,
+       case when g.kind = 'subscription' then g.metadata ->> 'subscription' end,
+       case when g.kind = 'subscription' then coalesce(g.expires_at,
+         (select pg_catalog.to_timestamp((billing.decode_stripe_event(t.payload::text) -> 'lines' -> 0 ->> 'period_end')::bigint)
+            from billing.payment_transactions t where t.stripe_event_id = g.metadata ->> 'stripe_event_id')) end,
+       (select p.id from billing.plans p where p.stripe_price_id = g.stripe_price_id and g.kind = 'subscription')
+  from billing.token_grants g
+ where g.kind in ('purchase', 'subscription') and g.metadata ? 'stripe_event_id';
+insert into billing.purchase_payments (purchase_id, payment_key, amount)
+select g.reference, g.stripe_payment_intent, coalesce(g.amount_paid, 0)
+  from billing.token_grants g
+ where g.kind in ('purchase', 'subscription') and g.metadata ? 'stripe_event_id' and g.stripe_payment_intent is not null;
+
+-- The refunds and disputes 0.3.0 applied, as facts, oldest first.
+do $$
+declare
+  v_payload jsonb;
+  v_event jsonb;
+begin
+  for v_payload in
+    select t.payload from billing.payment_transactions t
+     where t.status = 'processed'
+       and t.event_type in ('charge.refunded', 'charge.dispute.created', 'charge.dispute.closed')
+     order by t.event_created, t.stripe_event_id
+  loop
+    v_event := billing.decode_stripe_event(v_payload::text);
+    if v_event ->> 'kind' = 'charge' then
+      perform billing._record_charge(v_event);
+    elsif v_event ->> 'kind' = 'dispute' and v_event ->> 'payment_key' is not null then
+      perform billing._record_dispute(v_event);
+    end if;
+  end loop;
+end
+$$;
+
+-- Re-settle every Stripe-funded grant with 0.4.0's rules. Where 0.3.0 moved money wrongly this
+-- corrects it (0.3.0 froze and clawed back whole grants for partial disputes, counted expired tokens
+-- of a refunded grant as debt); anywhere else it changes nothing.
+update billing.token_grants set freeze_target = frozen where frozen > 0;
+do $$
+declare
+  v_user uuid;
+  v_grant bigint;
+begin
+  for v_user in
+    select distinct g.user_id from billing.token_grants g
+     where exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)
+     order by 1
+  loop
+    perform billing._lock_and_settle(v_user, true);
+    for v_grant in
+      select g.id from billing.token_grants g
+       where g.user_id = v_user and exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)
+       order by g.id
+    loop
+      perform billing._settle_stripe_grant(v_grant);
+    end loop;
+    perform billing._recompute_balance(v_user);
+  end loop;
+end
+$$;
+
+-- Re-apply privileges last, so functions added by this script get their grants.
+select billing.setup_roles();
