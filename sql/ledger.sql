@@ -272,9 +272,9 @@ begin
 end
 $$;
 
--- Recomputes the user's balance row from the ledger, after covering debt with spendable tokens,
--- and picks the new head of the burn order. The caller holds the balance lock and has settled
--- expired grants and holds.
+-- Recomputes the user's balance row from the ledger, after covering debt with spendable tokens (or
+-- giving back tokens that repaid debt since forgiven), and picks the new head of the burn order.
+-- The caller holds the balance lock and has settled expired grants and holds.
 create function billing._recompute_balance(p_user_id uuid) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
@@ -284,10 +284,14 @@ declare
   v_row billing.balances;
 begin
   perform billing._flush_head(p_user_id);
-  perform billing._return_repaid_debt(p_user_id);
   select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
     into v_debt, v_spendable
     from billing.token_grants g where g.user_id = p_user_id;
+  if v_debt < 0 then  -- forgiven debt that others had repaid: give those tokens back
+    perform billing._return_repaid_debt(p_user_id);
+    select coalesce(pg_catalog.sum(g.remaining), 0) into v_spendable from billing.token_grants g where g.user_id = p_user_id;
+    v_debt := 0;
+  end if;
   if v_debt > 0 and v_spendable > 0 then
     perform billing._burn(p_user_id, least(v_debt, v_spendable), true);
   end if;

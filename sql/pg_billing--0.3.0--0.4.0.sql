@@ -333,10 +333,14 @@ declare
   v_row billing.balances;
 begin
   perform billing._flush_head(p_user_id);
-  perform billing._return_repaid_debt(p_user_id);
   select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
     into v_debt, v_spendable
     from billing.token_grants g where g.user_id = p_user_id;
+  if v_debt < 0 then  -- forgiven debt that others had repaid: give those tokens back
+    perform billing._return_repaid_debt(p_user_id);
+    select coalesce(pg_catalog.sum(g.remaining), 0) into v_spendable from billing.token_grants g where g.user_id = p_user_id;
+    v_debt := 0;
+  end if;
   if v_debt > 0 and v_spendable > 0 then
     perform billing._burn(p_user_id, least(v_debt, v_spendable), true);
   end if;
@@ -958,6 +962,9 @@ declare
 begin
   if v_reason is not null then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', v_reason);
+  elsif p_event ->> 'kind' <> 'invoice_payment'
+        and coalesce(pg_catalog.length(p_event ->> 'object_id'), 0) not between 1 and 255 then
+    perform billing._raise_unprocessable('the event''s object has no usable id (1 to 255 characters)', p_event ->> 'id');
   end if;
   return case p_event ->> 'kind'
     when 'checkout' then billing._apply_checkout(p_event)

@@ -665,6 +665,9 @@ declare
 begin
   if v_reason is not null then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', v_reason);
+  elsif p_event ->> 'kind' <> 'invoice_payment'
+        and coalesce(pg_catalog.length(p_event ->> 'object_id'), 0) not between 1 and 255 then
+    perform billing._raise_unprocessable('the event''s object has no usable id (1 to 255 characters)', p_event ->> 'id');
   end if;
   return case p_event ->> 'kind'
     when 'checkout' then billing._apply_checkout(p_event)

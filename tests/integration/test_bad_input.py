@@ -145,3 +145,44 @@ def test_unknown_api_version_and_wrong_types_in_a_signed_event(db):
     r = deliver({"id": f"evt_{uuid.uuid4().hex}", "type": "charge.refunded", "created": now, "livemode": True,
                  "data": {"object": {"payment_intent": 5, "amount_refunded": 1}}})
     assert (r["outcome"], r["reason"]) == ("ignored", "no_payment")
+
+
+def test_mutated_stripe_events_are_applied_ignored_or_kept_as_failed():
+    """Every fixture event with leaves swapped for values of other types, signed: the call never
+    errors except 22023 for a payload without a string id and type, every recorded event ends
+    processed, ignored, stale or failed, and the ledger stays consistent."""
+    import random
+    from stripe_story import CLOVER, LEGACY, event_json, fresh_story_db, names
+
+    d = fresh_story_db("pg_billing_mutated_events")
+    rng = random.Random(7)
+    odd = [None, True, -1, 0, 2**63, -(2**63), 1.5, "", "x" * 300, "9" * 30, [], {}, ["a", 1], {"id": 5}, "2025-13-45T99:99:99Z"]
+
+    def mutate(v, depth=0):
+        if isinstance(v, dict):
+            return {k: (rng.choice(odd) if rng.random() < 0.15 else mutate(x, depth + 1)) for k, x in v.items()}
+        if isinstance(v, list):
+            return [mutate(x, depth + 1) for x in v]
+        return v
+
+    errors = []
+    for version in [CLOVER, LEGACY]:
+        for name in names(version):
+            for attempt in range(6):
+                body = mutate(event_json(version, name.split("_")[0]))
+                if isinstance(body.get("id"), str):
+                    body["id"] = f"{body['id']}-{version}-{attempt}"
+                try:
+                    r = d.deliver(body)
+                    assert r["outcome"] in ("processed", "ignored", "stale", "failed", "duplicate"), r
+                except psycopg.Error as e:
+                    valid_id = isinstance(body.get("id"), str) and 0 < len(body["id"]) <= 255
+                    valid_type = isinstance(body.get("type"), str) and 0 < len(body["type"]) <= 255
+                    if e.sqlstate != "22023" or (valid_id and valid_type):
+                        errors.append((name, e.sqlstate, e.diag.message_primary))
+    assert errors == []
+    assert d.one("select count(*) from billing.payment_transactions where status not in"
+                 " ('processed', 'ignored', 'stale', 'failed')")[0] == 0
+    # every failure is the documented "cannot be applied" code, with a message saying why
+    assert d.all("select distinct error ->> 'code' from billing.payment_transactions where status = 'failed'") == [("PT422",)]
+    assert d.ledger_problems() == []

@@ -108,3 +108,41 @@ def test_concurrent_deliveries_of_a_story_end_in_the_same_state(version):
     assert comparable(d.final_state()) == expected
     assert d.ledger_problems() == []
     assert transient == [], "lock order: deliveries of one story must not deadlock"
+
+
+def test_consumes_racing_refunds_and_disputes_keep_the_ledger_exact():
+    """Eight connections spend while the pack they spend from is refunded, disputed and lost: no
+    token is spent twice, everything spent is either covered or recorded as debt."""
+    d = fresh_story_db("pg_billing_order_consume_race")
+    d.version = CLOVER
+    d.deliver(event(CLOVER, "01"))  # pack A: 1,000
+    d.grant(USER, 300, kind="admin")
+    stop = threading.Event()
+    spent, lock = [], threading.Lock()
+
+    def consumer(i):
+        n = 0
+        with d.service() as c:
+            while not stop.is_set() and n < 400:
+                n += 1
+                try:
+                    c.execute("select billing.consume_tokens(%s, 1, %s)", (USER, f"race-{i}-{n}"))
+                    with lock:
+                        spent.append(1)
+                except psycopg.Error as e:
+                    assert e.sqlstate == "PT402", e
+
+    threads = [threading.Thread(target=consumer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for prefix in ["12", "14", "30", "13", "31", "15"]:
+        d.deliver(event(CLOVER, prefix))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert d.ledger_problems() == []
+    assert d.one("select count(*) from billing.token_usage")[0] == len(spent)
+    # pack A is gone for good (refunded, then lost): of the 1,300 tokens the user keeps the admin 300,
+    # and whatever was spent beyond them is debt
+    spendable, held, debt = d.money()
+    assert held == 0 and spendable + len(spent) - debt == 300
