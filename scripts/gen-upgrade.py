@@ -10,7 +10,9 @@
      function whose result type changed is dropped first; a function FROM had and TO does not is
      dropped;
   4. the rest of sql/upgrades/FROM--TO.sql (backfills that need the new functions);
-  5. select billing.setup_roles(), so new functions get their grants.
+  5. sql/grants.sql (what CREATE EXTENSION runs last: grants and policies for every function);
+  6. drops of the SQL functions FROM had and TO does not (last: a policy may have used one until
+     step 5 recreated it).
 
     python3 scripts/gen-upgrade.py 0.3.0 0.4.0 --base 2879fa8 _adjustment_targets _adjusted_grant ...
 
@@ -26,7 +28,7 @@ SKIP = {"supabase-compat.sql"}  # not part of the extension
 # The order CREATE EXTENSION runs the files in (src/lib.rs): SQL-language bodies are checked when
 # they are created, so a function comes after those it calls.
 INSTALL_ORDER = ["schema.sql", "ledger.sql", "stripe.sql", "verify.sql", "frontend.sql", "policies.sql", "grants.sql"]
-FUNCTION = re.compile(r"^create (?:or replace )?function (billing\.\w+)\(", re.M)
+FUNCTION = re.compile(r"^create (?:or replace )?function (billing(?:_internal)?\.\w+)\(", re.M)
 
 
 def sql_files_at(ref):
@@ -106,13 +108,13 @@ def main():
             if before[sig][0].split(" language ")[0] != header.split(" language ")[0]:
                 dropped.append(f"drop function {sig}; -- its result changed")
             changed.append(re.sub(r"^create function ", "create or replace function ", block))
-    dropped += [f"drop function {sig};" for sig in before if sig not in after]
+    removed = [f"drop function {sig};" for sig in before if sig not in after]
 
     hand = (ROOT / "sql" / "upgrades" / f"{a.old}--{a.new}.sql").read_text()
     head, _, tail = hand.partition("-- @functions\n")
     parts = [head.rstrip()]
     if dropped:
-        parts.append("-- ===== functions removed, or whose result changed =====\n" + "\n".join(dropped))
+        parts.append("-- ===== functions whose result changed =====\n" + "\n".join(dropped))
     if a.rust:
         sharedir = subprocess.run(["pg_config", "--sharedir"], capture_output=True, text=True, check=True).stdout.strip()
         generated = pathlib.Path(sharedir, "extension", f"pg_billing--{a.new}.sql").read_text()
@@ -127,11 +129,14 @@ def main():
     parts.extend(changed)
     if tail.strip():
         parts.append(tail.strip())
-    parts.append("-- Re-apply privileges last, so functions added by this script get their grants.\n"
-                 "select billing.setup_roles();")
+    parts.append("-- ===== sql/grants.sql: privileges and policies for every function =====\n"
+                 + (ROOT / "sql" / "grants.sql").read_text().strip())
+    if removed:
+        parts.append(f"-- ===== SQL functions {a.old} had and {a.new} does not =====\n" + "\n".join(removed))
     out = ROOT / "sql" / f"pg_billing--{a.old}--{a.new}.sql"
     out.write_text("\n\n".join(parts) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}: {len(changed)} functions created or replaced, {len(dropped)} dropped")
+    print(f"wrote {out.relative_to(ROOT)}: {len(changed)} functions created or replaced, "
+          f"{len(dropped) + len(removed)} dropped")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,15 @@
 -- redeem_promo_code writes, so it is SECURITY DEFINER and checks the caller in its body.
 
 -- The signed-in user, or 42501 for anon and for callers without a `sub` claim.
-create function billing.current_user_id() returns uuid
+create function billing_internal.current_user_id() returns uuid
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid;
 begin
-  if billing.caller_kind() = 'anon' then
+  if billing_internal.caller_kind() = 'anon' then
     raise exception using errcode = '42501', message = 'sign in to use billing';
   end if;
-  v_user := billing.auth_uid();
+  v_user := billing_internal.auth_uid();
   if v_user is null then
     raise exception using errcode = '42501', message = 'no user in the JWT (sub claim)';
   end if;
@@ -25,7 +25,7 @@ $$;
 create function billing.get_billing_summary() returns jsonb
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing.current_user_id();
+  v_user uuid := billing_internal.current_user_id();
   v_bal billing.balances;
 begin
   select b.* into v_bal from billing.balances b where b.user_id = v_user;
@@ -43,7 +43,7 @@ begin
                                          else g.remaining end)::bigint as tokens
                 from billing.token_grants g
                where g.user_id = v_user and g.remaining > 0
-                 and billing._is_live(g.expires_at)
+                 and billing_internal.is_live(g.expires_at)
                group by g.kind, g.expires_at) x
        where x.tokens > 0),
     'subscription', (
@@ -70,7 +70,7 @@ create function billing.get_usage_history(
 ) returns table (bucket timestamptz, group_key text, tokens bigint, requests bigint)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing.current_user_id();
+  v_user uuid := billing_internal.current_user_id();
   v_to timestamptz := coalesce(p_to, pg_catalog.now());
   v_from timestamptz := coalesce(p_from, coalesce(p_to, pg_catalog.now()) - interval '30 days');
 begin
@@ -95,7 +95,7 @@ comment on function billing.get_usage_history(timestamptz, timestamptz, text, te
   'Tokens used per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key.';
 
 -- Paging arguments of the history functions: 22023 unless 1 <= p_limit <= 500 and p_offset >= 0.
-create function billing._check_page(p_limit integer, p_offset integer) returns void
+create function billing_internal.check_page(p_limit integer, p_offset integer) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   if p_limit is null or p_limit < 1 or p_limit > 500 or p_offset is null or p_offset < 0 then
@@ -109,9 +109,9 @@ returns table (grant_id bigint, kind text, tokens bigint, remaining bigint, froz
                clawed_back bigint, expires_at timestamptz, created_at timestamptz)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing.current_user_id();
+  v_user uuid := billing_internal.current_user_id();
 begin
-  perform billing._check_page(p_limit, p_offset);
+  perform billing_internal.check_page(p_limit, p_offset);
   return query
     select g.id, g.kind, g.tokens,
            case when g.id = b.head_grant_id then b.head_remaining else g.remaining end,
@@ -129,9 +129,9 @@ create function billing.get_payment_history(p_limit integer default 50, p_offset
 returns table (event_id text, event_type text, event_created timestamptz, status text, action text, tokens bigint)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing.current_user_id();
+  v_user uuid := billing_internal.current_user_id();
 begin
-  perform billing._check_page(p_limit, p_offset);
+  perform billing_internal.check_page(p_limit, p_offset);
   return query
     select t.stripe_event_id, t.event_type, t.event_created, t.status,
            t.outcome operator(pg_catalog.->>) 'action',
@@ -149,7 +149,7 @@ create function billing.redeem_promo_code(p_code text)
 returns table (grant_id bigint, tokens bigint, expires_at timestamptz, balance_after bigint)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing.current_user_id();
+  v_user uuid := billing_internal.current_user_id();
   v_code text;
   v_promo billing.promo_codes;
   v_ins record;
@@ -173,11 +173,11 @@ begin
   end if;
   update billing.promo_codes c set redeemed_count = c.redeemed_count + 1 where c.code = v_code;
   v_expires := pg_catalog.now() + v_promo.token_lifetime;
-  perform billing._lock_and_settle(v_user, true);
-  select * into v_ins from billing._insert_grant(v_user, v_promo.tokens, v_code || ':' || v_user::text, 'promo',
+  perform billing_internal.lock_and_settle(v_user, true);
+  select * into v_ins from billing_internal.insert_grant(v_user, v_promo.tokens, v_code || ':' || v_user::text, 'promo',
     v_expires, pg_catalog.jsonb_build_object('promo_code', v_code), null, null, null, null);
   insert into billing.promo_redemptions (code, user_id, grant_id) values (v_code, v_user, v_ins.grant_id);
-  v_row := billing._recompute_balance(v_user);
+  v_row := billing_internal.recompute_balance(v_user);
   return query select v_ins.grant_id, v_promo.tokens, v_expires, v_row.spendable::bigint;
 end
 $$;

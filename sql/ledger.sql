@@ -3,41 +3,41 @@
 -- One rule keeps concurrent writers correct: every function that changes a user's grants, usage or
 -- reservations first locks that user's billing.balances row (UPDATE or SELECT ... FOR UPDATE), and
 -- reads the grants only afterwards (READ COMMITTED takes a fresh snapshot per statement).
--- Balances are then recomputed from the grants (billing._recompute_balance), except on the
+-- Balances are then recomputed from the grants (billing_internal.recompute_balance), except on the
 -- consume_tokens fast path: while the head of the burn order (balances.head_grant_id) covers the
 -- amount, a consume is one UPDATE of the balance row and one INSERT into token_usage. Slow-path
--- writers first flush head_remaining back into token_grants (billing._flush_head), so grant rows
+-- writers first flush head_remaining back into token_grants (billing_internal.flush_head), so grant rows
 -- are authoritative whenever anything else reads or writes them.
 --
 -- SQLSTATEs (README "Errors"): PT402 insufficient tokens, 42501 not allowed, 22023 invalid argument,
 -- PT409 idempotency conflict, PT404 unknown reservation, PT410 reservation no longer held.
 
 -- Caller rules: service callers act for anyone, `authenticated` only for itself, `anon` never.
-create function billing._require_access(p_user_id uuid) returns void
+create function billing_internal.require_access(p_user_id uuid) returns void
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
-  v_kind text := billing.caller_kind();
+  v_kind text := billing_internal.caller_kind();
 begin
   if v_kind = 'service' then
     return;
   elsif v_kind = 'anon' then
     raise exception using errcode = '42501', message = 'anonymous callers cannot use billing functions';
-  elsif p_user_id is distinct from billing.auth_uid() then
+  elsif p_user_id is distinct from billing_internal.auth_uid() then
     raise exception using errcode = '42501', message = 'not allowed to act for another user';
   end if;
 end
 $$;
 
-create function billing._require_service() returns void
+create function billing_internal.require_service() returns void
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
-  if billing.caller_kind() <> 'service' then
+  if billing_internal.caller_kind() <> 'service' then
     raise exception using errcode = '42501', message = 'only the service role or the backend may call this function';
   end if;
 end
 $$;
 
-create function billing._check_amount(p_name text, p_amount bigint) returns void
+create function billing_internal.check_amount(p_name text, p_amount bigint) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   if p_amount is null or p_amount <= 0 then
@@ -48,7 +48,7 @@ begin
 end
 $$;
 
-create function billing._check_key(p_key text) returns void
+create function billing_internal.check_key(p_key text) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   if p_key is not null and (pg_catalog.length(p_key) < 1 or pg_catalog.length(p_key) > 255) then
@@ -57,7 +57,7 @@ begin
 end
 $$;
 
-create function billing._check_metadata(p_metadata jsonb) returns jsonb
+create function billing_internal.check_metadata(p_metadata jsonb) returns jsonb
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   if p_metadata is null then
@@ -69,7 +69,7 @@ begin
 end
 $$;
 
-create function billing._raise_insufficient(p_requested bigint, p_available bigint, p_debt bigint) returns void
+create function billing_internal.raise_insufficient(p_requested bigint, p_available bigint, p_debt bigint) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   raise exception using errcode = 'PT402', message = 'insufficient tokens',
@@ -83,8 +83,8 @@ $$;
 -- Takes p_amount tokens from the user's grants, soonest expiry first (never-expiring last), and
 -- returns {{grant_id, tokens}, ...}. The caller holds the balance lock and has checked that enough
 -- is spendable. p_repays_debt marks the tokens as used to cover debt. How much each grant gives is
--- billing._burn_allocation (pg_billing_core::ledger, fuzzed).
-create function billing._burn(p_user_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
+-- billing_internal.burn_allocation (pg_billing_core::ledger, fuzzed).
+create function billing_internal.burn(p_user_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_ids bigint[];
@@ -97,8 +97,8 @@ begin
     into v_ids, v_remaining
     from billing.token_grants g
    where g.user_id = p_user_id and g.remaining > 0
-     and billing._is_live(g.expires_at);
-  v_take := billing._burn_allocation(v_remaining, p_amount);
+     and billing_internal.is_live(g.expires_at);
+  v_take := billing_internal.burn_allocation(v_remaining, p_amount);
   if v_take is null then
     raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
       detail = pg_catalog.format('needed %s tokens for user %s, grants held %s', p_amount, p_user_id,
@@ -123,8 +123,8 @@ $$;
 -- New counters for a grant, computed by pg_billing_core::ledger (fuzzed): {remaining, frozen,
 -- expired, clawed_back, debt_incurred, debt_forgiven}. Writes the first five; raises XX000 on NULL
 -- (counters no consistent ledger holds). Returns debt_forgiven: debt this change cancelled, which
--- billing._recompute_balance settles against debt the user already repaid.
-create function billing._set_grant_counters(p_grant_id bigint, p_counters bigint[], p_what text) returns bigint
+-- billing_internal.recompute_balance settles against debt the user already repaid.
+create function billing_internal.set_grant_counters(p_grant_id bigint, p_counters bigint[], p_what text) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   if p_counters is null then
@@ -140,10 +140,10 @@ end
 $$;
 
 -- Gives tokens back to the grants they were drawn from ({{grant_id, tokens}, ...}): a released,
--- expired or partly committed hold. Per grant (billing._given_back_grant): debt a claw-back recorded
+-- expired or partly committed hold. Per grant (billing_internal.given_back_grant): debt a claw-back recorded
 -- for them while held is settled first; the rest is frozen up to the grant's freeze_target, else
 -- spendable, or expired if the grant expired meanwhile. Returns how many became spendable again.
-create function billing._return_to_grants(p_drawn bigint[]) returns bigint
+create function billing_internal.return_to_grants(p_drawn bigint[]) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_part record;
@@ -156,9 +156,9 @@ begin
       join billing.token_grants g on g.id = parts.grant_id
      order by g.id
   loop
-    perform billing._set_grant_counters(v_part.id,
-      billing._given_back_grant(v_part.tokens, v_part.remaining, v_part.frozen, v_part.expired, v_part.clawed_back,
-                                v_part.debt_incurred, v_part.debt_repaid, billing._is_live(v_part.expires_at),
+    perform billing_internal.set_grant_counters(v_part.id,
+      billing_internal.given_back_grant(v_part.tokens, v_part.remaining, v_part.frozen, v_part.expired, v_part.clawed_back,
+                                v_part.debt_incurred, v_part.debt_repaid, billing_internal.is_live(v_part.expires_at),
                                 v_part.t, v_part.freeze_target),
       pg_catalog.format('giving back %s tokens', v_part.t));
     v_spendable := v_spendable + (select g.remaining from billing.token_grants g where g.id = v_part.id) - v_part.remaining;
@@ -169,7 +169,7 @@ $$;
 
 -- Brings a grant to p_tokens in total (never fewer): a subscription period whose plan was upgraded.
 -- The new tokens are spendable, or expired if the grant has expired. The caller holds the balance lock.
-create function billing._grow_grant(p_grant_id bigint, p_tokens bigint) returns bigint
+create function billing_internal.grow_grant(p_grant_id bigint, p_tokens bigint) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_before bigint;
@@ -179,27 +179,27 @@ begin
     return 0;
   end if;
   update billing.token_grants g
-     set remaining = g.remaining + case when billing._is_live(g.expires_at) then p_tokens - g.tokens else 0 end,
-         expired = g.expired + case when billing._is_live(g.expires_at) then 0 else p_tokens - g.tokens end,
+     set remaining = g.remaining + case when billing_internal.is_live(g.expires_at) then p_tokens - g.tokens else 0 end,
+         expired = g.expired + case when billing_internal.is_live(g.expires_at) then 0 else p_tokens - g.tokens end,
          tokens = p_tokens
    where g.id = p_grant_id;
   return p_tokens - v_before;
 end
 $$;
 
--- Moves a grant to its Stripe adjustment targets (billing._adjusted_grant: claw back to
+-- Moves a grant to its Stripe adjustment targets (billing_internal.adjusted_grant: claw back to
 -- p_claw_target, keep p_freeze_target frozen, or give back when a target fell). The caller holds
 -- the balance lock and recomputes the balance afterwards. Returns what changed.
-create function billing._adjust_grant(p_grant_id bigint, p_claw_target bigint, p_freeze_target bigint) returns jsonb
+create function billing_internal.adjust_grant(p_grant_id bigint, p_claw_target bigint, p_freeze_target bigint) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   g billing.token_grants;
   v_after billing.token_grants;
 begin
   select * into g from billing.token_grants where id = p_grant_id;
-  perform billing._set_grant_counters(p_grant_id,
-    billing._adjusted_grant(g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_incurred, g.debt_repaid,
-                            billing._is_live(g.expires_at), p_claw_target, p_freeze_target),
+  perform billing_internal.set_grant_counters(p_grant_id,
+    billing_internal.adjusted_grant(g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_incurred, g.debt_repaid,
+                            billing_internal.is_live(g.expires_at), p_claw_target, p_freeze_target),
     pg_catalog.format('adjusting to claw back %s and freeze %s', p_claw_target, p_freeze_target));
   update billing.token_grants set freeze_target = p_freeze_target where id = p_grant_id
   returning * into v_after;
@@ -213,7 +213,7 @@ $$;
 -- won after a loss was recorded) leaves the user owed: Σ(debt_incurred - debt_repaid) < 0. Gives the
 -- repaid tokens back, to live grants latest-expiring first. Repeats while giving back settles debt
 -- of the receiving grant itself. The caller holds the balance lock.
-create function billing._return_repaid_debt(p_user_id uuid) returns void
+create function billing_internal.return_repaid_debt(p_user_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_owed bigint;
@@ -232,11 +232,11 @@ begin
       raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
         detail = pg_catalog.format('user %s: repaid debt does not settle', p_user_id);
     end if;
-    select pg_catalog.array_agg(g.id order by billing._is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc),
-           pg_catalog.array_agg(g.debt_repaid order by billing._is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc)
+    select pg_catalog.array_agg(g.id order by billing_internal.is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc),
+           pg_catalog.array_agg(g.debt_repaid order by billing_internal.is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc)
       into v_ids, v_repaid
       from billing.token_grants g where g.user_id = p_user_id and g.debt_repaid > 0;
-    v_take := billing._burn_allocation(v_repaid, v_owed);
+    v_take := billing_internal.burn_allocation(v_repaid, v_owed);
     if v_take is null then
       raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
         detail = pg_catalog.format('user %s is owed %s tokens of repaid debt, grants hold %s', p_user_id, v_owed,
@@ -249,10 +249,10 @@ begin
        where t.tokens > 0
     loop
       update billing.token_grants g set debt_repaid = g.debt_repaid - v_grant.back where g.id = v_grant.id;
-      perform billing._set_grant_counters(v_grant.id,
-        billing._given_back_grant(v_grant.tokens, v_grant.remaining, v_grant.frozen, v_grant.expired,
+      perform billing_internal.set_grant_counters(v_grant.id,
+        billing_internal.given_back_grant(v_grant.tokens, v_grant.remaining, v_grant.frozen, v_grant.expired,
                                   v_grant.clawed_back, v_grant.debt_incurred, v_grant.debt_repaid - v_grant.back,
-                                  billing._is_live(v_grant.expires_at), v_grant.back, v_grant.freeze_target),
+                                  billing_internal.is_live(v_grant.expires_at), v_grant.back, v_grant.freeze_target),
         pg_catalog.format('returning %s tokens of repaid debt', v_grant.back));
     end loop;
   end loop;
@@ -261,7 +261,7 @@ $$;
 
 -- Writes the head grant's authoritative remaining back into token_grants and clears the head, so
 -- the grant rows are exact. The caller holds the balance lock and recomputes the balance afterwards.
-create function billing._flush_head(p_user_id uuid) returns void
+create function billing_internal.flush_head(p_user_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   update billing.token_grants g set remaining = b.head_remaining
@@ -275,7 +275,7 @@ $$;
 -- Recomputes the user's balance row from the ledger, after covering debt with spendable tokens (or
 -- giving back tokens that repaid debt since forgiven), and picks the new head of the burn order.
 -- The caller holds the balance lock and has settled expired grants and holds.
-create function billing._recompute_balance(p_user_id uuid) returns billing.balances
+create function billing_internal.recompute_balance(p_user_id uuid) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_debt bigint;
@@ -283,20 +283,20 @@ declare
   v_head billing.token_grants;
   v_row billing.balances;
 begin
-  perform billing._flush_head(p_user_id);
+  perform billing_internal.flush_head(p_user_id);
   select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
     into v_debt, v_spendable
     from billing.token_grants g where g.user_id = p_user_id;
   if v_debt < 0 then  -- forgiven debt that others had repaid: give those tokens back
-    perform billing._return_repaid_debt(p_user_id);
+    perform billing_internal.return_repaid_debt(p_user_id);
     select coalesce(pg_catalog.sum(g.remaining), 0) into v_spendable from billing.token_grants g where g.user_id = p_user_id;
     v_debt := 0;
   end if;
   if v_debt > 0 and v_spendable > 0 then
-    perform billing._burn(p_user_id, least(v_debt, v_spendable), true);
+    perform billing_internal.burn(p_user_id, least(v_debt, v_spendable), true);
   end if;
   select g.* into v_head from billing.token_grants g
-   where g.user_id = p_user_id and g.remaining > 0 and billing._is_live(g.expires_at)
+   where g.user_id = p_user_id and g.remaining > 0 and billing_internal.is_live(g.expires_at)
    order by g.expires_at, g.id
    limit 1;
   update billing.balances b
@@ -325,7 +325,7 @@ $$;
 -- covered, the row is recomputed. Returns the row, or NULL when the user has none and p_create is
 -- false. The head stays flushed: while a head is set only the fast path may write grant rows, so
 -- every caller recomputes the balance (which sets the head again) as its last write.
-create function billing._lock_and_settle(p_user_id uuid, p_create boolean) returns billing.balances
+create function billing_internal.lock_and_settle(p_user_id uuid, p_create boolean) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_row billing.balances;
@@ -339,7 +339,7 @@ begin
     insert into billing.balances (user_id) values (p_user_id) on conflict (user_id) do nothing;
     select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
   end if;
-  perform billing._flush_head(p_user_id);
+  perform billing_internal.flush_head(p_user_id);
   if v_row.next_event_at is null or v_row.next_event_at > pg_catalog.now() then
     return v_row; -- spendable, held and debt are exact; the caller recomputes the head when done
   end if;
@@ -347,21 +347,21 @@ begin
     select r.id, r.drawn_from from billing.token_reservations r
      where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
   loop
-    perform billing._return_to_grants(v_hold.drawn_from);
+    perform billing_internal.return_to_grants(v_hold.drawn_from);
     update billing.token_reservations set status = 'expired', settled_at = pg_catalog.now() where id = v_hold.id;
   end loop;
   update billing.token_grants g set expired = g.expired + g.remaining, remaining = 0
-   where g.user_id = p_user_id and g.remaining > 0 and not billing._is_live(g.expires_at);
-  v_row := billing._recompute_balance(p_user_id);
+   where g.user_id = p_user_id and g.remaining > 0 and not billing_internal.is_live(g.expires_at);
+  v_row := billing_internal.recompute_balance(p_user_id);
   -- The caller writes grants next: leave no head, so its final recompute cannot overwrite them.
-  perform billing._flush_head(p_user_id);
+  perform billing_internal.flush_head(p_user_id);
   return v_row;
 end
 $$;
 
 -- Spendable tokens now, without writing: the cached balance unless something expired since the
 -- last settle, in which case the grants and holds are read directly.
-create function billing._spendable_now(p_user_id uuid) returns bigint
+create function billing_internal.spendable_now(p_user_id uuid) returns bigint
 language sql stable set search_path = pg_catalog, pg_temp as $$
   select case
     when b.user_id is null then 0
@@ -370,13 +370,13 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
       (select coalesce(pg_catalog.sum(case when g.id = b.head_grant_id then b.head_remaining else g.remaining end), 0)
          from billing.token_grants g
         where g.user_id = p_user_id and g.remaining > 0
-          and billing._is_live(g.expires_at))
+          and billing_internal.is_live(g.expires_at))
       + (select coalesce(pg_catalog.sum(r.drawn_from[i][2]), 0)
            from billing.token_reservations r
            cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
            join billing.token_grants g on g.id = r.drawn_from[i][1]
           where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
-            and billing._is_live(g.expires_at))
+            and billing_internal.is_live(g.expires_at))
       - b.debt)
   end
   from (select p_user_id as id) u
@@ -389,10 +389,10 @@ $$;
 
 -- Who may read p_user_id's balance: raises 42501 for anon and for a user asking about someone
 -- else, 22023 for NULL. get_balance calls it only for API roles and NULL.
-create function billing._check_balance_reader(p_user_id uuid) returns void
+create function billing_internal.check_balance_reader(p_user_id uuid) returns void
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
-  perform billing._require_access(p_user_id);
+  perform billing_internal.require_access(p_user_id);
   if p_user_id is null then
     raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
   end if;
@@ -412,7 +412,7 @@ declare
 begin
   if p_user_id is null
      or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
-    perform billing._check_balance_reader(p_user_id);
+    perform billing_internal.check_balance_reader(p_user_id);
   end if;
   select b.spendable into v_spendable
     from billing.balances b
@@ -421,13 +421,13 @@ begin
   if found then
     return v_spendable;
   end if;
-  return billing._spendable_now(p_user_id);
+  return billing_internal.spendable_now(p_user_id);
 end
 $$;
 comment on function billing.get_balance(uuid) is 'Spendable tokens now (excludes expired and held tokens).';
 
 -- The original result of a consume whose idempotency key was used before, or PT409.
-create function billing._consume_replay(p_user_id uuid, p_amount bigint, p_key text)
+create function billing_internal.consume_replay(p_user_id uuid, p_amount bigint, p_key text)
 returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
@@ -458,21 +458,21 @@ declare
   v_row billing.balances;
   v_drawn bigint[];
 begin
-  -- Checks inline (this is the hot path); the same rules as billing._require_access.
+  -- Checks inline (this is the hot path); the same rules as billing_internal.require_access.
   if v_role = 'authenticated' or v_role = 'anon' then
-    perform billing._require_access(p_user_id);
+    perform billing_internal.require_access(p_user_id);
   end if;
   if p_user_id is null then
     raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
   elsif p_amount is null or p_amount <= 0 then
-    perform billing._check_amount('p_amount', p_amount);
+    perform billing_internal.check_amount('p_amount', p_amount);
   elsif p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 255 then
-    perform billing._check_key(p_idempotency_key);
+    perform billing_internal.check_key(p_idempotency_key);
   end if;
   if p_metadata is null then
     p_metadata := '{}';
   elsif pg_catalog.jsonb_typeof(p_metadata) <> 'object' then
-    perform billing._check_metadata(p_metadata);
+    perform billing_internal.check_metadata(p_metadata);
   end if;
 
   -- Fast path: nothing is due to expire and the head grant covers the amount. One UPDATE (which
@@ -524,23 +524,23 @@ begin
       -- The key was used before (or by a racing call that committed first): undo the debit.
       update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
        where b.user_id = p_user_id;
-      return query select * from billing._consume_replay(p_user_id, p_amount, p_idempotency_key);
+      return query select * from billing_internal.consume_replay(p_user_id, p_amount, p_idempotency_key);
       return;
     end if;
   end if;
 
   -- Slow path: lock, flush the head, settle what is due, then spend across grants in order.
-  v_row := billing._lock_and_settle(p_user_id, false);
+  v_row := billing_internal.lock_and_settle(p_user_id, false);
   if v_row.user_id is not null and p_idempotency_key is not null
      and exists (select 1 from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_idempotency_key) then
-    return query select * from billing._consume_replay(p_user_id, p_amount, p_idempotency_key);
+    return query select * from billing_internal.consume_replay(p_user_id, p_amount, p_idempotency_key);
     return;
   end if;
   if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
-    perform billing._raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+    perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
   end if;
-  v_drawn := billing._burn(p_user_id, p_amount, false);
-  v_row := billing._recompute_balance(p_user_id);
+  v_drawn := billing_internal.burn(p_user_id, p_amount, false);
+  v_row := billing_internal.recompute_balance(p_user_id);
   insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
@@ -552,7 +552,7 @@ comment on function billing.consume_tokens(uuid, bigint, text, jsonb) is
 
 -- Inserts a grant once per (kind, reference). Returns its id and whether this call inserted it
 -- (false: the reference was granted before). Caller holds the balance lock and recomputes after.
-create function billing._insert_grant(
+create function billing_internal.insert_grant(
   p_user_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb,
   p_payment_intent text, p_price_id text, p_amount_paid bigint, p_currency text,
   out grant_id bigint, out inserted boolean
@@ -586,11 +586,11 @@ declare
   v_ins record;
   v_row billing.balances;
 begin
-  perform billing._require_service();
+  perform billing_internal.require_service();
   if p_user_id is null then
     raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
   end if;
-  perform billing._check_amount('p_tokens', p_tokens);
+  perform billing_internal.check_amount('p_tokens', p_tokens);
   if p_reference is null or pg_catalog.length(p_reference) < 1 or pg_catalog.length(p_reference) > 255 then
     raise exception using errcode = '22023', message = 'p_reference must be 1 to 255 characters';
   end if;
@@ -600,10 +600,10 @@ begin
   if p_expires_at is not null and p_expires_at <= pg_catalog.now() then
     raise exception using errcode = '22023', message = 'p_expires_at must be in the future';
   end if;
-  p_metadata := billing._check_metadata(p_metadata);
+  p_metadata := billing_internal.check_metadata(p_metadata);
 
-  perform billing._lock_and_settle(p_user_id, true);
-  select * into v_ins from billing._insert_grant(p_user_id, p_tokens, p_reference, p_kind, p_expires_at,
+  perform billing_internal.lock_and_settle(p_user_id, true);
+  select * into v_ins from billing_internal.insert_grant(p_user_id, p_tokens, p_reference, p_kind, p_expires_at,
                                                 p_metadata, null, null, null, null);
   select g.* into v_grant from billing.token_grants g where g.id = v_ins.grant_id;
   if v_grant.user_id is distinct from p_user_id or v_grant.tokens <> p_tokens
@@ -611,7 +611,7 @@ begin
     raise exception using errcode = 'PT409', message = 'grant reference already used with different terms',
       detail = pg_catalog.format('(%s, %s) already granted %s tokens', p_kind, p_reference, v_grant.tokens);
   end if;
-  v_row := billing._recompute_balance(p_user_id);
+  v_row := billing_internal.recompute_balance(p_user_id);
   return query select v_grant.id, v_grant.tokens, v_row.spendable::bigint, not v_ins.inserted;
 end
 $$;
@@ -630,17 +630,17 @@ declare
   v_prev billing.token_reservations;
   v_res billing.token_reservations;
 begin
-  perform billing._require_access(p_user_id);
+  perform billing_internal.require_access(p_user_id);
   if p_user_id is null then
     raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
   end if;
-  perform billing._check_amount('p_amount', p_amount);
-  perform billing._check_key(p_idempotency_key);
+  perform billing_internal.check_amount('p_amount', p_amount);
+  perform billing_internal.check_key(p_idempotency_key);
   if p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day' then
     raise exception using errcode = '22023', message = 'p_ttl must be between 0 and 1 day (exclusive of 0)';
   end if;
 
-  v_row := billing._lock_and_settle(p_user_id, false);
+  v_row := billing_internal.lock_and_settle(p_user_id, false);
   if v_row.user_id is not null and p_idempotency_key is not null then
     select r.* into v_prev from billing.token_reservations r
      where r.user_id = p_user_id and r.idempotency_key = p_idempotency_key;
@@ -649,19 +649,19 @@ begin
         raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
           detail = pg_catalog.format('key %L reserved %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
       end if;
-      v_row := billing._recompute_balance(p_user_id);
+      v_row := billing_internal.recompute_balance(p_user_id);
       return query select v_prev.id, v_prev.tokens, v_prev.expires_at, v_row.spendable::bigint, true;
       return;
     end if;
   end if;
   if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
-    perform billing._raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+    perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
   end if;
 
   insert into billing.token_reservations (user_id, tokens, idempotency_key, expires_at, drawn_from)
-  values (p_user_id, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, billing._burn(p_user_id, p_amount, false))
+  values (p_user_id, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, billing_internal.burn(p_user_id, p_amount, false))
   returning * into v_res;
-  v_row := billing._recompute_balance(p_user_id);
+  v_row := billing_internal.recompute_balance(p_user_id);
   return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable::bigint, false;
 end
 $$;
@@ -670,7 +670,7 @@ comment on function billing.reserve_tokens(uuid, bigint, text, interval) is
 
 -- Locks the reservation's user and returns the reservation after settling (so a hold past its TTL
 -- reads as expired). PT404 when it does not exist or belongs to someone the caller cannot act for.
-create function billing._lock_reservation(p_reservation_id uuid) returns billing.token_reservations
+create function billing_internal.lock_reservation(p_reservation_id uuid) returns billing.token_reservations
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid;
@@ -679,15 +679,15 @@ begin
   if p_reservation_id is null then
     raise exception using errcode = '22023', message = 'p_reservation_id must not be NULL';
   end if;
-  if billing.caller_kind() = 'anon' then
-    perform billing._require_access(null); -- 42501, as everywhere for anon
+  if billing_internal.caller_kind() = 'anon' then
+    perform billing_internal.require_access(null); -- 42501, as everywhere for anon
   end if;
   select r.user_id into v_user from billing.token_reservations r where r.id = p_reservation_id;
   -- Another user's reservation reads as missing: its existence is not theirs to learn.
-  if not found or (billing.caller_kind() <> 'service' and v_user is distinct from billing.auth_uid()) then
+  if not found or (billing_internal.caller_kind() <> 'service' and v_user is distinct from billing_internal.auth_uid()) then
     raise exception using errcode = 'PT404', message = 'reservation not found';
   end if;
-  perform billing._lock_and_settle(v_user, false);
+  perform billing_internal.lock_and_settle(v_user, false);
   select r.* into v_res from billing.token_reservations r where r.id = p_reservation_id;
   return v_res;
 end
@@ -706,14 +706,14 @@ declare
   v_usage bigint;
   i int;
 begin
-  v_res := billing._lock_reservation(p_reservation_id);
+  v_res := billing_internal.lock_reservation(p_reservation_id);
   if v_res.status = 'committed' then
     if v_res.committed_tokens is distinct from p_actual_amount then
       raise exception using errcode = 'PT409', message = 'reservation already committed with a different amount',
         detail = pg_catalog.format('committed %s tokens, this call asks for %s', v_res.committed_tokens, p_actual_amount);
     end if;
     return query select v_res.usage_id, v_res.committed_tokens, v_res.tokens - v_res.committed_tokens,
-                        billing._spendable_now(v_res.user_id), true;
+                        billing_internal.spendable_now(v_res.user_id), true;
     return;
   elsif v_res.status <> 'held' then
     raise exception using errcode = 'PT410', message = pg_catalog.format('reservation is %s', v_res.status),
@@ -737,11 +737,11 @@ begin
     v_left := v_left - v_part;
   end loop;
   if pg_catalog.cardinality(v_returned) > 0 then
-    perform billing._return_to_grants(v_returned);
+    perform billing_internal.return_to_grants(v_returned);
   end if;
   update billing.token_reservations set status = 'committed', committed_tokens = p_actual_amount,
          settled_at = pg_catalog.now() where id = v_res.id;
-  v_row := billing._recompute_balance(v_res.user_id);
+  v_row := billing_internal.recompute_balance(v_res.user_id);
   if p_actual_amount > 0 then
     insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
     values (v_res.user_id, p_actual_amount, v_res.metadata, v_charged, v_row.spendable, v_res.id)
@@ -761,18 +761,18 @@ declare
   v_res billing.token_reservations;
   v_row billing.balances;
 begin
-  v_res := billing._lock_reservation(p_reservation_id);
+  v_res := billing_internal.lock_reservation(p_reservation_id);
   if v_res.status in ('released', 'expired') then
     -- Releasing twice (or after the TTL released it) is harmless: report what is there.
-    return query select 0::bigint, billing._spendable_now(v_res.user_id), true;
+    return query select 0::bigint, billing_internal.spendable_now(v_res.user_id), true;
     return;
   elsif v_res.status = 'committed' then
     raise exception using errcode = 'PT410', message = 'reservation is committed',
       hint = 'A committed reservation was charged; it cannot be released.';
   end if;
-  perform billing._return_to_grants(v_res.drawn_from);
+  perform billing_internal.return_to_grants(v_res.drawn_from);
   update billing.token_reservations set status = 'released', settled_at = pg_catalog.now() where id = v_res.id;
-  v_row := billing._recompute_balance(v_res.user_id);
+  v_row := billing_internal.recompute_balance(v_res.user_id);
   return query select v_res.tokens, v_row.spendable::bigint, false;
 end
 $$;
@@ -786,7 +786,7 @@ declare
   v_user uuid;
   v_count integer := 0;
 begin
-  perform billing._require_service();
+  perform billing_internal.require_service();
   for v_user in
     select b.user_id from billing.balances b
      where b.next_event_at <= pg_catalog.now()
@@ -794,8 +794,8 @@ begin
      limit greatest(coalesce(p_limit, 10000), 0) -- NULL means the default, not "no limit"
        for update skip locked
   loop
-    perform billing._lock_and_settle(v_user, false);
-    perform billing._recompute_balance(v_user);
+    perform billing_internal.lock_and_settle(v_user, false);
+    perform billing_internal.recompute_balance(v_user);
     v_count := v_count + 1;
   end loop;
   return v_count;

@@ -3,7 +3,7 @@
 -- Supabase's roles (anon, authenticated, service_role) may not exist when the extension is
 -- created (plain PostgreSQL, `cargo pgrx test`), and a policy or GRANT naming a missing role
 -- fails. So both live in one idempotent function, run at the end of CREATE EXTENSION and again by
--- a DBA after creating the roles: `select billing.setup_roles();`.
+-- a DBA after creating the roles: `select billing_internal.setup_roles();`.
 --
 -- Who may do what (README "Privileges"):
 --   anon           reads the catalog (plans, token_packs); calls nothing.
@@ -13,7 +13,7 @@
 --                  billing.settings, and calls every public function. The backend role (postgres) likewise.
 --   nobody         writes ledger tables directly: only the extension's functions do.
 
-create function billing.setup_roles() returns text
+create function billing_internal.setup_roles() returns text
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_role text;
@@ -28,15 +28,19 @@ declare
                                           'purchase_payments'];
   -- user-facing functions: authenticated may call them for itself
   c_user_functions constant text[] := array[
-    'billing.auth_uid()', 'billing.jwt_claims()', 'billing.is_billing_admin()', 'billing.caller_kind()',
-    'billing.get_balance(uuid)', 'billing._check_balance_reader(uuid)', 'billing._spendable_now(uuid)',
-    'billing._is_live(timestamptz)',
-    'billing._require_access(uuid)', 'billing._check_page(integer, integer)',
-    'billing.consume_tokens(uuid, bigint, text, jsonb)',
+    'billing.get_balance(uuid)', 'billing.consume_tokens(uuid, bigint, text, jsonb)',
     'billing.reserve_tokens(uuid, bigint, text, interval)', 'billing.commit_reservation(uuid, bigint)',
-    'billing.release_reservation(uuid)', 'billing.current_user_id()', 'billing.get_billing_summary()',
+    'billing.release_reservation(uuid)', 'billing.get_billing_summary()',
     'billing.get_usage_history(timestamptz, timestamptz, text, text)', 'billing.get_grant_history(integer, integer)',
     'billing.get_payment_history(integer, integer)', 'billing.redeem_promo_code(text)'];
+  -- The only internals an API role may execute: they run with the caller's rights, from row-level
+  -- security policies and from the read functions above (SECURITY INVOKER). Everything else in
+  -- billing_internal runs only inside SECURITY DEFINER functions, as the owner.
+  c_caller_helpers constant text[] := array[
+    'billing_internal.auth_uid()', 'billing_internal.jwt_claims()', 'billing_internal.is_billing_admin()',
+    'billing_internal.caller_kind()', 'billing_internal.current_user_id()', 'billing_internal.require_access(uuid)',
+    'billing_internal.check_balance_reader(uuid)', 'billing_internal.spendable_now(uuid)',
+    'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',
@@ -51,6 +55,8 @@ begin
   revoke all on all sequences in schema billing from public;
   revoke all on all functions in schema billing from public;
   revoke all on schema billing from public;
+  revoke all on all functions in schema billing_internal from public;
+  revoke all on schema billing_internal from public;
 
   for v_role in select r.rolname from pg_catalog.pg_roles r
                  where r.rolname in ('anon', 'authenticated', 'service_role', 'postgres')
@@ -59,6 +65,8 @@ begin
     execute pg_catalog.format('revoke all on all tables in schema billing from %I', v_role);
     execute pg_catalog.format('revoke all on all sequences in schema billing from %I', v_role);
     execute pg_catalog.format('revoke all on all functions in schema billing from %I', v_role);
+    execute pg_catalog.format('revoke all on all functions in schema billing_internal from %I', v_role);
+    execute pg_catalog.format('revoke all on schema billing_internal from %I', v_role);
     execute pg_catalog.format('grant usage on schema billing to %I', v_role);
     foreach v_table in array c_catalog loop
       execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
@@ -68,6 +76,10 @@ begin
         execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
       end loop;
       foreach v_fn in array c_user_functions loop
+        execute pg_catalog.format('grant execute on function %s to %I', v_fn, v_role);
+      end loop;
+      execute pg_catalog.format('grant usage on schema billing_internal to %I', v_role);
+      foreach v_fn in array c_caller_helpers loop
         execute pg_catalog.format('grant execute on function %s to %I', v_fn, v_role);
       end loop;
     end if;
@@ -102,11 +114,11 @@ begin
       execute pg_catalog.format('drop policy if exists own_rows on billing.%I', v_table);
       execute pg_catalog.format(
         'create policy own_rows on billing.%I for select to authenticated '
-        'using (user_id = (select billing.auth_uid()) or (select billing.is_billing_admin()))', v_table);
+        'using (user_id = (select billing_internal.auth_uid()) or (select billing_internal.is_billing_admin()))', v_table);
     end loop;
   end if;
   return 'privileges set for: ' || coalesce(pg_catalog.array_to_string(v_done, ', '), '');
 end
 $$;
-comment on function billing.setup_roles() is
+comment on function billing_internal.setup_roles() is
   'Idempotent: revokes defaults, grants per role and creates RLS policies for the Supabase roles that exist.';

@@ -9,9 +9,16 @@
 --               balances.debt = sum(debt_incurred - debt_repaid); debt > 0 implies spendable = 0.
 --   live remaining: balances.head_remaining for the user's head grant, token_grants.remaining otherwise.
 
+-- Helpers live in billing_internal, a schema that PostgREST never exposes: schema billing holds only
+-- the tables and the functions of the public API (what a supabase-js user sees in generated types
+-- and can call as RPC). API roles may use a few helpers that run as the caller (policies, and the
+-- read functions that run with the caller's rights): billing_internal.setup_roles() lists them.
+create schema billing_internal;
+comment on schema billing_internal is 'pg_billing internals: never exposed through PostgREST; call the functions in schema billing.';
+
 -- Identity, exactly as Supabase's auth.uid() computes it (supabase/auth migrations), so policies and
 -- functions work where schema auth does not exist (plain PostgreSQL, `cargo pgrx test`).
-create function billing.auth_uid() returns uuid
+create function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
   select coalesce(
     nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
@@ -20,7 +27,7 @@ language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- The JWT claims, exactly as Supabase's auth.jwt() reads them.
-create function billing.jwt_claims() returns jsonb
+create function billing_internal.jwt_claims() returns jsonb
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
   select coalesce(nullif(pg_catalog.current_setting('request.jwt.claim', true), ''),
                   nullif(pg_catalog.current_setting('request.jwt.claims', true), ''))::jsonb
@@ -28,16 +35,16 @@ $$;
 
 -- Admin rule: a JWT whose app_metadata has "billing_admin": true reads every billing row.
 -- app_metadata is writable only with the service role (Supabase Auth), so users cannot set it.
-create function billing.is_billing_admin() returns boolean
+create function billing_internal.is_billing_admin() returns boolean
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
-  select coalesce((billing.jwt_claims() operator(pg_catalog.->) 'app_metadata'
+  select coalesce((billing_internal.jwt_claims() operator(pg_catalog.->) 'app_metadata'
                    operator(pg_catalog.->>) 'billing_admin') = 'true', false)
 $$;
 
 -- Who is calling, decided from the role PostgREST (or the backend) set, never from current_user
 -- (inside SECURITY DEFINER that is the owner): 'anon', 'user' (authenticated) or 'service'
 -- (service_role, postgres, any other role that was granted EXECUTE).
-create function billing.caller_kind() returns text
+create function billing_internal.caller_kind() returns text
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
   select case coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user::text)
            when 'anon' then 'anon'
@@ -49,7 +56,7 @@ $$;
 -- A grant's tokens can be spent until it expires (expires_at null: never): the one definition of
 -- "live". SQL without a SET clause, so the planner inlines it into each query that uses it instead
 -- of calling it per row; it qualifies every function and operator itself.
-create function billing._is_live(p_expires_at timestamptz) returns boolean
+create function billing_internal.is_live(p_expires_at timestamptz) returns boolean
 language sql stable parallel safe as $$
   select p_expires_at is null or p_expires_at operator(pg_catalog.>) pg_catalog.now()
 $$;
@@ -127,7 +134,7 @@ create table billing.balances (
   updated_at    timestamptz not null default now(), -- last settle or slow-path write
   -- The head of the burn order (the grant consume_tokens draws from next) and its authoritative
   -- remaining tokens: a consume that fits updates only this row. token_grants.remaining of the head
-  -- is stale until a slow-path writer flushes head_remaining back (billing._flush_head).
+  -- is stale until a slow-path writer flushes head_remaining back (billing_internal.flush_head).
   -- (head_remaining = 0 without a head grant is checked by billing.verify_ledger().)
   head_grant_id  bigint,
   head_remaining billing.token_count not null default 0
@@ -255,7 +262,7 @@ create table billing.stripe_payments (
 
 -- Each refund and dispute follows its own state: the event that is newest by (terminal status,
 -- created, status rank, event id) wins, so an older status never overrides a newer one, and a
--- terminal one (a failed refund, a closed dispute) is never left (billing._stripe_status_rank).
+-- terminal one (a failed refund, a closed dispute) is never left (billing_internal.stripe_status_rank).
 create table billing.stripe_refunds (
   refund_id          text primary key,
   payment_key        text not null,

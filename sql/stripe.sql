@@ -1,7 +1,7 @@
 -- pg_billing: Stripe webhooks applied inside the database, one transaction per delivery.
 --
--- billing.handle_stripe_webhook verifies the signature (Rust: billing.stripe_signature_check),
--- decodes the event (Rust: billing.decode_stripe_event, every API shape), records it in the inbox
+-- billing.handle_stripe_webhook verifies the signature (Rust: billing_internal.stripe_signature_check),
+-- decodes the event (Rust: billing_internal.decode_stripe_event, every API shape), records it in the inbox
 -- billing.payment_transactions exactly once and applies it. This file translates Stripe's events
 -- into facts and ledger calls; every change of a grant's counters is a function of ledger.sql.
 --
@@ -13,20 +13,20 @@
 --   what it added, in the order Stripe created them.
 -- * Refunds, disputes and invoice payments are facts about a payment, recorded whether or not the
 --   grant they affect exists yet. A grant's claw-back and freeze are recomputed from all facts of
---   the payments behind it (billing._stripe_targets), so events applied in any order, and any
+--   the payments behind it (billing_internal.stripe_targets), so events applied in any order, and any
 --   number of times, end in the same balances.
 -- * An event that cannot be applied yet (unknown price or user, amount mismatch) is kept with
 --   status 'failed' and its error; a redelivery, a new customer link, or
 --   billing.reprocess_failed_events() applies it again.
 --
--- Locks: the Stripe objects an event touches (invoice, then payment; billing._lock_stripe_object)
+-- Locks: the Stripe objects an event touches (invoice, then payment; billing_internal.lock_stripe_object)
 -- before the user's balance row, so an invoice and its payment, or a purchase and a refund that
 -- arrive at the same time, see each other.
 --
 -- SQLSTATEs raised to the caller: PT400 bad signature, PT500 no secret configured, 22023 not a
 -- Stripe event. PT422 marks an event that cannot be applied yet: the delivery records it as failed.
 
-create function billing._raise_unprocessable(p_message text, p_detail text) returns void
+create function billing_internal.raise_unprocessable(p_message text, p_detail text) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
   raise exception using errcode = 'PT422', message = p_message, detail = coalesce(p_detail, ''),
@@ -36,7 +36,7 @@ $$;
 
 -- The signing secrets to try: Supabase Vault secrets named stripe_webhook_secret or
 -- stripe_webhook_secret_<suffix> (rotation), else active rows of billing.webhook_secrets.
-create function billing._webhook_secrets() returns text[]
+create function billing_internal.webhook_secrets() returns text[]
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_secrets text[];
@@ -58,7 +58,7 @@ $$;
 -- Orders the states of a Stripe object: terminal statuses (>= 100) can never be left. An event is
 -- newer than the state it would replace when (terminal, created, rank, event id) is greater, so
 -- events of the same `created` second apply in a deterministic order, whatever order they arrive in.
-create function billing._stripe_status_rank(p_object text, p_status text) returns integer
+create function billing_internal.stripe_status_rank(p_object text, p_status text) returns integer
 language sql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
   select case p_object
     when 'subscription' then case p_status
@@ -76,7 +76,7 @@ $$;
 
 -- Resolves the user an event is about: an explicit user id (client_reference_id / metadata) wins,
 -- then the linked Stripe customer, then the subscription's user.
-create function billing._event_user(p_event jsonb) returns uuid
+create function billing_internal.event_user(p_event jsonb) returns uuid
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_ref text := p_event ->> 'client_reference_id';
@@ -84,14 +84,14 @@ declare
   v_user uuid;
 begin
   if v_ref is not null and v_meta is not null and v_ref <> v_meta then
-    perform billing._raise_unprocessable('client_reference_id and metadata.user_id disagree',
+    perform billing_internal.raise_unprocessable('client_reference_id and metadata.user_id disagree',
       pg_catalog.format('%s vs %s', v_ref, v_meta));
   end if;
   if coalesce(v_ref, v_meta) is not null then
     begin
       return coalesce(v_ref, v_meta)::uuid;
     exception when invalid_text_representation then
-      perform billing._raise_unprocessable('user id in the event is not a uuid', coalesce(v_ref, v_meta));
+      perform billing_internal.raise_unprocessable('user id in the event is not a uuid', coalesce(v_ref, v_meta));
     end;
   end if;
   select c.user_id into v_user from billing.stripe_customers c where c.stripe_customer_id = p_event ->> 'customer';
@@ -103,7 +103,7 @@ end
 $$;
 
 -- Links a Stripe customer to a user; an existing, different link is kept (and reported).
-create function billing._link_customer(p_user_id uuid, p_customer text) returns text
+create function billing_internal.link_customer(p_user_id uuid, p_customer text) returns text
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   if p_customer is null or p_user_id is null then
@@ -122,14 +122,14 @@ $$;
 
 -- Serializes the deliveries that touch one Stripe object (an invoice or a payment) for the rest of
 -- the transaction. Lock order: invoice, then payment, then the user's balance row.
-create function billing._lock_stripe_object(p_id text) returns void
+create function billing_internal.lock_stripe_object(p_id text) returns void
 language sql volatile set search_path = pg_catalog, pg_temp as $$
   select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_billing.stripe'), pg_catalog.hashtext(p_id))
    where p_id is not null
 $$;
 
 -- Records that a payment exists, in a currency; PT422 when a fact names another currency.
-create function billing._note_payment(p_payment_key text, p_currency text) returns void
+create function billing_internal.note_payment(p_payment_key text, p_currency text) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_currency text;
@@ -138,7 +138,7 @@ begin
   on conflict (payment_key) do update set currency = coalesce(p.currency, excluded.currency), updated_at = pg_catalog.now()
   returning p.currency into v_currency;
   if p_currency is not null and v_currency <> p_currency then
-    perform billing._raise_unprocessable('currency does not match the payment',
+    perform billing_internal.raise_unprocessable('currency does not match the payment',
       pg_catalog.format('payment %s is in %s, the event in %s', p_payment_key, v_currency, p_currency));
   end if;
 end
@@ -147,8 +147,8 @@ $$;
 -- {claw_back, freeze} for a Stripe-funded grant, from every fact about the payments behind it:
 -- per payment, taken = refunded (the larger of the charge's amount_refunded and the refunds known,
 -- less refunds that failed or were canceled) + lost disputes, open = disputes still open; shares
--- of the captured amount (billing._adjustment_targets, pg_billing_core::ledger).
-create function billing._stripe_targets(p_grant_id bigint) returns bigint[]
+-- of the captured amount (billing_internal.adjustment_targets, pg_billing_core::ledger).
+create function billing_internal.stripe_targets(p_grant_id bigint) returns bigint[]
 language sql stable set search_path = pg_catalog, pg_temp as $$
   with purchases as (
     -- what each purchase added to the grant, in the order Stripe created them
@@ -169,14 +169,14 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
       left join billing.stripe_payments sp on sp.payment_key = pp.payment_key
       left join lateral (
         select pg_catalog.sum(r.amount) as issued,
-               pg_catalog.sum(r.amount) filter (where billing._stripe_status_rank('refund', r.status) >= 100) as failed
+               pg_catalog.sum(r.amount) filter (where billing_internal.stripe_status_rank('refund', r.status) >= 100) as failed
           from billing.stripe_refunds r where r.payment_key = pp.payment_key) rf on true
       left join lateral (
         select pg_catalog.sum(d.amount) filter (where d.status = 'lost') as lost,
-               pg_catalog.sum(d.amount) filter (where billing._stripe_status_rank('dispute', d.status) < 100) as open
+               pg_catalog.sum(d.amount) filter (where billing_internal.stripe_status_rank('dispute', d.status) < 100) as open
           from billing.stripe_disputes d where d.payment_key = pp.payment_key) dp on true
   )
-  select billing._adjustment_targets(g.tokens, coalesce(a.tokens, '{}'), coalesce(a.weight, '{}'),
+  select billing_internal.adjustment_targets(g.tokens, coalesce(a.tokens, '{}'), coalesce(a.weight, '{}'),
            coalesce(a.purchase_weight, '{}'), coalesce(a.captured, '{}'), coalesce(a.taken, '{}'), coalesce(a.open, '{}'))
     from billing.token_grants g,
          (select pg_catalog.array_agg(s.tokens) as tokens, pg_catalog.array_agg(s.weight) as weight,
@@ -187,22 +187,22 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
 $$;
 
 -- Moves a Stripe-funded grant to its targets. The caller holds the user's balance lock.
-create function billing._settle_stripe_grant(p_grant_id bigint) returns jsonb
+create function billing_internal.settle_stripe_grant(p_grant_id bigint) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_targets bigint[] := billing._stripe_targets(p_grant_id);
+  v_targets bigint[] := billing_internal.stripe_targets(p_grant_id);
 begin
   if v_targets is null then
     raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
       detail = pg_catalog.format('grant %s: Stripe facts give no adjustment targets', p_grant_id);
   end if;
-  return billing._adjust_grant(p_grant_id, v_targets[1], v_targets[2]);
+  return billing_internal.adjust_grant(p_grant_id, v_targets[1], v_targets[2]);
 end
 $$;
 
 -- Re-settles every grant a payment paid for (after a refund, dispute or link); 'recorded_pending'
 -- when none exists yet: the facts wait for the purchase.
-create function billing._settle_payment(p_payment_key text) returns jsonb
+create function billing_internal.settle_payment(p_payment_key text) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_grant record;
@@ -217,9 +217,9 @@ begin
      where pp.payment_key = p_payment_key
      order by g.id
   loop
-    perform billing._lock_and_settle(v_grant.user_id, true);
-    v_effects := v_effects || billing._settle_stripe_grant(v_grant.id);
-    perform billing._recompute_balance(v_grant.user_id);
+    perform billing_internal.lock_and_settle(v_grant.user_id, true);
+    v_effects := v_effects || billing_internal.settle_stripe_grant(v_grant.id);
+    perform billing_internal.recompute_balance(v_grant.user_id);
     v_user := v_grant.user_id;
   end loop;
   return pg_catalog.jsonb_build_object('user_id', v_user, 'payment', p_payment_key,
@@ -230,10 +230,10 @@ $$;
 -- A paid Checkout Session grants its token pack: tokens from the catalog by price id, only when
 -- amount_subtotal is the catalog price times the quantity; idempotent per session id, so completed
 -- and async_payment_succeeded grant once.
-create function billing._apply_checkout(p_event jsonb) returns jsonb
+create function billing_internal.apply_checkout(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing._event_user(p_event);
+  v_user uuid := billing_internal.event_user(p_event);
   v_pack billing.token_packs;
   v_quantity bigint := coalesce((p_event ->> 'quantity')::bigint, 1);
   v_payment text := p_event ->> 'payment_key';
@@ -246,9 +246,9 @@ declare
   v_adjusted jsonb;
 begin
   if v_user is null then
-    perform billing._raise_unprocessable('checkout session has no user', v_session);
+    perform billing_internal.raise_unprocessable('checkout session has no user', v_session);
   end if;
-  v_link := billing._link_customer(v_user, p_event ->> 'customer');
+  v_link := billing_internal.link_customer(v_user, p_event ->> 'customer');
   v_base := pg_catalog.jsonb_build_object('user_id', v_user, 'customer', v_link)
             || case when v_link = 'linked' then pg_catalog.jsonb_build_object('linked_customer', p_event ->> 'customer')
                     else '{}'::jsonb end;
@@ -264,29 +264,29 @@ begin
 
   select p.* into v_pack from billing.token_packs p where p.stripe_price_id = p_event ->> 'price_id';
   if not found then
-    perform billing._raise_unprocessable('price is not a token pack in billing.token_packs',
+    perform billing_internal.raise_unprocessable('price is not a token pack in billing.token_packs',
       coalesce(p_event ->> 'price_id', 'metadata.price_id missing'));
   elsif v_pack.currency is distinct from p_event ->> 'currency' then
-    perform billing._raise_unprocessable('currency does not match the token pack',
+    perform billing_internal.raise_unprocessable('currency does not match the token pack',
       pg_catalog.format('pack %s, session %s', v_pack.currency, p_event ->> 'currency'));
   elsif v_quantity < 1 or v_quantity > 1000 then
-    perform billing._raise_unprocessable('quantity out of range (1 to 1000)', v_quantity::text);
+    perform billing_internal.raise_unprocessable('quantity out of range (1 to 1000)', v_quantity::text);
   elsif (p_event ->> 'amount_subtotal')::numeric is distinct from v_pack.price_amount::numeric * v_quantity then
-    perform billing._raise_unprocessable('amount does not match the catalog',
+    perform billing_internal.raise_unprocessable('amount does not match the catalog',
       pg_catalog.format('session amount_subtotal %s, catalog %s x %s = %s', coalesce(p_event ->> 'amount_subtotal', 'missing'),
                         v_pack.price_amount, v_quantity, v_pack.price_amount::numeric * v_quantity));
   end if;
   v_tokens := v_pack.tokens::numeric * v_quantity;
   if v_tokens > 9223372036854775807 then
-    perform billing._raise_unprocessable('token amount overflows', v_tokens::text);
+    perform billing_internal.raise_unprocessable('token amount overflows', v_tokens::text);
   end if;
 
   if v_payment is not null then
-    perform billing._lock_stripe_object(v_payment);
-    perform billing._note_payment(v_payment, v_pack.currency);
+    perform billing_internal.lock_stripe_object(v_payment);
+    perform billing_internal.note_payment(v_payment, v_pack.currency);
   end if;
-  perform billing._lock_and_settle(v_user, true);
-  select * into v_ins from billing._insert_grant(v_user, v_tokens::bigint, v_session, 'purchase', null,
+  perform billing_internal.lock_and_settle(v_user, true);
+  select * into v_ins from billing_internal.insert_grant(v_user, v_tokens::bigint, v_session, 'purchase', null,
     pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'quantity', v_quantity),
     v_payment, v_pack.stripe_price_id, v_paid, v_pack.currency);
   if v_ins.inserted then
@@ -297,9 +297,9 @@ begin
       insert into billing.purchase_payments (purchase_id, payment_key, amount) values (v_session, v_payment, v_paid)
       on conflict do nothing;
     end if;
-    v_adjusted := billing._settle_stripe_grant(v_ins.grant_id); -- refunds or disputes that came first
+    v_adjusted := billing_internal.settle_stripe_grant(v_ins.grant_id); -- refunds or disputes that came first
   end if;
-  perform billing._recompute_balance(v_user);
+  perform billing_internal.recompute_balance(v_user);
   return v_base || pg_catalog.jsonb_build_object('action', case when v_ins.inserted then 'granted' else 'already_granted' end,
     'grant_id', v_ins.grant_id, 'tokens', case when v_ins.inserted then v_tokens end, 'adjusted', v_adjusted);
 end
@@ -309,7 +309,7 @@ $$;
 -- proration, whose price is a plan; for a plan change without one, the new plan's positive
 -- proration line) names the plan and the period. The period's grant holds the largest allowance
 -- of its paid invoices; an invoice paid with nothing adds nothing unless the plan says so.
-create function billing._apply_invoice_paid(p_event jsonb) returns jsonb
+create function billing_internal.apply_invoice_paid(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_invoice text := p_event ->> 'object_id';
@@ -336,9 +336,9 @@ begin
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_allowance_for_billing_reason',
                                          'billing_reason', v_reason);
   end if;
-  v_user := billing._event_user(p_event);
+  v_user := billing_internal.event_user(p_event);
   if v_user is null then
-    perform billing._raise_unprocessable('invoice customer is not linked to a user', p_event ->> 'customer');
+    perform billing_internal.raise_unprocessable('invoice customer is not linked to a user', p_event ->> 'customer');
   end if;
   select l.line, p.id into v_line, v_plan_id
     from pg_catalog.jsonb_array_elements(p_event -> 'lines') with ordinality as l(line, ord)
@@ -354,7 +354,7 @@ begin
             and not exists (select 1 from billing.plans p where p.stripe_price_id = l.line ->> 'price')) then
       return pg_catalog.jsonb_build_object('user_id', v_user, 'action', 'no_plan_line', 'invoice', v_invoice);
     end if;
-    perform billing._raise_unprocessable('no line of the invoice is a plan in billing.plans',
+    perform billing_internal.raise_unprocessable('no line of the invoice is a plan in billing.plans',
       pg_catalog.format('invoice %s prices: %s%s', v_invoice,
         (select pg_catalog.string_agg(coalesce(l.line ->> 'price', 'none'), ', ')
            from pg_catalog.jsonb_array_elements(p_event -> 'lines') l(line)),
@@ -362,12 +362,12 @@ begin
   end if;
   select p.* into v_plan from billing.plans p where p.id = v_plan_id;
   if v_plan.currency is distinct from p_event ->> 'currency' then
-    perform billing._raise_unprocessable('currency does not match the plan',
+    perform billing_internal.raise_unprocessable('currency does not match the plan',
       pg_catalog.format('plan %s, invoice %s', v_plan.currency, p_event ->> 'currency'));
   end if;
   v_period_end := pg_catalog.to_timestamp((v_line ->> 'period_end')::bigint);
   if v_period_end is null then
-    perform billing._raise_unprocessable('the plan line has no period', v_invoice);
+    perform billing_internal.raise_unprocessable('the plan line has no period', v_invoice);
   end if;
   v_allowance := case when v_paid > 0 or v_plan.grant_on_zero_amount then v_plan.tokens_per_period else 0 end;
   if v_allowance = 0 then
@@ -375,17 +375,17 @@ begin
                                          'plan', v_plan.code);
   end if;
 
-  perform billing._lock_stripe_object(v_invoice);
+  perform billing_internal.lock_stripe_object(v_invoice);
   if v_payment is not null then
-    perform billing._lock_stripe_object(v_payment);
-    perform billing._note_payment(v_payment, v_plan.currency);
+    perform billing_internal.lock_stripe_object(v_payment);
+    perform billing_internal.note_payment(v_payment, v_plan.currency);
   end if;
-  perform billing._lock_and_settle(v_user, true);
+  perform billing_internal.lock_and_settle(v_user, true);
   select gp.grant_id into v_grant from billing.grant_purchases gp
    where gp.stripe_subscription_id = v_sub and gp.period_end = v_period_end
    order by gp.purchased_at, gp.purchase_id limit 1;
   if v_grant is null then
-    select * into v_ins from billing._insert_grant(v_user, v_allowance,
+    select * into v_ins from billing_internal.insert_grant(v_user, v_allowance,
       v_sub || '@' || extract(epoch from v_period_end)::bigint, 'subscription',
       case when v_plan.rollover then null else v_period_end end,
       pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'subscription', v_sub, 'plan', v_plan.code,
@@ -395,7 +395,7 @@ begin
     v_created := v_ins.inserted;
   end if;
   if (select g.user_id from billing.token_grants g where g.id = v_grant) is distinct from v_user then
-    perform billing._raise_unprocessable('the subscription period is credited to another user',
+    perform billing_internal.raise_unprocessable('the subscription period is credited to another user',
       pg_catalog.format('subscription %s, period ending %s, invoice %s for user %s', v_sub, v_period_end, v_invoice, v_user));
   end if;
   insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
@@ -407,20 +407,20 @@ begin
   -- The period's tokens: the largest allowance among its invoices; its expiry that of the plan
   -- with the largest allowance (period end, unless that plan rolls over).
   v_added := case when v_created then v_allowance else 0 end
-             + billing._grow_grant(v_grant, (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
+             + billing_internal.grow_grant(v_grant, (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
                                               where gp.grant_id = v_grant));
   select case when p.rollover then null else gp.period_end end into v_expires
     from billing.grant_purchases gp join billing.plans p on p.id = gp.plan_id
    where gp.grant_id = v_grant order by gp.allowance desc, gp.purchased_at, gp.purchase_id limit 1;
   update billing.token_grants g set expires_at = v_expires
-   where g.id = v_grant and billing._is_live(g.expires_at) and g.expires_at is distinct from v_expires;
+   where g.id = v_grant and billing_internal.is_live(g.expires_at) and g.expires_at is distinct from v_expires;
   if v_payment is not null then
     insert into billing.purchase_payments (purchase_id, payment_key, amount)
     values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
     on conflict do nothing;
   end if;
-  v_adjusted := billing._settle_stripe_grant(v_grant); -- refunds or disputes that came first
-  perform billing._recompute_balance(v_user);
+  v_adjusted := billing_internal.settle_stripe_grant(v_grant); -- refunds or disputes that came first
+  perform billing_internal.recompute_balance(v_user);
   return pg_catalog.jsonb_build_object('user_id', v_user, 'action', case when v_added > 0 then 'granted' else 'no_allowance_added' end,
     'grant_id', v_grant, 'tokens', v_added, 'plan', v_plan.code, 'allowance', v_allowance, 'period_end', v_period_end,
     'adjusted', v_adjusted);
@@ -429,7 +429,7 @@ $$;
 
 -- invoice_payment.paid (basil and later) links an invoice to the payment that paid it, in either
 -- arrival order: refunds and disputes of that payment then claw back the invoice's tokens.
-create function billing._apply_invoice_payment(p_event jsonb) returns jsonb
+create function billing_internal.apply_invoice_payment(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_invoice text := p_event ->> 'invoice';
@@ -442,9 +442,9 @@ begin
   elsif v_invoice is null or v_payment is null then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_invoice_or_payment');
   end if;
-  perform billing._lock_stripe_object(v_invoice);
-  perform billing._lock_stripe_object(v_payment);
-  perform billing._note_payment(v_payment, p_event ->> 'currency');
+  perform billing_internal.lock_stripe_object(v_invoice);
+  perform billing_internal.lock_stripe_object(v_payment);
+  perform billing_internal.note_payment(v_payment, p_event ->> 'currency');
   insert into billing.purchase_payments as pp (purchase_id, payment_key, amount)
   values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
   on conflict (purchase_id, payment_key) do update set amount = excluded.amount;
@@ -454,33 +454,33 @@ begin
   if not found then
     return pg_catalog.jsonb_build_object('action', 'linked_before_invoice', 'invoice', v_invoice, 'payment', v_payment);
   end if;
-  perform billing._lock_and_settle(v_grant.user_id, true);
+  perform billing_internal.lock_and_settle(v_grant.user_id, true);
   update billing.token_grants g set stripe_payment_intent = v_payment
    where g.id = v_grant.id and g.stripe_payment_intent is null;
-  v_adjusted := billing._settle_stripe_grant(v_grant.id);
-  perform billing._recompute_balance(v_grant.user_id);
+  v_adjusted := billing_internal.settle_stripe_grant(v_grant.id);
+  perform billing_internal.recompute_balance(v_grant.user_id);
   return pg_catalog.jsonb_build_object('user_id', v_grant.user_id, 'action', 'linked', 'invoice', v_invoice,
     'payment', v_payment, 'grant_id', v_grant.id, 'adjusted', v_adjusted);
 end
 $$;
 
 -- Records one refund's state; false when the event is older than the state recorded.
-create function billing._record_refund(p_payment_key text, p_refund_id text, p_amount bigint, p_currency text,
+create function billing_internal.record_refund(p_payment_key text, p_refund_id text, p_amount bigint, p_currency text,
                                        p_status text, p_event_created timestamptz, p_event_id text) returns boolean
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   if p_refund_id is null or p_amount is null or p_amount < 0 or p_status is null then
-    perform billing._raise_unprocessable('refund without id, amount or status', p_refund_id);
+    perform billing_internal.raise_unprocessable('refund without id, amount or status', p_refund_id);
   end if;
   insert into billing.stripe_refunds as r (refund_id, payment_key, amount, currency, status, last_event_created, last_event_id)
   values (p_refund_id, p_payment_key, p_amount, p_currency, p_status, p_event_created, p_event_id)
   on conflict (refund_id) do update
      set amount = excluded.amount, currency = excluded.currency, status = excluded.status,
          last_event_created = excluded.last_event_created, last_event_id = excluded.last_event_id
-   where (billing._stripe_status_rank('refund', excluded.status) >= 100, excluded.last_event_created,
-          billing._stripe_status_rank('refund', excluded.status), excluded.last_event_id)
-       > (billing._stripe_status_rank('refund', r.status) >= 100, r.last_event_created,
-          billing._stripe_status_rank('refund', r.status), r.last_event_id);
+   where (billing_internal.stripe_status_rank('refund', excluded.status) >= 100, excluded.last_event_created,
+          billing_internal.stripe_status_rank('refund', excluded.status), excluded.last_event_id)
+       > (billing_internal.stripe_status_rank('refund', r.status) >= 100, r.last_event_created,
+          billing_internal.stripe_status_rank('refund', r.status), r.last_event_id);
   return found;
 end
 $$;
@@ -488,7 +488,7 @@ $$;
 -- charge.refunded: the charge's captured amount and cumulative amount_refunded (the highest seen
 -- counts: refunds only add up), and its refunds where the API version lists them. Returns the
 -- payment, or NULL when the event names none.
-create function billing._record_charge(p_event jsonb) returns text
+create function billing_internal.record_charge(p_event jsonb) returns text
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_payment text := p_event ->> 'payment_key';
@@ -498,10 +498,10 @@ begin
     return null;
   elsif p_event ->> 'amount_refunded' is null or (p_event ->> 'amount_refunded')::bigint < 0
      or (p_event ->> 'amount_captured')::bigint < 0 then
-    perform billing._raise_unprocessable('charge.refunded without a usable amount_refunded and amount_captured', v_payment);
+    perform billing_internal.raise_unprocessable('charge.refunded without a usable amount_refunded and amount_captured', v_payment);
   end if;
-  perform billing._lock_stripe_object(v_payment);
-  perform billing._note_payment(v_payment, p_event ->> 'currency');
+  perform billing_internal.lock_stripe_object(v_payment);
+  perform billing_internal.note_payment(v_payment, p_event ->> 'currency');
   update billing.stripe_payments p
      set charge_id = coalesce(p.charge_id, p_event ->> 'charge'),
          amount_captured = coalesce((p_event ->> 'amount_captured')::bigint, p.amount_captured),
@@ -509,28 +509,28 @@ begin
          updated_at = pg_catalog.now()
    where p.payment_key = v_payment;
   for v_refund in select r from pg_catalog.jsonb_array_elements(coalesce(p_event -> 'refunds', '[]')) r loop
-    perform billing._record_refund(v_payment, v_refund ->> 'id', (v_refund ->> 'amount')::bigint, p_event ->> 'currency',
+    perform billing_internal.record_refund(v_payment, v_refund ->> 'id', (v_refund ->> 'amount')::bigint, p_event ->> 'currency',
       coalesce(v_refund ->> 'status', 'succeeded'), pg_catalog.to_timestamp((p_event ->> 'created')::bigint), p_event ->> 'id');
   end loop;
   return v_payment;
 end
 $$;
 
-create function billing._apply_charge(p_event jsonb) returns jsonb
+create function billing_internal.apply_charge(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_payment text := billing._record_charge(p_event);
+  v_payment text := billing_internal.record_charge(p_event);
 begin
   if v_payment is null then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_payment');
   end if;
-  return billing._settle_payment(v_payment);
+  return billing_internal.settle_payment(v_payment);
 end
 $$;
 
 -- refund.created / updated / failed, charge.refund.updated: one refund's state. A failed or
 -- canceled refund gives back what it clawed back.
-create function billing._apply_refund(p_event jsonb) returns jsonb
+create function billing_internal.apply_refund(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_payment text := p_event ->> 'payment_key';
@@ -538,63 +538,63 @@ begin
   if v_payment is null then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_payment');
   end if;
-  perform billing._lock_stripe_object(v_payment);
-  perform billing._note_payment(v_payment, p_event ->> 'currency');
-  if not billing._record_refund(v_payment, p_event ->> 'object_id', (p_event ->> 'amount')::bigint, p_event ->> 'currency',
+  perform billing_internal.lock_stripe_object(v_payment);
+  perform billing_internal.note_payment(v_payment, p_event ->> 'currency');
+  if not billing_internal.record_refund(v_payment, p_event ->> 'object_id', (p_event ->> 'amount')::bigint, p_event ->> 'currency',
                                 p_event ->> 'status', pg_catalog.to_timestamp((p_event ->> 'created')::bigint), p_event ->> 'id') then
     return pg_catalog.jsonb_build_object('action', 'stale', 'refund', p_event ->> 'object_id');
   end if;
-  return billing._settle_payment(v_payment) || pg_catalog.jsonb_build_object('refund', p_event ->> 'object_id',
+  return billing_internal.settle_payment(v_payment) || pg_catalog.jsonb_build_object('refund', p_event ->> 'object_id',
                                                                               'status', p_event ->> 'status');
 end
 $$;
 
 -- charge.dispute.*: one dispute's state; false when the event is older than the state recorded.
-create function billing._record_dispute(p_event jsonb) returns boolean
+create function billing_internal.record_dispute(p_event jsonb) returns boolean
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_amount bigint := (p_event ->> 'amount')::bigint;
 begin
   if p_event ->> 'object_id' is null or v_amount is null or v_amount < 0 or p_event ->> 'status' is null then
-    perform billing._raise_unprocessable('dispute without id, amount or status', p_event ->> 'object_id');
+    perform billing_internal.raise_unprocessable('dispute without id, amount or status', p_event ->> 'object_id');
   end if;
-  perform billing._lock_stripe_object(p_event ->> 'payment_key');
-  perform billing._note_payment(p_event ->> 'payment_key', p_event ->> 'currency');
+  perform billing_internal.lock_stripe_object(p_event ->> 'payment_key');
+  perform billing_internal.note_payment(p_event ->> 'payment_key', p_event ->> 'currency');
   insert into billing.stripe_disputes as d (dispute_id, payment_key, amount, currency, status, last_event_created, last_event_id)
   values (p_event ->> 'object_id', p_event ->> 'payment_key', v_amount, p_event ->> 'currency', p_event ->> 'status',
           pg_catalog.to_timestamp((p_event ->> 'created')::bigint), p_event ->> 'id')
   on conflict (dispute_id) do update
      set amount = excluded.amount, currency = excluded.currency, status = excluded.status,
          last_event_created = excluded.last_event_created, last_event_id = excluded.last_event_id
-   where (billing._stripe_status_rank('dispute', excluded.status) >= 100, excluded.last_event_created,
-          billing._stripe_status_rank('dispute', excluded.status), excluded.last_event_id)
-       > (billing._stripe_status_rank('dispute', d.status) >= 100, d.last_event_created,
-          billing._stripe_status_rank('dispute', d.status), d.last_event_id);
+   where (billing_internal.stripe_status_rank('dispute', excluded.status) >= 100, excluded.last_event_created,
+          billing_internal.stripe_status_rank('dispute', excluded.status), excluded.last_event_id)
+       > (billing_internal.stripe_status_rank('dispute', d.status) >= 100, d.last_event_created,
+          billing_internal.stripe_status_rank('dispute', d.status), d.last_event_id);
   return found;
 end
 $$;
 
 -- Open, a dispute's share of the grant stays frozen; lost, that share is clawed back; won (or
 -- closed as a warning), the tokens are released.
-create function billing._apply_dispute(p_event jsonb) returns jsonb
+create function billing_internal.apply_dispute(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   if p_event ->> 'payment_key' is null then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_payment');
-  elsif not billing._record_dispute(p_event) then
+  elsif not billing_internal.record_dispute(p_event) then
     return pg_catalog.jsonb_build_object('action', 'stale', 'dispute', p_event ->> 'object_id');
   end if;
-  return billing._settle_payment(p_event ->> 'payment_key') || pg_catalog.jsonb_build_object(
+  return billing_internal.settle_payment(p_event ->> 'payment_key') || pg_catalog.jsonb_build_object(
     'dispute', p_event ->> 'object_id', 'status', p_event ->> 'status');
 end
 $$;
 
--- Upserts subscription state unless it is newer already ('stale'): see billing._stripe_status_rank.
+-- Upserts subscription state unless it is newer already ('stale'): see billing_internal.stripe_status_rank.
 -- A canceled or incomplete_expired subscription is never reactivated.
-create function billing._apply_subscription(p_event jsonb) returns jsonb
+create function billing_internal.apply_subscription(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing._event_user(p_event);
+  v_user uuid := billing_internal.event_user(p_event);
   v_created timestamptz := pg_catalog.to_timestamp((p_event ->> 'created')::bigint);
   v_status text := case when p_event ->> 'type' = 'customer.subscription.deleted' then 'canceled'
                         else p_event ->> 'status' end;
@@ -603,13 +603,13 @@ declare
   v_applied boolean;
 begin
   if v_user is null then
-    perform billing._raise_unprocessable('subscription customer is not linked to a user', p_event ->> 'customer');
+    perform billing_internal.raise_unprocessable('subscription customer is not linked to a user', p_event ->> 'customer');
   end if;
-  if billing._stripe_status_rank('subscription', v_status) is null then
-    perform billing._raise_unprocessable('unknown subscription status', coalesce(v_status, 'NULL'));
+  if billing_internal.stripe_status_rank('subscription', v_status) is null then
+    perform billing_internal.raise_unprocessable('unknown subscription status', coalesce(v_status, 'NULL'));
   end if;
   select p.id into v_plan_id from billing.plans p where p.stripe_price_id = p_event ->> 'price_id';
-  v_link := billing._link_customer(v_user, p_event ->> 'customer');
+  v_link := billing_internal.link_customer(v_user, p_event ->> 'customer');
 
   insert into billing.user_subscriptions as s (stripe_subscription_id, user_id, plan_id, stripe_price_id, status,
       current_period_start, current_period_end, cancel_at_period_end, canceled_at, last_event_created, last_event_id)
@@ -625,10 +625,10 @@ begin
          cancel_at_period_end = excluded.cancel_at_period_end, canceled_at = excluded.canceled_at,
          last_event_created = excluded.last_event_created, last_event_id = excluded.last_event_id,
          updated_at = pg_catalog.now()
-   where (billing._stripe_status_rank('subscription', excluded.status) >= 100, excluded.last_event_created,
-          billing._stripe_status_rank('subscription', excluded.status), excluded.last_event_id)
-       > (billing._stripe_status_rank('subscription', s.status) >= 100, s.last_event_created,
-          billing._stripe_status_rank('subscription', s.status), s.last_event_id)
+   where (billing_internal.stripe_status_rank('subscription', excluded.status) >= 100, excluded.last_event_created,
+          billing_internal.stripe_status_rank('subscription', excluded.status), excluded.last_event_id)
+       > (billing_internal.stripe_status_rank('subscription', s.status) >= 100, s.last_event_created,
+          billing_internal.stripe_status_rank('subscription', s.status), s.last_event_id)
   returning true into v_applied;
   return pg_catalog.jsonb_build_object('user_id', v_user, 'subscription', p_event ->> 'object_id',
            'action', case when v_applied then 'updated' else 'stale' end,
@@ -640,7 +640,7 @@ $$;
 
 -- Why an event moves nothing, or NULL: a shape or type pg_billing does not apply, another Stripe
 -- mode than billing.settings.stripe_livemode, or a connected account other than stripe_account.
-create function billing._ignore_reason(p_event jsonb) returns text
+create function billing_internal.ignore_reason(p_event jsonb) returns text
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_settings billing.settings;
@@ -658,25 +658,25 @@ begin
 end
 $$;
 
-create function billing._apply_event(p_event jsonb) returns jsonb
+create function billing_internal.apply_event(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_reason text := billing._ignore_reason(p_event);
+  v_reason text := billing_internal.ignore_reason(p_event);
 begin
   if v_reason is not null then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', v_reason);
   elsif p_event ->> 'kind' <> 'invoice_payment'
         and coalesce(pg_catalog.length(p_event ->> 'object_id'), 0) not between 1 and 255 then
-    perform billing._raise_unprocessable('the event''s object has no usable id (1 to 255 characters)', p_event ->> 'id');
+    perform billing_internal.raise_unprocessable('the event''s object has no usable id (1 to 255 characters)', p_event ->> 'id');
   end if;
   return case p_event ->> 'kind'
-    when 'checkout' then billing._apply_checkout(p_event)
-    when 'invoice_paid' then billing._apply_invoice_paid(p_event)
-    when 'invoice_payment' then billing._apply_invoice_payment(p_event)
-    when 'subscription' then billing._apply_subscription(p_event)
-    when 'charge' then billing._apply_charge(p_event)
-    when 'refund' then billing._apply_refund(p_event)
-    when 'dispute' then billing._apply_dispute(p_event)
+    when 'checkout' then billing_internal.apply_checkout(p_event)
+    when 'invoice_paid' then billing_internal.apply_invoice_paid(p_event)
+    when 'invoice_payment' then billing_internal.apply_invoice_payment(p_event)
+    when 'subscription' then billing_internal.apply_subscription(p_event)
+    when 'charge' then billing_internal.apply_charge(p_event)
+    when 'refund' then billing_internal.apply_refund(p_event)
+    when 'dispute' then billing_internal.apply_dispute(p_event)
   end;
 end
 $$;
@@ -686,7 +686,7 @@ $$;
 -- back so Stripe's retry runs it again) leaves the event 'failed' with its error, its effects
 -- undone, and nothing lost. A delivery that links a new customer re-applies that customer's
 -- failed events (p_retry_linked), e.g. an invoice that arrived before its Checkout Session.
-create function billing._process_event(p_event jsonb, p_retry_linked boolean) returns jsonb
+create function billing_internal.process_event(p_event jsonb, p_retry_linked boolean) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_effect jsonb;
@@ -698,7 +698,7 @@ declare
   v_failed record;
 begin
   begin
-    v_effect := billing._apply_event(p_event);
+    v_effect := billing_internal.apply_event(p_event);
     v_status := case v_effect ->> 'action' when 'ignored' then 'ignored' when 'stale' then 'stale' else 'processed' end;
   exception
     when serialization_failure or deadlock_detected or lock_not_available or query_canceled then
@@ -720,7 +720,7 @@ begin
          for update
     loop
       update billing.payment_transactions set attempts = attempts + 1 where stripe_event_id = v_failed.stripe_event_id;
-      perform billing._process_event(billing.decode_stripe_event(v_failed.payload::text), false);
+      perform billing_internal.process_event(billing_internal.decode_stripe_event(v_failed.payload::text), false);
     end loop;
   end if;
   return pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('event_id', p_event ->> 'id', 'type', p_event ->> 'type',
@@ -741,17 +741,17 @@ declare
   v_event jsonb;
   v_prior billing.payment_transactions;
 begin
-  perform billing._require_service();
+  perform billing_internal.require_service();
   if p_secret is not null then
     v_secrets := array[p_secret];
   else
-    v_secrets := billing._webhook_secrets();
+    v_secrets := billing_internal.webhook_secrets();
   end if;
   if v_secrets is null or pg_catalog.cardinality(v_secrets) = 0 then
     raise exception using errcode = 'PT500', message = 'no Stripe webhook secret configured',
       hint = 'Store it in Supabase Vault as stripe_webhook_secret, or insert it into billing.webhook_secrets.';
   end if;
-  v_rejection := billing.stripe_signature_check(p_payload, p_signature_header, v_secrets, 300);
+  v_rejection := billing_internal.stripe_signature_check(p_payload, p_signature_header, v_secrets, 300);
   if v_rejection is not null then
     raise exception using errcode = 'PT400', message = 'invalid Stripe signature',
       detail = v_rejection || case
@@ -761,7 +761,7 @@ begin
         else '' end,
       hint = 'Use the endpoint''s signing secret (whsec_...) exactly, and pass the raw request body as received.';
   end if;
-  v_event := billing.decode_stripe_event(p_payload);
+  v_event := billing_internal.decode_stripe_event(p_payload);
 
   insert into billing.payment_transactions (stripe_event_id, event_type, event_created, livemode, api_version,
                                             status, payload, stripe_customer)
@@ -778,7 +778,7 @@ begin
     end if;
     update billing.payment_transactions set attempts = attempts + 1 where stripe_event_id = v_event ->> 'id';
   end if;
-  return billing._process_event(v_event, true);
+  return billing_internal.process_event(v_event, true);
 end
 $$;
 comment on function billing.handle_stripe_webhook(text, text, text) is
@@ -794,7 +794,7 @@ declare
   v_done integer := 0;
   v_pass integer;
 begin
-  perform billing._require_service();
+  perform billing_internal.require_service();
   loop
     v_pass := 0;
     for v_row in
@@ -803,7 +803,7 @@ begin
          for update
     loop
       update billing.payment_transactions set attempts = attempts + 1 where stripe_event_id = v_row.stripe_event_id;
-      if billing._process_event(billing.decode_stripe_event(v_row.payload::text), false) ->> 'outcome' <> 'failed' then
+      if billing_internal.process_event(billing_internal.decode_stripe_event(v_row.payload::text), false) ->> 'outcome' <> 'failed' then
         v_pass := v_pass + 1;
       end if;
     end loop;

@@ -2,7 +2,7 @@
 --
 -- Idempotent, and a no-op where Supabase already provides an object: every object is created only
 -- when missing, and existing ones are never altered. Run it as a superuser BEFORE
--- `CREATE EXTENSION pg_billing` (or run `select billing.setup_roles();` afterwards).
+-- `CREATE EXTENSION pg_billing` (or run `select billing_internal.setup_roles();` afterwards).
 -- Sources (see docs/supabase-compat.md): supabase/postgres init-scripts/00000000000000-initial-schema.sql
 -- and migrations, supabase/auth migrations (auth.uid/role/email/jwt), supabase/vault 0.3.0.
 

@@ -65,7 +65,7 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
     join billing.token_grants h on h.id = b.head_grant_id
     join live g on g.user_id = b.user_id and g.id <> h.id and g.live_remaining > 0
    where b.head_remaining > 0
-     and billing._is_live(g.expires_at)
+     and billing_internal.is_live(g.expires_at)
      and (coalesce(g.expires_at, 'infinity'), g.id) < (coalesce(h.expires_at, 'infinity'), h.id)
   union all
   select 'usage does not match its grants', u.user_id,
@@ -110,7 +110,7 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   select 'Stripe adjustments not applied', g.user_id,
          pg_catalog.format('grant %s: clawed back %s + debt %s, freeze target %s; the Stripe facts give %s and %s',
            g.id, g.clawed_back, g.debt_incurred, g.freeze_target, g.targets[1], g.targets[2])
-    from (select g.*, billing._stripe_targets(g.id) as targets from billing.token_grants g
+    from (select g.*, billing_internal.stripe_targets(g.id) as targets from billing.token_grants g
            where exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)) g
    where g.targets is null or g.clawed_back + g.debt_incurred <> g.targets[1] or g.freeze_target <> g.targets[2]
 $$;

@@ -9,6 +9,11 @@ mod sql_api;
 
 pgrx::pg_module_magic!(name, version);
 
+// The schema of the helpers (created first by sql/schema.sql; declared here so Rust functions can
+// name it with `schema = "billing_internal"`).
+#[pg_schema]
+mod billing_internal {}
+
 // Order matters: tables and helpers first, then the Rust functions (generated), then the
 // PL/pgSQL functions that call them, then grants that name every function.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);

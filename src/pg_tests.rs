@@ -24,20 +24,20 @@ fn identity_is_read_from_jwt_claims_like_auth_uid() {
     Spi::run("select set_config('request.jwt.claims', '{\"sub\":\"5a1b2c3d-0000-4000-8000-00000000000a\",\"role\":\"authenticated\"}', true)")
         .expect("set claims");
     assert_eq!(
-        Spi::get_one::<bool>(&format!("select billing.auth_uid() = {USER}")),
+        Spi::get_one::<bool>(&format!("select billing_internal.auth_uid() = {USER}")),
         Ok(Some(true))
     );
     // the legacy per-claim setting wins, as in Supabase's auth.uid()
     Spi::run("select set_config('request.jwt.claim.sub', '00000000-0000-4000-8000-000000000001', true)").expect("set");
     assert_eq!(
-        Spi::get_one::<String>("select billing.auth_uid()::text"),
+        Spi::get_one::<String>("select billing_internal.auth_uid()::text"),
         Ok(Some("00000000-0000-4000-8000-000000000001".into()))
     );
 }
 
 #[pg_test]
 fn superuser_is_a_service_caller() {
-    assert_eq!(Spi::get_one::<String>("select billing.caller_kind()"), Ok(Some("service".into())));
+    assert_eq!(Spi::get_one::<String>("select billing_internal.caller_kind()"), Ok(Some("service".into())));
 }
 
 #[pg_test]
@@ -55,7 +55,7 @@ fn grant_consume_and_ledger_check() {
 
 #[pg_test]
 fn a_consume_spanning_grants_burns_soonest_expiry_first() {
-    // three grants; the Rust allocation (billing._burn_allocation) decides how much each gives
+    // three grants; the Rust allocation (billing_internal.burn_allocation) decides how much each gives
     Spi::run(&format!(
         "select billing.grant_purchase({USER}, 10, 'later', 'promo', now() + interval '2 days'); \
          select billing.grant_purchase({USER}, 5, 'soon', 'promo', now() + interval '1 day'); \
@@ -79,31 +79,31 @@ fn a_consume_spanning_grants_burns_soonest_expiry_first() {
 #[pg_test]
 fn ledger_arithmetic_helpers_return_null_for_impossible_input() {
     assert_eq!(
-        Spi::get_one::<String>("select billing._adjustment_targets(1000, '{1000}', '{1}', '{1}', '{3}', '{1}', '{0}')::text"),
+        Spi::get_one::<String>("select billing_internal.adjustment_targets(1000, '{1000}', '{1}', '{1}', '{3}', '{1}', '{0}')::text"),
         Ok(Some("{333,0}".into()))
     );
     assert_eq!(
-        Spi::get_one::<bool>("select billing._adjustment_targets(1000, '{1000}', '{2}', '{1}', '{3}', '{1}', '{0}') is null"),
+        Spi::get_one::<bool>("select billing_internal.adjustment_targets(1000, '{1000}', '{2}', '{1}', '{3}', '{1}', '{0}') is null"),
         Ok(Some(true))
     );
     assert_eq!(
-        Spi::get_one::<bool>("select billing._adjustment_targets(1000, '{1000,1}', '{1}', '{1}', '{3}', '{1}', '{0}') is null"),
+        Spi::get_one::<bool>("select billing_internal.adjustment_targets(1000, '{1000,1}', '{1}', '{1}', '{3}', '{1}', '{0}') is null"),
         Ok(Some(true))
     );
-    assert_eq!(Spi::get_one::<bool>("select billing._burn_allocation('{5,null}', 1) is null"), Ok(Some(true)));
-    assert_eq!(Spi::get_one::<bool>("select billing._burn_allocation('{5,3}', 9) is null"), Ok(Some(true)));
+    assert_eq!(Spi::get_one::<bool>("select billing_internal.burn_allocation('{5,null}', 1) is null"), Ok(Some(true)));
+    assert_eq!(Spi::get_one::<bool>("select billing_internal.burn_allocation('{5,3}', 9) is null"), Ok(Some(true)));
     // grant of 100: 30 unspent, 20 frozen; claw back everything: 50 taken, 50 spent become debt
     assert_eq!(
-        Spi::get_one::<String>("select billing._adjusted_grant(100, 30, 20, 0, 0, 0, 0, true, 100, 0)::text"),
+        Spi::get_one::<String>("select billing_internal.adjusted_grant(100, 30, 20, 0, 0, 0, 0, true, 100, 0)::text"),
         Ok(Some("{0,0,0,50,50,0}".into()))
     );
     assert_eq!(
-        Spi::get_one::<bool>("select billing._adjusted_grant(100, 80, 30, 0, 0, 0, 0, true, 0, 0) is null"),
+        Spi::get_one::<bool>("select billing_internal.adjusted_grant(100, 80, 30, 0, 0, 0, 0, true, 0, 0) is null"),
         Ok(Some(true))
     );
     // 600 held tokens coming back settle the 600 of debt a claw-back recorded for them
     assert_eq!(
-        Spi::get_one::<String>("select billing._given_back_grant(1000, 0, 0, 0, 400, 600, 0, false, 600, 0)::text"),
+        Spi::get_one::<String>("select billing_internal.given_back_grant(1000, 0, 0, 0, 400, 600, 0, false, 600, 0)::text"),
         Ok(Some("{0,0,0,1000,0,600}".into()))
     );
 }
@@ -147,7 +147,7 @@ fn empty_secret_is_an_error() {
 #[pg_test]
 fn decodes_a_stripe_event() {
     let kind = Spi::get_one::<String>(&format!(
-        "select billing.decode_stripe_event({}) ->> 'kind'",
+        "select billing_internal.decode_stripe_event({}) ->> 'kind'",
         pgrx::spi::quote_literal(include_str!("../tests/fixtures/stripe/events/2025-10-29.clover/06_invoice_paid_first.json"))
     ));
     assert_eq!(kind, Ok(Some("invoice_paid".into())));

@@ -1,7 +1,7 @@
 //! Burn-down and Stripe-adjustment arithmetic of the ledger. The SQL functions
-//! `billing._burn_allocation`, `billing._adjustment_targets` and `billing._adjusted_grant` are thin
-//! wrappers over these, so the arithmetic that moves tokens is the code `cargo fuzz` exercises
-//! (target `ledger_arithmetic`).
+//! `billing_internal.burn_allocation`, `adjustment_targets`, `adjusted_grant` and `given_back_grant`
+//! are thin wrappers over these, so the arithmetic that moves tokens is the code `cargo fuzz`
+//! exercises (target `ledger_arithmetic`).
 //!
 //! Every function takes untrusted numbers (whatever is in the tables) and never panics or
 //! overflows: intermediate values are i128, and inputs that cannot come from a consistent ledger
@@ -264,7 +264,7 @@ pub fn check_scenario(data: &[u8]) {
                 }
             }
             1 => {
-                // hold part of one grant, or give a hold back (billing._return_to_grants)
+                // hold part of one grant, or give a hold back (billing_internal.return_to_grants)
                 let x = &mut m[i];
                 if x.held > 0 {
                     let back = x.held;

@@ -10,7 +10,13 @@
 -- * token_grants.freeze_target: a disputed grant's tokens stay frozen when a hold comes back;
 -- * payment_transactions: status 'failed' with error and attempts (nothing verified is lost);
 -- * every table registered with pg_extension_config_dump, so pg_dump saves billing data;
--- * token_grants_payment_intent index dropped (payments are found through purchase_payments).
+-- * token_grants_payment_intent index dropped (payments are found through purchase_payments);
+-- * every helper moves to schema billing_internal, which PostgREST never exposes (without its `_`
+--   prefix): schema billing keeps the tables and the public API only. The old helpers are dropped
+--   at the end, once setup_roles() has recreated the policies that used billing.auth_uid().
+
+create schema billing_internal;
+comment on schema billing_internal is 'pg_billing internals: never exposed through PostgREST; call the functions in schema billing.';
 
 alter table billing.plans add column grant_on_zero_amount boolean not null default false;
 alter table billing.token_grants add column freeze_target bigint not null default 0 check (freeze_target >= 0);
@@ -102,9 +108,13 @@ begin
 end
 $$;
 
--- Rust helpers of 0.3.0's claw-back, replaced by billing._adjustment_targets and billing._adjusted_grant.
+-- 0.3.0's Rust helpers: the claw-back ones are replaced (billing_internal.adjustment_targets,
+-- adjusted_grant), the others move to billing_internal.
 drop function billing._refund_share(bigint, bigint, bigint);
 drop function billing._claw_back_split(bigint, bigint, bigint, bigint, bigint, bigint);
+drop function billing._burn_allocation(bigint[], bigint);
+drop function billing.decode_stripe_event(text);
+drop function billing.stripe_signature_check(text, text, text[], integer);
 
 -- @functions
 
@@ -117,7 +127,7 @@ select g.reference, g.id, case g.kind when 'purchase' then 'checkout_session' el
        coalesce(g.amount_paid, 0), coalesce(g.currency, 'usd'), g.created_at,
        case when g.kind = 'subscription' then g.metadata ->> 'subscription' end,
        case when g.kind = 'subscription' then coalesce(g.expires_at,
-         (select pg_catalog.to_timestamp((billing.decode_stripe_event(t.payload::text) -> 'lines' -> 0 ->> 'period_end')::bigint)
+         (select pg_catalog.to_timestamp((billing_internal.decode_stripe_event(t.payload::text) -> 'lines' -> 0 ->> 'period_end')::bigint)
             from billing.payment_transactions t where t.stripe_event_id = g.metadata ->> 'stripe_event_id')) end,
        (select p.id from billing.plans p where p.stripe_price_id = g.stripe_price_id and g.kind = 'subscription')
   from billing.token_grants g
@@ -139,11 +149,11 @@ begin
        and t.event_type in ('charge.refunded', 'charge.dispute.created', 'charge.dispute.closed')
      order by t.event_created, t.stripe_event_id
   loop
-    v_event := billing.decode_stripe_event(v_payload::text);
+    v_event := billing_internal.decode_stripe_event(v_payload::text);
     if v_event ->> 'kind' = 'charge' then
-      perform billing._record_charge(v_event);
+      perform billing_internal.record_charge(v_event);
     elsif v_event ->> 'kind' = 'dispute' and v_event ->> 'payment_key' is not null then
-      perform billing._record_dispute(v_event);
+      perform billing_internal.record_dispute(v_event);
     end if;
   end loop;
 end
@@ -163,15 +173,15 @@ begin
      where exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)
      order by 1
   loop
-    perform billing._lock_and_settle(v_user, true);
+    perform billing_internal.lock_and_settle(v_user, true);
     for v_grant in
       select g.id from billing.token_grants g
        where g.user_id = v_user and exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)
        order by g.id
     loop
-      perform billing._settle_stripe_grant(v_grant);
+      perform billing_internal.settle_stripe_grant(v_grant);
     end loop;
-    perform billing._recompute_balance(v_user);
+    perform billing_internal.recompute_balance(v_user);
   end loop;
 end
 $$;

@@ -79,7 +79,7 @@ pub fn stripe_signature_rejection(
 }
 
 /// Internal: verifies against several secrets (rotation). NULL when valid, else the rejection code.
-#[pg_extern(volatile, parallel_safe)]
+#[pg_extern(volatile, parallel_safe, schema = "billing_internal")]
 #[search_path(pg_catalog, pg_temp)]
 pub fn stripe_signature_check(
     p_payload: Option<&str>,
@@ -101,8 +101,8 @@ pub fn stripe_signature_check(
         .map(|r| r.code().to_string())
 }
 
-/// Decodes a Stripe event into the flat JSON the applier reads; 22023 when it is not an event.
-#[pg_extern(immutable, parallel_safe)]
+/// Internal: decodes a Stripe event into the flat JSON the applier reads; 22023 when it is not an event.
+#[pg_extern(immutable, parallel_safe, schema = "billing_internal")]
 #[search_path(pg_catalog, pg_temp)]
 pub fn decode_stripe_event(p_payload: &str) -> JsonB {
     match event::decode(p_payload.as_bytes()) {

@@ -137,14 +137,18 @@ def test_unknown_api_version_and_wrong_types_in_a_signed_event(db):
     # a used type whose fields have the wrong types: kept as failed with PT422, nothing moves
     evt = f"evt_{uuid.uuid4().hex}"
     r = deliver({"id": evt, "type": "charge.refunded", "created": now, "livemode": True,
-                 "data": {"object": {"payment_intent": "pi_x", "amount": "lots", "amount_refunded": [1]}}})
+                 "data": {"object": {"id": "ch_x", "payment_intent": "pi_x", "amount": "lots", "amount_refunded": [1]}}})
     assert (r["outcome"], r["error"]["code"]) == ("failed", "PT422")
     assert db.one("select status from billing.payment_transactions where stripe_event_id = %s", (evt,))[0] == "failed"
     assert db.one("select count(*) from billing.stripe_payments where payment_key = 'pi_x'")[0] == 0
-    # without a payment it names, a charge event moves nothing: recorded as ignored
-    r = deliver({"id": f"evt_{uuid.uuid4().hex}", "type": "charge.refunded", "created": now, "livemode": True,
-                 "data": {"object": {"payment_intent": 5, "amount_refunded": 1}}})
+    # a refund that names no payment moves nothing: recorded as ignored
+    r = deliver({"id": f"evt_{uuid.uuid4().hex}", "type": "refund.updated", "created": now, "livemode": True,
+                 "data": {"object": {"id": "re_x", "payment_intent": 5, "charge": None, "amount": 1, "status": "succeeded"}}})
     assert (r["outcome"], r["reason"]) == ("ignored", "no_payment")
+    # an object without an id is data Stripe never sends: kept as failed
+    r = deliver({"id": f"evt_{uuid.uuid4().hex}", "type": "charge.refunded", "created": now, "livemode": True,
+                 "data": {"object": {"payment_intent": "pi_y", "amount_refunded": 1}}})
+    assert (r["outcome"], r["error"]["code"]) == ("failed", "PT422")
 
 
 def test_mutated_stripe_events_are_applied_ignored_or_kept_as_failed():

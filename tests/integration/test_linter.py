@@ -11,7 +11,7 @@ DEFINER_FOR_USERS = {"consume_tokens", "reserve_tokens", "commit_reservation", "
 # Functions without a SET clause: the hot read get_balance (a SET costs a GUC save/restore per call)
 # and _is_live, which the planner inlines only without one. They must qualify every name, operator
 # and type themselves, and must not be SECURITY DEFINER (README "Privileges").
-UNPINNED = {"billing.get_balance(uuid)": "plpgsql", "billing._is_live(timestamp with time zone)": "sql"}
+UNPINNED = {"billing.get_balance(uuid)": "plpgsql", "billing_internal.is_live(timestamp with time zone)": "sql"}
 SQL_WORDS = {"select", "coalesce", "case", "when", "then", "else", "end", "from", "where", "and", "or", "any", "array",
              "operator", "is", "null", "not", "as", "exists", "in", "if", "perform", "into", "return", "found",
              "declare", "begin"}
@@ -25,7 +25,7 @@ def test_rls_enabled_on_every_table(db):  # splinter 0007/0013
 
 def test_every_function_pins_search_path(db):  # splinter 0011, stricter: pg_temp last
     unpinned = db.all(
-        "select p.oid::regprocedure::text, p.proconfig from pg_proc p where p.pronamespace = 'billing'::regnamespace"
+        "select p.oid::regprocedure::text, p.proconfig from pg_proc p where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)"
         " and not ('search_path=pg_catalog, pg_temp' = any(coalesce(p.proconfig, '{}')))")
     assert {r[0] for r in unpinned} == set(UNPINNED)
 
@@ -48,13 +48,13 @@ def test_unpinned_functions_qualify_everything(db):
 
 def test_is_live_is_inlined_into_the_queries_that_use_it(db):
     plan = "\n".join(r[0] for r in db.all(
-        "explain (verbose, costs off) select id from billing.token_grants g where billing._is_live(g.expires_at)"))
-    assert "_is_live" not in plan and "now()" in plan, plan
+        "explain (verbose, costs off) select id from billing.token_grants g where billing_internal.is_live(g.expires_at)"))
+    assert "is_live" not in plan and "now()" in plan, plan
 
 
 def test_no_security_definer_function_executable_by_anon_or_public(db):  # splinter 0028
     exposed = db.all(
-        "select p.oid::regprocedure::text from pg_proc p where p.pronamespace = 'billing'::regnamespace"
+        "select p.oid::regprocedure::text from pg_proc p where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)"
         " and p.prosecdef and (has_function_privilege('anon', p.oid, 'EXECUTE')"
         " or exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a where a.grantee = 0))")
     assert exposed == []
@@ -62,7 +62,7 @@ def test_no_security_definer_function_executable_by_anon_or_public(db):  # splin
 
 def test_definer_functions_for_users_are_the_documented_ones(db):  # splinter 0029
     callable_ = {r[0] for r in db.all(
-        "select p.proname from pg_proc p where p.pronamespace = 'billing'::regnamespace"
+        "select p.proname from pg_proc p where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)"
         " and p.prosecdef and has_function_privilege('authenticated', p.oid, 'EXECUTE')")}
     assert callable_ == DEFINER_FOR_USERS
     readme = README.read_text()

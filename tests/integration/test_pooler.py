@@ -94,7 +94,7 @@ def test_identity_never_leaks_between_pooled_transactions(db, pooler):
                 with c.transaction():
                     c.execute("select set_config('role', 'authenticated', true),"
                               " set_config('request.jwt.claims', %s, true)", (json.dumps({"sub": str(u), "role": "authenticated"}),))
-                    me = c.execute("select billing.auth_uid(), (select count(*) from billing.balances)").fetchone()
+                    me = c.execute("select billing_internal.auth_uid(), (select count(*) from billing.balances)").fetchone()
                     c.execute("select * from billing.consume_tokens(%s, 1)", (u,))
                 # after commit nothing of that identity survives on the shared server connection
                 leftover = c.execute("select current_setting('request.jwt.claims', true), current_user").fetchone()

@@ -79,7 +79,7 @@ def test_secrets_and_settings_unreadable_by_api_roles(db):
         c.execute("select vault.create_secret('whsec_vault_secret', 'attack_probe_secret')")
     for role in ["anon", "authenticated"]:
         for sql in ["select secret from billing.webhook_secrets", "select decrypted_secret from vault.decrypted_secrets",
-                    "select * from billing.promo_codes", "select billing._webhook_secrets()"]:
+                    "select * from billing.promo_codes", "select billing_internal.webhook_secrets()"]:
             with pytest.raises(psycopg.Error) as e:
                 with db.as_role(role, sub=uuid.uuid4()) as c:
                     c.execute(sql)

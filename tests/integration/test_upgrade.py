@@ -43,7 +43,7 @@ select 'index ' || pg_get_indexdef(indexrelid)
 union all
 select 'function ' || pg_get_functiondef(p.oid) || ' acl=' || coalesce(p.proacl::text, '')
        || ' comment=' || coalesce(obj_description(p.oid, 'pg_proc'), '')
-  from pg_proc p where p.pronamespace = 'billing'::regnamespace
+  from pg_proc p where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)
 union all
 select 'policy ' || tablename || ' ' || policyname || ' ' || permissive || ' ' || roles::text || ' ' || cmd::text
        || ' ' || coalesce(qual, '') || ' ' || coalesce(with_check, '')
@@ -53,7 +53,8 @@ select 'member ' || pg_describe_object(classid, objid, objsubid)
   from pg_depend where refclassid = 'pg_extension'::regclass
    and refobjid = (select oid from pg_extension where extname = 'pg_billing') and deptype = 'e'
 union all
-select 'schema acl=' || coalesce(nspacl::text, '') from pg_namespace where nspname = 'billing'
+select 'schema ' || nspname || ' acl=' || coalesce(nspacl::text, '') || ' comment=' || coalesce(obj_description(oid, 'pg_namespace'), '')
+  from pg_namespace where nspname in ('billing', 'billing_internal')
 order by 1
 """
 
@@ -138,7 +139,8 @@ def test_upgrade_from_0_3_0_keeps_stripe_history_and_applies_new_events_to_it():
     for prefix in ["01", "12", "14", "04"]:
         assert d.deliver(event(CLOVER, prefix))["outcome"] == "processed", prefix
     # 0.3.0's invoice applier reads fields the current library's decoder no longer emits (the
-    # library is not versioned per release), so the invoice's effects are written as 0.3.0 wrote them.
+    # library is not versioned per release), so the invoice's effects are written as 0.3.0 wrote them
+    # (with 0.3.0's helpers, which lived in schema billing).
     invoice = event(CLOVER, "06")
     period_end = json.loads(invoice)["data"]["object"]["lines"]["data"][0]["period"]["end"]
     with d.service() as c:

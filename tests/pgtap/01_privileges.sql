@@ -33,52 +33,77 @@ select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'p
   'purchase_payments'], 'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
 
--- Functions: EXECUTE per role.
-with fns(fn, args, who) as (values
-  ('consume_tokens', '{uuid,bigint,text,jsonb}', 'user'),
-  ('get_balance', '{uuid}', 'user'),
-  ('reserve_tokens', '{uuid,bigint,text,interval}', 'user'),
-  ('commit_reservation', '{uuid,bigint}', 'user'),
-  ('release_reservation', '{uuid}', 'user'),
-  ('get_billing_summary', '{}', 'user'),
-  ('get_usage_history', '{"timestamp with time zone","timestamp with time zone",text,text}', 'user'),
-  ('get_grant_history', '{integer,integer}', 'user'),
-  ('get_payment_history', '{integer,integer}', 'user'),
-  ('redeem_promo_code', '{text}', 'user'),
-  ('grant_purchase', '{uuid,bigint,text,text,"timestamp with time zone",jsonb}', 'service'),
-  ('handle_stripe_webhook', '{text,text,text}', 'service'),
-  ('reprocess_failed_events', '{}', 'service'),
-  ('run_maintenance', '{integer}', 'service'),
-  ('verify_ledger', '{}', 'service'),
-  ('verify_stripe_signature', '{text,text,text,integer}', 'service'),
-  ('stripe_signature_rejection', '{text,text,text,integer}', 'service'),
-  ('setup_roles', '{}', 'owner'),
-  ('_burn', '{uuid,bigint,boolean}', 'owner'),
-  ('_lock_and_settle', '{uuid,boolean}', 'owner'),
-  ('_adjust_grant', '{bigint,bigint,bigint}', 'owner'),
-  ('_return_to_grants', '{bigint[]}', 'owner'),
-  ('_settle_stripe_grant', '{bigint}', 'owner'),
-  ('_process_event', '{jsonb,boolean}', 'owner'),
-  ('_burn_allocation', '{bigint[],bigint}', 'owner'),
-  ('_adjustment_targets', '{bigint,bigint[],bigint[],bigint[],bigint[],bigint[],bigint[]}', 'owner'),
-  ('_adjusted_grant', '{bigint,bigint,bigint,bigint,bigint,bigint,bigint,boolean,bigint,bigint}', 'owner'),
-  ('_given_back_grant', '{bigint,bigint,bigint,bigint,bigint,bigint,bigint,boolean,bigint,bigint}', 'owner'),
-  ('stripe_signature_check', '{text,text,text[],integer}', 'owner'),
-  ('decode_stripe_event', '{text}', 'owner')
-), roles(role) as (values ('anon'), ('authenticated'), ('service_role'))
-select function_privs_are('billing', f.fn, f.args::text[], r.role,
-         case when (r.role = 'authenticated' and f.who = 'user')
-                or (r.role = 'service_role' and f.who in ('user', 'service')) then '{EXECUTE}'::text[]
-              else '{}'::text[] end,
-         r.role || ' may ' || case when (r.role = 'authenticated' and f.who = 'user')
-                or (r.role = 'service_role' and f.who in ('user', 'service')) then '' else 'not ' end
-         || 'execute billing.' || f.fn)
-  from fns f cross join roles r
- order by f.fn, r.role;
+-- The exposed schema holds the public API and nothing else: every helper is in billing_internal,
+-- which PostgREST never exposes (a supabase-js user sees exactly these functions).
+select functions_are('billing', array['consume_tokens', 'get_balance', 'reserve_tokens', 'commit_reservation',
+  'release_reservation', 'get_billing_summary', 'get_usage_history', 'get_grant_history', 'get_payment_history',
+  'redeem_promo_code', 'grant_purchase', 'handle_stripe_webhook', 'reprocess_failed_events', 'run_maintenance',
+  'verify_ledger', 'verify_stripe_signature', 'stripe_signature_rejection'], 'schema billing holds only the public API');
+
+-- Functions: EXECUTE per role. 'caller' = an internal helper that runs with the caller's rights
+-- (policies, SECURITY INVOKER read functions): authenticated and service_role may execute it.
+with fns(schema, fn, args, who) as (values
+  ('billing', 'consume_tokens', '{uuid,bigint,text,jsonb}', 'user'),
+  ('billing', 'get_balance', '{uuid}', 'user'),
+  ('billing', 'reserve_tokens', '{uuid,bigint,text,interval}', 'user'),
+  ('billing', 'commit_reservation', '{uuid,bigint}', 'user'),
+  ('billing', 'release_reservation', '{uuid}', 'user'),
+  ('billing', 'get_billing_summary', '{}', 'user'),
+  ('billing', 'get_usage_history', '{"timestamp with time zone","timestamp with time zone",text,text}', 'user'),
+  ('billing', 'get_grant_history', '{integer,integer}', 'user'),
+  ('billing', 'get_payment_history', '{integer,integer}', 'user'),
+  ('billing', 'redeem_promo_code', '{text}', 'user'),
+  ('billing', 'grant_purchase', '{uuid,bigint,text,text,"timestamp with time zone",jsonb}', 'service'),
+  ('billing', 'handle_stripe_webhook', '{text,text,text}', 'service'),
+  ('billing', 'reprocess_failed_events', '{}', 'service'),
+  ('billing', 'run_maintenance', '{integer}', 'service'),
+  ('billing', 'verify_ledger', '{}', 'service'),
+  ('billing', 'verify_stripe_signature', '{text,text,text,integer}', 'service'),
+  ('billing', 'stripe_signature_rejection', '{text,text,text,integer}', 'service'),
+  ('billing_internal', 'auth_uid', '{}', 'caller'),
+  ('billing_internal', 'jwt_claims', '{}', 'caller'),
+  ('billing_internal', 'is_billing_admin', '{}', 'caller'),
+  ('billing_internal', 'caller_kind', '{}', 'caller'),
+  ('billing_internal', 'current_user_id', '{}', 'caller'),
+  ('billing_internal', 'require_access', '{uuid}', 'caller'),
+  ('billing_internal', 'check_balance_reader', '{uuid}', 'caller'),
+  ('billing_internal', 'spendable_now', '{uuid}', 'caller'),
+  ('billing_internal', 'is_live', '{"timestamp with time zone"}', 'caller'),
+  ('billing_internal', 'check_page', '{integer,integer}', 'caller'),
+  ('billing_internal', 'setup_roles', '{}', 'owner'),
+  ('billing_internal', 'burn', '{uuid,bigint,boolean}', 'owner'),
+  ('billing_internal', 'lock_and_settle', '{uuid,boolean}', 'owner'),
+  ('billing_internal', 'adjust_grant', '{bigint,bigint,bigint}', 'owner'),
+  ('billing_internal', 'return_to_grants', '{bigint[]}', 'owner'),
+  ('billing_internal', 'settle_stripe_grant', '{bigint}', 'owner'),
+  ('billing_internal', 'process_event', '{jsonb,boolean}', 'owner'),
+  ('billing_internal', 'burn_allocation', '{bigint[],bigint}', 'owner'),
+  ('billing_internal', 'adjustment_targets', '{bigint,bigint[],bigint[],bigint[],bigint[],bigint[],bigint[]}', 'owner'),
+  ('billing_internal', 'adjusted_grant', '{bigint,bigint,bigint,bigint,bigint,bigint,bigint,boolean,bigint,bigint}', 'owner'),
+  ('billing_internal', 'given_back_grant', '{bigint,bigint,bigint,bigint,bigint,bigint,bigint,boolean,bigint,bigint}', 'owner'),
+  ('billing_internal', 'stripe_signature_check', '{text,text,text[],integer}', 'owner'),
+  ('billing_internal', 'decode_stripe_event', '{text}', 'owner')
+), roles(role) as (values ('anon'), ('authenticated'), ('service_role')),
+allowed as (select f.*, r.role, (r.role = 'authenticated' and f.who in ('user', 'caller'))
+                              or (r.role = 'service_role' and f.who in ('user', 'service', 'caller')) as may
+              from fns f cross join roles r)
+select function_privs_are(a.schema, a.fn, a.args::text[], a.role,
+         case when a.may then '{EXECUTE}'::text[] else '{}'::text[] end,
+         a.role || ' may ' || case when a.may then '' else 'not ' end || 'execute ' || a.schema || '.' || a.fn)
+  from allowed a
+ order by a.schema, a.fn, a.role;
+
+-- Of the internals, API roles may execute exactly the caller helpers above; anon none of them.
+select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
+            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 10, 'authenticated executes 10 internal helpers');
+select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
+            and has_function_privilege('anon', p.oid, 'EXECUTE')), 0, 'anon executes no internal helper');
+select schema_privs_are('billing_internal', 'anon', '{}'::text[], 'anon has no usage on billing_internal');
 
 -- PUBLIC holds nothing in the schema.
 select is((select count(*)::int from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-            where p.pronamespace = 'billing'::regnamespace and a.grantee = 0), 0, 'no billing function is granted to PUBLIC');
+            where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace) and a.grantee = 0), 0,
+          'no billing or billing_internal function is granted to PUBLIC');
 
 select * from finish();
 rollback;
