@@ -22,10 +22,13 @@ setup:
 build: setup
 	cargo build --lib
 
-# Installs the extension (debug build) into the system PostgreSQL 15.
+# Installs the extension (debug build) into the system PostgreSQL 15. Old pg_billing scripts are
+# removed first, so the extension directory holds exactly this checkout's install and upgrade scripts.
+EXTDIR = $(shell $(PG_CONFIG) --sharedir)/extension
 install: setup
+	rm -f $(EXTDIR)/pg_billing--*.sql
 	cargo pgrx install --pg-config $(PG_CONFIG)
-	cp sql/releases/pg_billing--*.sql $(shell $(PG_CONFIG) --sharedir)/extension/
+	cp sql/releases/pg_billing--*.sql $(EXTDIR)/
 
 start: setup
 	@bash scripts/cluster.sh start
@@ -73,8 +76,9 @@ test-pgtap: install start
 BENCH_PORT ?= 54340
 BENCH_DIR = $(CURDIR)/.cluster-bench
 bench: setup
+	rm -f $(EXTDIR)/pg_billing--*.sql
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
-	cp sql/releases/pg_billing--*.sql $(shell $(PG_CONFIG) --sharedir)/extension/
+	cp sql/releases/pg_billing--*.sql $(EXTDIR)/
 	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh start
 	@PGOPTIONS=--client-min-messages=warning psql -h $(BENCH_DIR)/sock -p $(BENCH_PORT) -U postgres -v ON_ERROR_STOP=1 -X -q -d postgres \
 	  -c "drop database if exists pg_billing_bench with (force)" -c "create database pg_billing_bench"

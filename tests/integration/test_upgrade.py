@@ -1,6 +1,7 @@
 """Upgrades keep data and end in the same schema as a fresh install.
 
-For every earlier release (each is the source of an upgrade script in sql/): install it, fill it with
+For every earlier release (each is the source of an upgrade script in sql/; only the oldest, 0.1.0,
+keeps an install script, and PostgreSQL installs the others from it through the chain): install it, fill it with
 data through its own functions, `ALTER EXTENSION pg_billing UPDATE`, and compare
 - the schema with a fresh install of the current version (a catalog fingerprint: pg_dump prints only
   `CREATE EXTENSION` for an extension's member objects, so it cannot show a difference), and
