@@ -9,12 +9,12 @@ CLUSTER_DIR = $(shell bash scripts/cluster.sh dir)
 PSQL = PGOPTIONS=--client-min-messages=warning psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -v ON_ERROR_STOP=1 -X -q
 DEMO_DB ?= pg_billing_demo
 
-.PHONY: help setup build install start stop run demo test test-unit test-pg test-integration test-pgtap test-example bench clean
+.PHONY: help setup build install start stop run demo test lint test-unit test-pg test-integration test-pgtap test-example bench clean
 
 help:
 	@echo "make run    set up, start a local cluster, install pg_billing, run the demo"
 	@echo "make test   set up if needed, run every test layer"
-	@echo "make setup | install | start | stop | bench | clean"
+	@echo "make setup | install | start | stop | lint | bench | clean"
 
 setup:
 	@bash scripts/setup.sh
@@ -45,8 +45,13 @@ run: install start
 	@echo "Connect:  psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres $(DEMO_DB)"
 	@echo "Stop:     make stop"
 
-test: test-unit test-pg test-integration test-pgtap test-example
+test: lint test-unit test-pg test-integration test-pgtap test-example
 	@echo "all test layers passed"
+
+# rustfmt, clippy -D warnings, plpgsql_check on every PL/pgSQL function, upgrade script up to date,
+# every path the docs name exists.
+lint: install start
+	PG_BILLING_PORT=$(PORT) bash scripts/lint.sh
 
 test-unit: setup
 	cargo test -p pg_billing_core

@@ -698,13 +698,12 @@ returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, b
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_res billing.token_reservations;
-  v_charged bigint[] := '{}';
-  v_returned bigint[] := '{}';
+  v_charged bigint[] := '{}'::bigint[];
+  v_returned bigint[] := '{}'::bigint[];
   v_left bigint;
   v_part bigint;
   v_row billing.balances;
   v_usage bigint;
-  i int;
 begin
   v_res := billing_internal.lock_reservation(p_reservation_id);
   if v_res.status = 'committed' then

@@ -108,6 +108,7 @@ begin
 end
 $$;
 
+-- @rust burn_allocation adjustment_targets adjusted_grant given_back_grant decode_stripe_event stripe_signature_check
 -- 0.3.0's Rust helpers: the claw-back ones are replaced (billing_internal.adjustment_targets,
 -- adjusted_grant), the others move to billing_internal.
 drop function billing._refund_share(bigint, bigint, bigint);
@@ -865,13 +866,12 @@ returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, b
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_res billing.token_reservations;
-  v_charged bigint[] := '{}';
-  v_returned bigint[] := '{}';
+  v_charged bigint[] := '{}'::bigint[];
+  v_returned bigint[] := '{}'::bigint[];
   v_left bigint;
   v_part bigint;
   v_row billing.balances;
   v_usage bigint;
-  i int;
 begin
   v_res := billing_internal.lock_reservation(p_reservation_id);
   if v_res.status = 'committed' then
@@ -1132,7 +1132,7 @@ language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_grant record;
   v_user uuid;
-  v_effects jsonb := '[]';
+  v_effects jsonb := '[]'::jsonb;
 begin
   for v_grant in
     select distinct g.id, g.user_id
@@ -1249,7 +1249,7 @@ declare
   v_adjusted jsonb;
 begin
   if v_sub is null then
-    return '{"action": "ignored", "reason": "not_a_subscription_invoice"}';
+    return '{"action": "ignored", "reason": "not_a_subscription_invoice"}'::jsonb;
   elsif v_reason is null or v_reason not in ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription') then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_allowance_for_billing_reason',
                                          'billing_reason', v_reason);
@@ -2008,7 +2008,7 @@ language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_role text;
   v_table text;
-  v_done text[] := '{}';
+  v_done text[] := '{}'::text[];
   c_user_tables constant text[] := array['stripe_customers', 'user_subscriptions', 'balances', 'token_grants',
                                           'token_usage', 'token_reservations', 'payment_transactions',
                                           'promo_redemptions'];

@@ -18,7 +18,7 @@ language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_role text;
   v_table text;
-  v_done text[] := '{}';
+  v_done text[] := '{}'::text[];
   c_user_tables constant text[] := array['stripe_customers', 'user_subscriptions', 'balances', 'token_grants',
                                           'token_usage', 'token_reservations', 'payment_transactions',
                                           'promo_redemptions'];

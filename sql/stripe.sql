@@ -207,7 +207,7 @@ language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_grant record;
   v_user uuid;
-  v_effects jsonb := '[]';
+  v_effects jsonb := '[]'::jsonb;
 begin
   for v_grant in
     select distinct g.id, g.user_id
@@ -331,7 +331,7 @@ declare
   v_adjusted jsonb;
 begin
   if v_sub is null then
-    return '{"action": "ignored", "reason": "not_a_subscription_invoice"}';
+    return '{"action": "ignored", "reason": "not_a_subscription_invoice"}'::jsonb;
   elsif v_reason is null or v_reason not in ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription') then
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_allowance_for_billing_reason',
                                          'billing_reason', v_reason);

@@ -17,8 +17,26 @@ mod billing_internal {}
 // Order matters: tables and helpers first, then the Rust functions (generated), then the
 // PL/pgSQL functions that call them, then grants that name every function.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema", sql_api::ledger::burn_allocation, sql_api::ledger::adjusted_grant, sql_api::ledger::given_back_grant]);
-extension_sql_file!("../sql/stripe.sql", name = "stripe", requires = ["ledger", sql_api::ledger::adjustment_targets, sql_api::stripe::stripe_signature_check, sql_api::stripe::decode_stripe_event]);
+extension_sql_file!(
+    "../sql/ledger.sql",
+    name = "ledger",
+    requires = [
+        "schema",
+        sql_api::ledger::burn_allocation,
+        sql_api::ledger::adjusted_grant,
+        sql_api::ledger::given_back_grant
+    ]
+);
+extension_sql_file!(
+    "../sql/stripe.sql",
+    name = "stripe",
+    requires = [
+        "ledger",
+        sql_api::ledger::adjustment_targets,
+        sql_api::stripe::stripe_signature_check,
+        sql_api::stripe::decode_stripe_event
+    ]
+);
 extension_sql_file!("../sql/verify.sql", name = "verify", requires = ["stripe"]);
 extension_sql_file!("../sql/frontend.sql", name = "frontend", requires = ["verify"]);
 extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["frontend"]);

@@ -137,7 +137,10 @@ fn int_of(v: Option<&Value>) -> Option<i64> {
 
 /// An integer at the first path that holds one (JSON integer, or a decimal string as in metadata).
 fn first_int(v: &Value, paths: &[&[&str]]) -> Value {
-    paths.iter().find_map(|p| int_of(at(v, p))).map_or(Value::Null, Value::from)
+    paths
+        .iter()
+        .find_map(|p| int_of(at(v, p)))
+        .map_or(Value::Null, Value::from)
 }
 
 fn bool_at(v: &Value, path: &[&str]) -> Value {
@@ -153,9 +156,17 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let digits = |from: usize, len: usize| -> Option<i64> {
         let part = b.get(from..from + len)?;
-        part.iter().all(u8::is_ascii_digit).then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
@@ -205,7 +216,9 @@ fn invoice_line(line: &Value) -> Value {
         at(line, &["parent", "type"]).and_then(Value::as_str),
         at(line, &["type"]).and_then(Value::as_str),
     ) {
-        (Some("subscription_item_details"), _) => ("subscription", &["parent", "subscription_item_details", "proration"]),
+        (Some("subscription_item_details"), _) => {
+            ("subscription", &["parent", "subscription_item_details", "proration"])
+        }
         (Some("invoice_item_details"), _) => ("invoiceitem", &["parent", "invoice_item_details", "proration"]),
         (_, Some("subscription")) => ("subscription", &["proration"]),
         (_, Some("invoiceitem")) => ("invoiceitem", &["proration"]),
@@ -229,7 +242,9 @@ fn invoice_line(line: &Value) -> Value {
 /// renewal covered by credit from an earlier downgrade is paid; a trial, a 100% coupon or an
 /// amount below Stripe's minimum charge (carried to the next invoice) is not.
 fn invoice_settled_amount(obj: &Value) -> Value {
-    let Some(paid) = int_of(at(obj, &["amount_paid"])) else { return Value::Null };
+    let Some(paid) = int_of(at(obj, &["amount_paid"])) else {
+        return Value::Null;
+    };
     let total = int_of(at(obj, &["total"])).unwrap_or(0).max(0) as i128;
     let credit = |key: &str| int_of(at(obj, &[key])).map_or(0i128, |b| (-(b as i128)).max(0));
     let applied = (credit("starting_balance") - credit("ending_balance")).clamp(0, total);
@@ -248,8 +263,7 @@ fn payment_key(pi: &Value, charge: &Value) -> Value {
 
 /// Decodes `payload` into a flat JSON object (see README, "Webhooks").
 pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
-    let event: Value =
-        serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let event: Value = serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     if !event.is_object() {
         return Err(DecodeError::NotAnEvent("not a JSON object"));
     }
@@ -266,7 +280,9 @@ pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
         Some(Value::String(s)) => parse_rfc3339(s).filter(|c| *c >= 0),
         _ => None,
     };
-    let thin = at(&event, &["object"]).and_then(Value::as_str).is_some_and(|o| o.starts_with("v2."));
+    let thin = at(&event, &["object"])
+        .and_then(Value::as_str)
+        .is_some_and(|o| o.starts_with("v2."));
     let obj = match at(&event, &["data", "object"]) {
         Some(o @ Value::Object(_)) if !thin && created.is_some() => Some(o),
         _ => None,
@@ -289,7 +305,10 @@ pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
     out.insert("api_version".into(), first_str(&event, &[&["api_version"]]));
     out.insert("shape".into(), Value::String(shape.into()));
     out.insert("kind".into(), Value::String(kind.as_str().into()));
-    out.insert("ignore_reason".into(), ignore_reason.map_or(Value::Null, |r| Value::String(r.into())));
+    out.insert(
+        "ignore_reason".into(),
+        ignore_reason.map_or(Value::Null, |r| Value::String(r.into())),
+    );
     let Some(obj) = obj else {
         out.insert("object_id".into(), Value::Null);
         return Ok(Value::Object(out));
@@ -321,7 +340,10 @@ pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
             put("customer", first_id(obj, &[&["customer"]]));
             put(
                 "subscription",
-                first_id(obj, &[&["subscription"], &["parent", "subscription_details", "subscription"]]),
+                first_id(
+                    obj,
+                    &[&["subscription"], &["parent", "subscription_details", "subscription"]],
+                ),
             );
             put("billing_reason", first_str(obj, &[&["billing_reason"]]));
             put(
@@ -367,14 +389,26 @@ pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
         Kind::Subscription => {
             put("customer", first_id(obj, &[&["customer"]]));
             put("status", first_str(obj, &[&["status"]]));
-            put("price_id", first_id(obj, &[&["items", "data", "0", "price"], &["plan"]]));
+            put(
+                "price_id",
+                first_id(obj, &[&["items", "data", "0", "price"], &["plan"]]),
+            );
             put(
                 "current_period_start",
-                first_int(obj, &[&["current_period_start"], &["items", "data", "0", "current_period_start"]]),
+                first_int(
+                    obj,
+                    &[
+                        &["current_period_start"],
+                        &["items", "data", "0", "current_period_start"],
+                    ],
+                ),
             );
             put(
                 "current_period_end",
-                first_int(obj, &[&["current_period_end"], &["items", "data", "0", "current_period_end"]]),
+                first_int(
+                    obj,
+                    &[&["current_period_end"], &["items", "data", "0", "current_period_end"]],
+                ),
             );
             put("cancel_at_period_end", bool_at(obj, &["cancel_at_period_end"]));
             put("canceled_at", first_int(obj, &[&["canceled_at"]]));
@@ -443,13 +477,19 @@ mod tests {
     const LEGACY: &str = "2024-06-20";
 
     fn fixture(version: &str, name: &str) -> Value {
-        let path = format!("{}/../tests/fixtures/stripe/events/{version}/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../tests/fixtures/stripe/events/{version}/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         decode(&bytes).unwrap_or_else(|e| panic!("{path}: {e:?}"))
     }
 
     fn names(version: &str) -> Vec<String> {
-        let dir = format!("{}/../tests/fixtures/stripe/events/{version}", env!("CARGO_MANIFEST_DIR"));
+        let dir = format!(
+            "{}/../tests/fixtures/stripe/events/{version}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .expect("fixtures")
             .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
@@ -460,7 +500,10 @@ mod tests {
 
     #[test]
     fn both_api_shapes_decode_to_the_same_fields() {
-        let both: Vec<String> = names(CLOVER).into_iter().filter(|n| names(LEGACY).contains(n)).collect();
+        let both: Vec<String> = names(CLOVER)
+            .into_iter()
+            .filter(|n| names(LEGACY).contains(n))
+            .collect();
         assert!(both.len() >= 30, "{both:?}");
         for name in both {
             let mut current = fixture(CLOVER, &name);
@@ -487,7 +530,14 @@ mod tests {
         let new = fixture(CLOVER, "06_invoice_paid_first.json");
         assert_eq!(new["payment_key"], Value::Null);
         let link = fixture(CLOVER, "06b_invoice_payment_paid_first.json");
-        assert_eq!((&link["kind"], &link["invoice"], &link["payment_key"]), (&"invoice_payment".into(), &"in_TestProA1".into(), &"pi_TestProA1".into()));
+        assert_eq!(
+            (&link["kind"], &link["invoice"], &link["payment_key"]),
+            (
+                &"invoice_payment".into(),
+                &"in_TestProA1".into(),
+                &"pi_TestProA1".into()
+            )
+        );
     }
 
     #[test]
@@ -516,15 +566,18 @@ mod tests {
 
     #[test]
     fn settled_amount_counts_credit_balance_but_not_carried_debits() {
-        let inv = |paid: i64, total: i64, start: i64, end: i64| {
-            serde_json::json!({"amount_paid": paid, "total": total, "starting_balance": start, "ending_balance": end})
-        };
+        let inv = |paid: i64, total: i64, start: i64, end: i64| serde_json::json!({"amount_paid": paid, "total": total, "starting_balance": start, "ending_balance": end});
         assert_eq!(invoice_settled_amount(&inv(2000, 2000, 0, 0)), 2000);
         assert_eq!(invoice_settled_amount(&inv(0, 2000, -2500, -500)), 2000); // credit from a downgrade
         assert_eq!(invoice_settled_amount(&inv(500, 2000, -1500, 0)), 2000);
         assert_eq!(invoice_settled_amount(&inv(0, 0, 0, 0)), 0); // trial or 100% coupon
         assert_eq!(invoice_settled_amount(&inv(0, 30, 0, 30)), 0); // below the minimum charge: carried
-        assert_eq!(invoice_settled_amount(&serde_json::json!({"amount_paid": i64::MAX, "total": i64::MAX, "starting_balance": i64::MIN})), i64::MAX);
+        assert_eq!(
+            invoice_settled_amount(
+                &serde_json::json!({"amount_paid": i64::MAX, "total": i64::MAX, "starting_balance": i64::MIN})
+            ),
+            i64::MAX
+        );
     }
 
     #[test]
@@ -548,22 +601,38 @@ mod tests {
     #[test]
     fn refunds_and_disputes_name_their_payment() {
         let v = fixture(CLOVER, "12_charge_refunded_partial.json");
-        assert_eq!((&v["kind"], &v["payment_key"], &v["amount_captured"]), (&"charge".into(), &"pi_TestPackA".into(), &999.into()));
+        assert_eq!(
+            (&v["kind"], &v["payment_key"], &v["amount_captured"]),
+            (&"charge".into(), &"pi_TestPackA".into(), &999.into())
+        );
         let v = fixture(CLOVER, "31_refund_failed.json");
-        assert_eq!((&v["kind"], &v["status"], &v["payment_key"]), (&"refund".into(), &"failed".into(), &"pi_TestPackA".into()));
+        assert_eq!(
+            (&v["kind"], &v["status"], &v["payment_key"]),
+            (&"refund".into(), &"failed".into(), &"pi_TestPackA".into())
+        );
         let v = fixture(CLOVER, "14_dispute_created.json");
-        assert_eq!((&v["kind"], &v["object_id"]), (&"dispute".into(), &"dp_TestPackA".into()));
+        assert_eq!(
+            (&v["kind"], &v["object_id"]),
+            (&"dispute".into(), &"dp_TestPackA".into())
+        );
     }
 
     #[test]
     fn thin_events_and_unknown_shapes_are_ignored_not_errors() {
         let v = fixture(CLOVER, "40_thin_event.json");
-        assert_eq!((&v["kind"], &v["shape"], &v["ignore_reason"]), (&"ignored".into(), &"thin".into(), &"thin_event".into()));
+        assert_eq!(
+            (&v["kind"], &v["shape"], &v["ignore_reason"]),
+            (&"ignored".into(), &"thin".into(), &"thin_event".into())
+        );
         assert_eq!(v["created"], 1763903600);
         let v = decode(br#"{"id":"x1","type":"something.else","created":5}"#).expect("decodes");
         assert_eq!((&v["kind"], &v["shape"]), (&"ignored".into(), &"unknown".into()));
-        let v = decode(br#"{"id":"ev-42","type":"customer.created","created":1,"data":{"object":{}}}"#).expect("decodes");
-        assert_eq!((&v["kind"], &v["ignore_reason"]), (&"ignored".into(), &"event_type_not_used".into()));
+        let v =
+            decode(br#"{"id":"ev-42","type":"customer.created","created":1,"data":{"object":{}}}"#).expect("decodes");
+        assert_eq!(
+            (&v["kind"], &v["ignore_reason"]),
+            (&"ignored".into(), &"event_type_not_used".into())
+        );
         // an id need not start with evt_
         let v = fixture(CLOVER, "42_event_id_without_evt_prefix.json");
         assert_eq!(v["kind"], "checkout");
@@ -583,7 +652,15 @@ mod tests {
         assert_eq!(parse_rfc3339("2022-02-15T00:27:45.330Z"), Some(1644884865));
         assert_eq!(parse_rfc3339("2022-02-15T01:27:45+01:00"), Some(1644884865));
         assert_eq!(parse_rfc3339("2000-02-29T12:00:00Z"), Some(951825600));
-        for bad in ["", "2022-02-15", "2022-13-01T00:00:00Z", "2022-02-15T00:27:45", "2022-02-15T00:27:45.Z", "２０２２-02-15T00:27:45Z", "2022-02-15T00:27:45+0100"] {
+        for bad in [
+            "",
+            "2022-02-15",
+            "2022-13-01T00:00:00Z",
+            "2022-02-15T00:27:45",
+            "2022-02-15T00:27:45.Z",
+            "２０２２-02-15T00:27:45Z",
+            "2022-02-15T00:27:45+0100",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
@@ -599,8 +676,12 @@ mod tests {
         let v = decode(&std::fs::read(format!("{dir}/legacy_evt_invoice_paid.json")).expect("read")).expect("decodes");
         assert_eq!(v["kind"], "invoice_paid");
         assert!(v["lines"][0]["price"].is_string());
-        let v = decode(&std::fs::read(format!("{dir}/legacy_evt_charge_refunded.json")).expect("read")).expect("decodes");
-        assert!(!v["refunds"].as_array().expect("refunds listed in 2020 events").is_empty());
+        let v =
+            decode(&std::fs::read(format!("{dir}/legacy_evt_charge_refunded.json")).expect("read")).expect("decodes");
+        assert!(!v["refunds"]
+            .as_array()
+            .expect("refunds listed in 2020 events")
+            .is_empty());
     }
 
     #[test]
@@ -608,7 +689,10 @@ mod tests {
         assert!(matches!(decode(b"not json"), Err(DecodeError::InvalidJson(_))));
         assert!(matches!(decode(b"[]"), Err(DecodeError::NotAnEvent(_))));
         assert!(matches!(decode(br#"{"type":"x"}"#), Err(DecodeError::NotAnEvent(_))));
-        assert!(matches!(decode(br#"{"id":"","type":"x"}"#), Err(DecodeError::NotAnEvent(_))));
+        assert!(matches!(
+            decode(br#"{"id":"","type":"x"}"#),
+            Err(DecodeError::NotAnEvent(_))
+        ));
         assert!(matches!(decode(br#"{"id":"evt_1"}"#), Err(DecodeError::NotAnEvent(_))));
         let v = decode(br#"{"id":"evt_1","type":"x","created":-1,"data":{"object":{}}}"#).expect("decodes");
         assert_eq!((&v["kind"], &v["created"]), (&"ignored".into(), &Value::Null));

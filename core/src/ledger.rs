@@ -88,7 +88,10 @@ pub fn adjustment_targets(grant_tokens: i64, shares: &[PaymentShare]) -> Option<
     }
     let claw = claw.min(grant_tokens as i128);
     let freeze = held.min(grant_tokens as i128 - claw);
-    Some(Targets { claw_back: claw as i64, freeze: freeze as i64 })
+    Some(Targets {
+        claw_back: claw as i64,
+        freeze: freeze as i64,
+    })
 }
 
 /// A grant's counters (see sql/schema.sql for the invariant they keep). `live` is false once the
@@ -119,7 +122,15 @@ pub struct Adjusted {
 
 /// Checks a grant's counters and returns them widened; `None` for counters no consistent grant has.
 fn widened(g: &Grant) -> Option<[i128; 7]> {
-    let counters = [g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_incurred, g.debt_repaid];
+    let counters = [
+        g.tokens,
+        g.remaining,
+        g.frozen,
+        g.expired,
+        g.clawed_back,
+        g.debt_incurred,
+        g.debt_repaid,
+    ];
     if counters.iter().any(|&v| v < 0) {
         return None;
     }
@@ -127,14 +138,34 @@ fn widened(g: &Grant) -> Option<[i128; 7]> {
     if remaining + frozen + expired + clawed_back + debt_repaid > tokens || clawed_back + debt_incurred > tokens {
         return None;
     }
-    Some([tokens, remaining, frozen, expired, clawed_back, debt_incurred, debt_repaid])
+    Some([
+        tokens,
+        remaining,
+        frozen,
+        expired,
+        clawed_back,
+        debt_incurred,
+        debt_repaid,
+    ])
 }
 
 /// Splits a grant's unspent tokens (`pool`) into frozen (up to `freeze_target`) and the rest:
 /// spendable while the grant lives, expired after.
-fn settle_pool(live: bool, pool: i128, expired: i128, clawed_back: i128, debt: i128, forgiven: i128, freeze_target: i64) -> Option<Adjusted> {
+fn settle_pool(
+    live: bool,
+    pool: i128,
+    expired: i128,
+    clawed_back: i128,
+    debt: i128,
+    forgiven: i128,
+    freeze_target: i64,
+) -> Option<Adjusted> {
     let frozen = pool.min(freeze_target.max(0) as i128);
-    let (remaining, expired) = if live { (pool - frozen, expired) } else { (0, expired + pool - frozen) };
+    let (remaining, expired) = if live {
+        (pool - frozen, expired)
+    } else {
+        (0, expired + pool - frozen)
+    };
     let fit = |v: i128| i64::try_from(v).ok();
     Some(Adjusted {
         remaining: fit(remaining)?,
@@ -194,14 +225,27 @@ pub fn adjust(g: &Grant, claw_target: i64, freeze_target: i64) -> Option<Adjuste
 /// `freeze_target` while a dispute is open, else spendable, or expired once the grant has expired.
 pub fn give_back(g: &Grant, back: i64, freeze_target: i64) -> Option<Adjusted> {
     let [tokens, remaining, frozen, expired, clawed_back, debt_incurred, debt_repaid] = widened(g)?;
-    if back < 0 || freeze_target < 0 || remaining + frozen + expired + clawed_back + debt_repaid + back as i128 > tokens {
+    if back < 0 || freeze_target < 0 || remaining + frozen + expired + clawed_back + debt_repaid + back as i128 > tokens
+    {
         return None;
     }
     let settled = (back as i128).min(debt_incurred);
     let rest = back as i128 - settled;
-    let (pool, expired) = if g.live { (remaining + frozen + rest, expired) } else { (remaining + frozen, expired + rest) };
+    let (pool, expired) = if g.live {
+        (remaining + frozen + rest, expired)
+    } else {
+        (remaining + frozen, expired + rest)
+    };
     if g.live {
-        settle_pool(true, pool, expired, clawed_back + settled, debt_incurred - settled, settled, freeze_target)
+        settle_pool(
+            true,
+            pool,
+            expired,
+            clawed_back + settled,
+            debt_incurred - settled,
+            settled,
+            freeze_target,
+        )
     } else {
         // An expired grant keeps its frozen tokens frozen until the dispute ends.
         let fit = |v: i128| i64::try_from(v).ok();
@@ -236,8 +280,24 @@ pub fn check_scenario(data: &[u8]) {
     let mut m: Vec<Model> = (0..n)
         .map(|_| {
             let tokens = r.tokens().max(1);
-            let g = Grant { tokens, remaining: tokens, frozen: 0, expired: 0, clawed_back: 0, debt_incurred: 0, debt_repaid: 0, live: true };
-            Model { g, captured: r.tokens().max(0), taken: 0, open: 0, spent: 0, held: 0 }
+            let g = Grant {
+                tokens,
+                remaining: tokens,
+                frozen: 0,
+                expired: 0,
+                clawed_back: 0,
+                debt_incurred: 0,
+                debt_repaid: 0,
+                live: true,
+            };
+            Model {
+                g,
+                captured: r.tokens().max(0),
+                taken: 0,
+                open: 0,
+                spent: 0,
+                held: 0,
+            }
         })
         .collect();
     while let Some(op) = r.next_u8() {
@@ -255,7 +315,10 @@ pub fn check_scenario(data: &[u8]) {
                         for (j, &t) in take.iter().enumerate() {
                             assert!(t >= 0 && t <= remaining[j]);
                             if t > 0 {
-                                assert!(take[..j].iter().zip(&remaining[..j]).all(|(tt, rr)| tt == rr), "burn order");
+                                assert!(
+                                    take[..j].iter().zip(&remaining[..j]).all(|(tt, rr)| tt == rr),
+                                    "burn order"
+                                );
                             }
                             m[j].g.remaining -= t;
                             m[j].spent += t as i128;
@@ -268,12 +331,29 @@ pub fn check_scenario(data: &[u8]) {
                 let x = &mut m[i];
                 if x.held > 0 {
                     let back = x.held;
-                    let share = PaymentShare { tokens: x.g.tokens, weight: 1, purchase_weight: 1, captured: x.captured, taken: x.taken, open: x.open };
+                    let share = PaymentShare {
+                        tokens: x.g.tokens,
+                        weight: 1,
+                        purchase_weight: 1,
+                        captured: x.captured,
+                        taken: x.taken,
+                        open: x.open,
+                    };
                     let freeze = adjustment_targets(x.g.tokens, &[share]).expect("valid shares").freeze;
                     let a = give_back(&x.g, back, freeze).expect("consistent grant");
-                    assert_eq!(a.debt_forgiven as i128 + (a.remaining + a.frozen + a.expired) as i128
-                               - (x.g.remaining + x.g.frozen + x.g.expired) as i128, back as i128);
-                    x.g = Grant { remaining: a.remaining, frozen: a.frozen, expired: a.expired, clawed_back: a.clawed_back, debt_incurred: a.debt_incurred, ..x.g };
+                    assert_eq!(
+                        a.debt_forgiven as i128 + (a.remaining + a.frozen + a.expired) as i128
+                            - (x.g.remaining + x.g.frozen + x.g.expired) as i128,
+                        back as i128
+                    );
+                    x.g = Grant {
+                        remaining: a.remaining,
+                        frozen: a.frozen,
+                        expired: a.expired,
+                        clawed_back: a.clawed_back,
+                        debt_incurred: a.debt_incurred,
+                        ..x.g
+                    };
                     x.held = 0;
                     x.spent -= back as i128;
                 } else if x.g.live {
@@ -311,32 +391,74 @@ pub fn check_scenario(data: &[u8]) {
             _ => {}
         }
         for x in m.iter_mut() {
-            let share = PaymentShare { tokens: x.g.tokens, weight: 1, purchase_weight: 1, captured: x.captured, taken: x.taken, open: x.open };
+            let share = PaymentShare {
+                tokens: x.g.tokens,
+                weight: 1,
+                purchase_weight: 1,
+                captured: x.captured,
+                taken: x.taken,
+                open: x.open,
+            };
             let t = adjustment_targets(x.g.tokens, &[share]).expect("valid shares");
             assert!(t.claw_back >= 0 && t.freeze >= 0 && t.claw_back as i128 + t.freeze as i128 <= x.g.tokens as i128);
             if x.captured > 0 {
                 let exact = x.g.tokens as i128 * (x.taken as i128).min(x.captured as i128) / x.captured as i128;
-                assert_eq!(t.claw_back as i128, exact, "claw-back is floor(tokens * taken / captured)");
+                assert_eq!(
+                    t.claw_back as i128, exact,
+                    "claw-back is floor(tokens * taken / captured)"
+                );
             }
             let before = x.g;
             let a = adjust(&x.g, t.claw_back, t.freeze).expect("consistent grant");
             assert!(a.debt_forgiven <= before.debt_incurred);
-            x.g = Grant { remaining: a.remaining, frozen: a.frozen, expired: a.expired, clawed_back: a.clawed_back, debt_incurred: a.debt_incurred, ..x.g };
-            assert_eq!(x.g.clawed_back as i128 + x.g.debt_incurred as i128, t.claw_back as i128, "target reached");
+            x.g = Grant {
+                remaining: a.remaining,
+                frozen: a.frozen,
+                expired: a.expired,
+                clawed_back: a.clawed_back,
+                debt_incurred: a.debt_incurred,
+                ..x.g
+            };
+            assert_eq!(
+                x.g.clawed_back as i128 + x.g.debt_incurred as i128,
+                t.claw_back as i128,
+                "target reached"
+            );
             assert!(x.g.frozen <= t.freeze);
             assert!(x.g.live || x.g.remaining == 0, "an expired grant has nothing spendable");
             // adjusting again to the same targets changes nothing
             let again = adjust(&x.g, t.claw_back, t.freeze).expect("consistent grant");
-            assert_eq!((again.remaining, again.frozen, again.expired, again.clawed_back, again.debt_incurred, again.debt_forgiven),
-                       (x.g.remaining, x.g.frozen, x.g.expired, x.g.clawed_back, x.g.debt_incurred, 0));
+            assert_eq!(
+                (
+                    again.remaining,
+                    again.frozen,
+                    again.expired,
+                    again.clawed_back,
+                    again.debt_incurred,
+                    again.debt_forgiven
+                ),
+                (
+                    x.g.remaining,
+                    x.g.frozen,
+                    x.g.expired,
+                    x.g.clawed_back,
+                    x.g.debt_incurred,
+                    0
+                )
+            );
             // conservation: every token of the grant is in exactly one place
             let g = x.g;
             assert_eq!(
                 g.tokens as i128,
                 g.remaining as i128 + g.frozen as i128 + g.expired as i128 + g.clawed_back as i128 + x.spent,
-                "grant {g:?}, spent {}", x.spent
+                "grant {g:?}, spent {}",
+                x.spent
             );
-            assert!(g.debt_incurred as i128 <= x.spent, "debt only for spent tokens: {g:?}, spent {}", x.spent);
+            assert!(
+                g.debt_incurred as i128 <= x.spent,
+                "debt only for spent tokens: {g:?}, spent {}",
+                x.spent
+            );
         }
     }
 }
@@ -380,39 +502,130 @@ mod tests {
         assert_eq!(burn_allocation(&[5], 0), None);
         assert_eq!(burn_allocation(&[5, -1], 1), None);
         assert_eq!(burn_allocation(&[], 1), None);
-        assert_eq!(burn_allocation(&[i64::MAX, i64::MAX], i64::MAX), Some(vec![i64::MAX, 0]));
+        assert_eq!(
+            burn_allocation(&[i64::MAX, i64::MAX], i64::MAX),
+            Some(vec![i64::MAX, 0])
+        );
     }
 
     fn one(tokens: i64, captured: i64, taken: i64, open: i64) -> PaymentShare {
-        PaymentShare { tokens, weight: 1, purchase_weight: 1, captured, taken, open }
+        PaymentShare {
+            tokens,
+            weight: 1,
+            purchase_weight: 1,
+            captured,
+            taken,
+            open,
+        }
     }
 
     #[test]
     fn targets_are_shares_of_the_captured_amount_rounded_down() {
-        assert_eq!(adjustment_targets(1000, &[one(1000, 999, 500, 0)]), Some(Targets { claw_back: 500, freeze: 0 }));
-        assert_eq!(adjustment_targets(1000, &[one(1000, 3, 1, 0)]), Some(Targets { claw_back: 333, freeze: 0 }));
+        assert_eq!(
+            adjustment_targets(1000, &[one(1000, 999, 500, 0)]),
+            Some(Targets {
+                claw_back: 500,
+                freeze: 0
+            })
+        );
+        assert_eq!(
+            adjustment_targets(1000, &[one(1000, 3, 1, 0)]),
+            Some(Targets {
+                claw_back: 333,
+                freeze: 0
+            })
+        );
         // a partial dispute freezes (and, lost, claws back) its share, not the whole grant
-        assert_eq!(adjustment_targets(1000, &[one(1000, 1000, 0, 250)]), Some(Targets { claw_back: 0, freeze: 250 }));
-        assert_eq!(adjustment_targets(1000, &[one(1000, 1000, 300, 250)]), Some(Targets { claw_back: 300, freeze: 250 }));
+        assert_eq!(
+            adjustment_targets(1000, &[one(1000, 1000, 0, 250)]),
+            Some(Targets {
+                claw_back: 0,
+                freeze: 250
+            })
+        );
+        assert_eq!(
+            adjustment_targets(1000, &[one(1000, 1000, 300, 250)]),
+            Some(Targets {
+                claw_back: 300,
+                freeze: 250
+            })
+        );
         // refunded plus disputed never exceeds the payment
-        assert_eq!(adjustment_targets(1000, &[one(1000, 1000, 900, 900)]), Some(Targets { claw_back: 900, freeze: 100 }));
-        assert_eq!(adjustment_targets(1000, &[one(1000, 1000, 5000, 0)]), Some(Targets { claw_back: 1000, freeze: 0 }));
+        assert_eq!(
+            adjustment_targets(1000, &[one(1000, 1000, 900, 900)]),
+            Some(Targets {
+                claw_back: 900,
+                freeze: 100
+            })
+        );
+        assert_eq!(
+            adjustment_targets(1000, &[one(1000, 1000, 5000, 0)]),
+            Some(Targets {
+                claw_back: 1000,
+                freeze: 0
+            })
+        );
         // a $0 payment moves nothing
-        assert_eq!(adjustment_targets(1000, &[one(1000, 0, 0, 0)]), Some(Targets::default()));
+        assert_eq!(
+            adjustment_targets(1000, &[one(1000, 0, 0, 0)]),
+            Some(Targets::default())
+        );
         // a purchase paid by two payments: each stands for its weight
-        let half = |taken| PaymentShare { tokens: 1000, weight: 50, purchase_weight: 100, captured: 50, taken, open: 0 };
-        assert_eq!(adjustment_targets(1000, &[half(50), half(0)]), Some(Targets { claw_back: 500, freeze: 0 }));
+        let half = |taken| PaymentShare {
+            tokens: 1000,
+            weight: 50,
+            purchase_weight: 100,
+            captured: 50,
+            taken,
+            open: 0,
+        };
+        assert_eq!(
+            adjustment_targets(1000, &[half(50), half(0)]),
+            Some(Targets {
+                claw_back: 500,
+                freeze: 0
+            })
+        );
         // two purchases (a period's subscription invoice and its upgrade)
-        assert_eq!(adjustment_targets(100_000, &[one(30_000, 1000, 1000, 0), one(70_000, 1450, 0, 0)]),
-                   Some(Targets { claw_back: 30_000, freeze: 0 }));
-        assert_eq!(adjustment_targets(i64::MAX, &[one(i64::MAX, i64::MAX, i64::MAX - 1, 0)]),
-                   Some(Targets { claw_back: i64::MAX - 1, freeze: 0 }));
+        assert_eq!(
+            adjustment_targets(100_000, &[one(30_000, 1000, 1000, 0), one(70_000, 1450, 0, 0)]),
+            Some(Targets {
+                claw_back: 30_000,
+                freeze: 0
+            })
+        );
+        assert_eq!(
+            adjustment_targets(i64::MAX, &[one(i64::MAX, i64::MAX, i64::MAX - 1, 0)]),
+            Some(Targets {
+                claw_back: i64::MAX - 1,
+                freeze: 0
+            })
+        );
         assert_eq!(adjustment_targets(10, &[one(10, 10, -1, 0)]), None);
-        assert_eq!(adjustment_targets(10, &[PaymentShare { weight: 2, purchase_weight: 1, ..one(10, 10, 0, 0) }]), None);
+        assert_eq!(
+            adjustment_targets(
+                10,
+                &[PaymentShare {
+                    weight: 2,
+                    purchase_weight: 1,
+                    ..one(10, 10, 0, 0)
+                }]
+            ),
+            None
+        );
     }
 
     fn grant(tokens: i64, remaining: i64, frozen: i64) -> Grant {
-        Grant { tokens, remaining, frozen, expired: 0, clawed_back: 0, debt_incurred: 0, debt_repaid: 0, live: true }
+        Grant {
+            tokens,
+            remaining,
+            frozen,
+            expired: 0,
+            clawed_back: 0,
+            debt_incurred: 0,
+            debt_repaid: 0,
+            live: true,
+        }
     }
 
     #[test]
@@ -423,18 +636,35 @@ mod tests {
         let a = adjust(&g, 40, 0).expect("ok");
         assert_eq!((a.remaining, a.frozen, a.clawed_back, a.debt_incurred), (10, 0, 40, 0));
         // expired tokens are taken back before anything becomes debt
-        let expired = Grant { remaining: 0, frozen: 0, expired: 60, live: false, ..g };
+        let expired = Grant {
+            remaining: 0,
+            frozen: 0,
+            expired: 60,
+            live: false,
+            ..g
+        };
         let a = adjust(&expired, 100, 0).expect("ok");
         assert_eq!((a.expired, a.clawed_back, a.debt_incurred), (0, 60, 40));
     }
 
     #[test]
     fn a_lower_target_forgives_debt_then_returns_tokens() {
-        let g = Grant { remaining: 0, clawed_back: 20, debt_incurred: 30, ..grant(100, 0, 0) };
+        let g = Grant {
+            remaining: 0,
+            clawed_back: 20,
+            debt_incurred: 30,
+            ..grant(100, 0, 0)
+        };
         let a = adjust(&g, 0, 0).expect("ok");
-        assert_eq!((a.remaining, a.clawed_back, a.debt_incurred, a.debt_forgiven), (20, 0, 0, 30));
+        assert_eq!(
+            (a.remaining, a.clawed_back, a.debt_incurred, a.debt_forgiven),
+            (20, 0, 0, 30)
+        );
         let a = adjust(&g, 40, 0).expect("ok");
-        assert_eq!((a.remaining, a.clawed_back, a.debt_incurred, a.debt_forgiven), (0, 20, 20, 10));
+        assert_eq!(
+            (a.remaining, a.clawed_back, a.debt_incurred, a.debt_forgiven),
+            (0, 20, 20, 10)
+        );
         // returned to an expired grant, tokens expire
         let a = adjust(&Grant { live: false, ..g }, 0, 0).expect("ok");
         assert_eq!((a.remaining, a.expired, a.debt_forgiven), (0, 20, 30));
@@ -449,22 +679,47 @@ mod tests {
         // released: frozen tokens become spendable again, or expire on an expired grant
         let a = adjust(&grant(100, 20, 50), 0, 0).expect("ok");
         assert_eq!((a.remaining, a.frozen), (70, 0));
-        let a = adjust(&Grant { live: false, expired: 30, ..grant(100, 0, 50) }, 0, 0).expect("ok");
+        let a = adjust(
+            &Grant {
+                live: false,
+                expired: 30,
+                ..grant(100, 0, 50)
+            },
+            0,
+            0,
+        )
+        .expect("ok");
         assert_eq!((a.remaining, a.frozen, a.expired), (0, 0, 80));
     }
 
     #[test]
     fn tokens_given_back_settle_debt_the_claw_back_recorded_for_them() {
         // 600 held when a full refund came: 400 clawed back, 600 recorded as debt
-        let g = Grant { remaining: 0, clawed_back: 400, debt_incurred: 600, ..grant(1000, 0, 0) };
+        let g = Grant {
+            remaining: 0,
+            clawed_back: 400,
+            debt_incurred: 600,
+            ..grant(1000, 0, 0)
+        };
         for live in [true, false] {
             let a = give_back(&Grant { live, ..g }, 600, 0).expect("ok");
-            assert_eq!((a.remaining, a.expired, a.clawed_back, a.debt_incurred, a.debt_forgiven), (0, 0, 1000, 0, 600));
+            assert_eq!(
+                (a.remaining, a.expired, a.clawed_back, a.debt_incurred, a.debt_forgiven),
+                (0, 0, 1000, 0, 600)
+            );
         }
         // without debt: spendable again, frozen first while disputed, expired after expiry
         let a = give_back(&grant(100, 20, 30), 50, 60).expect("ok");
         assert_eq!((a.remaining, a.frozen), (40, 60));
-        let a = give_back(&Grant { live: false, ..grant(100, 0, 30) }, 50, 60).expect("ok");
+        let a = give_back(
+            &Grant {
+                live: false,
+                ..grant(100, 0, 30)
+            },
+            50,
+            60,
+        )
+        .expect("ok");
         assert_eq!((a.remaining, a.frozen, a.expired), (0, 30, 50));
         // more than the grant could have held is refused
         assert_eq!(give_back(&grant(100, 80, 0), 30, 0), None);
@@ -474,9 +729,24 @@ mod tests {
     fn inconsistent_counters_are_refused() {
         assert_eq!(adjust(&grant(100, -1, 0), 0, 0), None);
         assert_eq!(adjust(&grant(100, 80, 30), 0, 0), None);
-        assert_eq!(adjust(&Grant { clawed_back: 60, debt_incurred: 50, ..grant(100, 0, 0) }, 0, 0), None);
+        assert_eq!(
+            adjust(
+                &Grant {
+                    clawed_back: 60,
+                    debt_incurred: 50,
+                    ..grant(100, 0, 0)
+                },
+                0,
+                0
+            ),
+            None
+        );
         assert_eq!(adjust(&grant(100, 10, 0), -1, 0), None);
-        let big = Grant { tokens: i64::MAX, remaining: i64::MAX, ..grant(0, 0, 0) };
+        let big = Grant {
+            tokens: i64::MAX,
+            remaining: i64::MAX,
+            ..grant(0, 0, 0)
+        };
         assert_eq!(adjust(&big, i64::MAX, i64::MAX).map(|a| a.clawed_back), Some(i64::MAX));
     }
 

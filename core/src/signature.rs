@@ -44,9 +44,7 @@ impl Rejection {
                 format!("Unable to extract timestamp and signatures from header: {why}")
             }
             Rejection::NoV1Signature => "No signatures found with expected scheme v1".into(),
-            Rejection::SignatureMismatch => {
-                "No signatures found matching the expected signature for payload".into()
-            }
+            Rejection::SignatureMismatch => "No signatures found matching the expected signature for payload".into(),
             Rejection::TimestampOutsideTolerance => "Timestamp outside the tolerance zone".into(),
         }
     }
@@ -92,9 +90,7 @@ pub fn parse_header(header: &str) -> Result<SignatureHeader<'_>, Rejection> {
 
 /// Digits only, no sign, no leading zero (a lone "0" is canonical).
 fn is_canonical_decimal(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s.len() == 1 || !s.starts_with('0'))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s.len() == 1 || !s.starts_with('0'))
 }
 
 /// Lowercase hex of HMAC-SHA256(secret, "{timestamp}.{payload}").
@@ -222,12 +218,21 @@ mod tests {
     fn tampered_payload_or_wrong_secret_fails() {
         let h = format!("t=12345,v1={FIXED}");
         assert_eq!(verify(b"{}", &h, SECRET, 300, NOW), Err(Rejection::SignatureMismatch));
-        assert_eq!(verify(BODY, &h, b"whsec_other", 300, NOW), Err(Rejection::SignatureMismatch));
+        assert_eq!(
+            verify(BODY, &h, b"whsec_other", 300, NOW),
+            Err(Rejection::SignatureMismatch)
+        );
     }
 
     #[test]
     fn uppercase_short_long_or_non_ascii_v1_simply_do_not_match() {
-        for v1 in [FIXED.to_uppercase(), FIXED[..10].into(), format!("{FIXED}00"), "é".repeat(32), String::new()] {
+        for v1 in [
+            FIXED.to_uppercase(),
+            FIXED[..10].into(),
+            format!("{FIXED}00"),
+            "é".repeat(32),
+            String::new(),
+        ] {
             assert_eq!(
                 verify(BODY, &format!("t=12345,v1={v1}"), SECRET, 300, NOW),
                 Err(Rejection::SignatureMismatch),
@@ -252,15 +257,24 @@ mod tests {
             format!("v1={FIXED}"),
             "garbage".into(),
         ] {
-            assert!(matches!(verify(BODY, &h, SECRET, 0, NOW), Err(Rejection::MalformedHeader(_))), "{h:?}");
+            assert!(
+                matches!(verify(BODY, &h, SECRET, 0, NOW), Err(Rejection::MalformedHeader(_))),
+                "{h:?}"
+            );
         }
     }
 
     #[test]
     fn no_v1_is_its_own_reason() {
-        assert_eq!(verify(BODY, "t=12345,v0=abc", SECRET, 0, NOW), Err(Rejection::NoV1Signature));
+        assert_eq!(
+            verify(BODY, "t=12345,v0=abc", SECRET, 0, NOW),
+            Err(Rejection::NoV1Signature)
+        );
         // " v1" is an unknown key (keys compare exactly), so there is no v1 at all
-        assert_eq!(verify(BODY, &format!("t=12345, v1={FIXED}"), SECRET, 0, NOW), Err(Rejection::NoV1Signature));
+        assert_eq!(
+            verify(BODY, &format!("t=12345, v1={FIXED}"), SECRET, 0, NOW),
+            Err(Rejection::NoV1Signature)
+        );
     }
 
     #[test]

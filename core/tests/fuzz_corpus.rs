@@ -9,7 +9,9 @@ fn inputs(dir: &str) -> Vec<Vec<u8>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut out = Vec::new();
     for sub in ["corpus", "regressions", "seeds"] {
-        let Ok(entries) = std::fs::read_dir(root.join(sub).join(dir)) else { continue };
+        let Ok(entries) = std::fs::read_dir(root.join(sub).join(dir)) else {
+            continue;
+        };
         for e in entries.flatten() {
             if let Ok(bytes) = std::fs::read(e.path()) {
                 out.push(bytes);
@@ -24,12 +26,16 @@ fn header_parsing_corpus_never_panics_and_accepts_only_strict_headers() {
     let cases = inputs("header_parsing");
     assert!(cases.len() >= 2, "corpus missing");
     for data in cases {
-        let Some((&tol, rest)) = data.split_first() else { continue };
+        let Some((&tol, rest)) = data.split_first() else {
+            continue;
+        };
         let (header, payload) = match rest.iter().position(|&b| b == 0) {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, &b"{}"[..]),
         };
-        let Ok(header) = std::str::from_utf8(header) else { continue };
+        let Ok(header) = std::str::from_utf8(header) else {
+            continue;
+        };
         if signature::verify(payload, header, b"whsec_fuzz", tol as u32, 1_700_000_000_000_000).is_ok() {
             assert_eq!(header.split(',').filter(|i| i.starts_with("t=")).count(), 1);
         }

@@ -108,6 +108,7 @@ begin
 end
 $$;
 
+-- @rust burn_allocation adjustment_targets adjusted_grant given_back_grant decode_stripe_event stripe_signature_check
 -- 0.3.0's Rust helpers: the claw-back ones are replaced (billing_internal.adjustment_targets,
 -- adjusted_grant), the others move to billing_internal.
 drop function billing._refund_share(bigint, bigint, bigint);

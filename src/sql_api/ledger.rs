@@ -9,7 +9,13 @@ use pgrx::prelude::*;
 
 /// Tokens to take from each grant, in the order given (soonest expiry first), to pay p_amount;
 /// NULL when the grants hold too little, or for a non-positive amount or a NULL/negative element.
-#[pg_extern(immutable, parallel_safe, strict, schema = "billing_internal", name = "burn_allocation")]
+#[pg_extern(
+    immutable,
+    parallel_safe,
+    strict,
+    schema = "billing_internal",
+    name = "burn_allocation"
+)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn burn_allocation(p_remaining: Array<i64>, p_amount: i64) -> Option<Vec<i64>> {
     let remaining: Option<Vec<i64>> = p_remaining.iter().collect();
@@ -19,7 +25,13 @@ pub fn burn_allocation(p_remaining: Array<i64>, p_amount: i64) -> Option<Vec<i64
 /// {claw_back, freeze} of a grant of p_grant_tokens from its payments' shares (one element per
 /// payment of each purchase); NULL for NULL or negative elements, arrays of different lengths, or
 /// a weight above its purchase's.
-#[pg_extern(immutable, parallel_safe, strict, schema = "billing_internal", name = "adjustment_targets")]
+#[pg_extern(
+    immutable,
+    parallel_safe,
+    strict,
+    schema = "billing_internal",
+    name = "adjustment_targets"
+)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn adjustment_targets(
     p_grant_tokens: i64,
@@ -53,13 +65,26 @@ pub fn adjustment_targets(
 }
 
 fn counters(a: ledger::Adjusted) -> Vec<i64> {
-    vec![a.remaining, a.frozen, a.expired, a.clawed_back, a.debt_incurred, a.debt_forgiven]
+    vec![
+        a.remaining,
+        a.frozen,
+        a.expired,
+        a.clawed_back,
+        a.debt_incurred,
+        a.debt_forgiven,
+    ]
 }
 
 /// A grant's counters moved to its targets: {remaining, frozen, expired, clawed_back,
 /// debt_incurred, debt_forgiven}; NULL for counters no consistent grant has.
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(immutable, parallel_safe, strict, schema = "billing_internal", name = "adjusted_grant")]
+#[pg_extern(
+    immutable,
+    parallel_safe,
+    strict,
+    schema = "billing_internal",
+    name = "adjusted_grant"
+)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn adjusted_grant(
     p_tokens: i64,
@@ -88,7 +113,13 @@ pub fn adjusted_grant(
 
 /// A grant's counters after p_back held tokens come back to it (same shape as _adjusted_grant).
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(immutable, parallel_safe, strict, schema = "billing_internal", name = "given_back_grant")]
+#[pg_extern(
+    immutable,
+    parallel_safe,
+    strict,
+    schema = "billing_internal",
+    name = "given_back_grant"
+)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn given_back_grant(
     p_tokens: i64,

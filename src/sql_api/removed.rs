@@ -23,6 +23,13 @@ fn refund_share(_grant_tokens: i64, _amount: i64, _refunded: i64) -> Option<i64>
 
 /// 0.3.0's billing._claw_back_split.
 #[pg_extern(sql = false)]
-fn claw_back_split(_tokens: i64, _remaining: i64, _frozen: i64, _clawed: i64, _debt: i64, _target: i64) -> Option<Vec<i64>> {
+fn claw_back_split(
+    _tokens: i64,
+    _remaining: i64,
+    _frozen: i64,
+    _clawed: i64,
+    _debt: i64,
+    _target: i64,
+) -> Option<Vec<i64>> {
     removed("_claw_back_split", "0.4.0")
 }

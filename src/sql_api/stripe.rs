@@ -31,7 +31,12 @@ fn checked_arguments(secret: Option<&str>, tolerance: Option<i32>) -> (&str, u32
     (secret, tolerance)
 }
 
-fn rejection(payload: Option<&[u8]>, header: Option<&str>, secret: &str, tolerance: u32) -> Option<signature::Rejection> {
+fn rejection(
+    payload: Option<&[u8]>,
+    header: Option<&str>,
+    secret: &str,
+    tolerance: u32,
+) -> Option<signature::Rejection> {
     let (Some(payload), Some(header)) = (payload, header) else {
         return Some(signature::Rejection::MalformedHeader("payload or header is NULL"));
     };
@@ -87,7 +92,12 @@ pub fn stripe_signature_check(
     p_secrets: Option<Vec<Option<String>>>,
     p_tolerance_seconds: i32,
 ) -> Option<String> {
-    let secrets: Vec<String> = p_secrets.unwrap_or_default().into_iter().flatten().filter(|s| !s.is_empty()).collect();
+    let secrets: Vec<String> = p_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
     if secrets.is_empty() {
         return Some("no_secret".into());
     }

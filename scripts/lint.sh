@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# make lint: rustfmt, clippy, plpgsql_check over every PL/pgSQL function (what `supabase db lint`
+# runs), the current upgrade script regenerated and compared, and every path the docs name exists.
+# Needs the extension installed and the cluster running (make install start).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export PGRX_HOME="$ROOT/pgrx-config"
+DIR=$(bash scripts/cluster.sh dir)
+PORT=${PG_BILLING_PORT:-54329}
+PSQL=(psql -h "$DIR/sock" -p "$PORT" -U postgres -X -q -v ON_ERROR_STOP=1)
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --no-deps --quiet -- -D warnings
+
+echo "== plpgsql_check: every PL/pgSQL function of billing and billing_internal"
+PGOPTIONS=--client-min-messages=warning "${PSQL[@]}" -d postgres \
+  -c "drop database if exists pg_billing_lint with (force)" -c "create database pg_billing_lint"
+PGOPTIONS=--client-min-messages=warning "${PSQL[@]}" -d pg_billing_lint -f sql/supabase-compat.sql \
+  -c "create extension pg_billing" -c "create extension plpgsql_check"
+findings=$("${PSQL[@]}" -d pg_billing_lint -At -F ' | ' -c "
+  select p.oid::regprocedure, r.level, r.lineno, r.message
+    from pg_proc p join pg_language l on l.oid = p.prolang and l.lanname = 'plpgsql'
+   cross join lateral plpgsql_check_function_tb(p.oid, fatal_errors => false, extra_warnings => true,
+                                                performance_warnings => false, all_warnings => true) r
+   where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)
+     and r.level in ('error', 'warning', 'warning extra')
+   order by 1, 3")
+checked=$("${PSQL[@]}" -d pg_billing_lint -At -c "select count(*) from pg_proc p join pg_language l on l.oid = p.prolang
+  where l.lanname = 'plpgsql' and p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)")
+if [ -n "$findings" ]; then
+  echo "$findings"
+  exit 1
+fi
+echo "   $checked functions, no errors or warnings"
+
+echo "== the current upgrade script is what scripts/gen-upgrade.py writes"
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+upgrade=$(ls sql/upgrades/*--"$version".sql)
+from=$(basename "$upgrade" .sql); from=${from%%--*}
+python3 scripts/gen-upgrade.py "$from" "$version" --check
+
+echo "== every file the docs name exists"
+python3 scripts/check-doc-paths.py
