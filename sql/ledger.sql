@@ -167,13 +167,16 @@ begin
 end
 $$;
 
--- Brings a grant to p_tokens in total (never fewer): a subscription period whose plan was upgraded.
--- The new tokens are spendable, or expired if the grant has expired. The caller holds the balance lock.
-create function billing_internal.grow_grant(p_grant_id bigint, p_tokens bigint) returns bigint
+-- Brings a grant to p_tokens in total (never fewer) and, while it lives, to the expiry
+-- p_expires_at: a subscription period whose plan was upgraded. New tokens are spendable, or
+-- expired if the grant has expired. Returns the tokens added. The caller holds the balance lock.
+create function billing_internal.extend_grant(p_grant_id bigint, p_tokens bigint, p_expires_at timestamptz) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_before bigint;
 begin
+  update billing.token_grants g set expires_at = p_expires_at
+   where g.id = p_grant_id and billing_internal.is_live(g.expires_at) and g.expires_at is distinct from p_expires_at;
   select g.tokens into v_before from billing.token_grants g where g.id = p_grant_id;
   if v_before >= p_tokens then
     return 0;

@@ -373,11 +373,13 @@ begin
 end
 $$;
 
-create or replace function billing_internal.grow_grant(p_grant_id bigint, p_tokens bigint) returns bigint
+create or replace function billing_internal.extend_grant(p_grant_id bigint, p_tokens bigint, p_expires_at timestamptz) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_before bigint;
 begin
+  update billing.token_grants g set expires_at = p_expires_at
+   where g.id = p_grant_id and billing_internal.is_live(g.expires_at) and g.expires_at is distinct from p_expires_at;
   select g.tokens into v_before from billing.token_grants g where g.id = p_grant_id;
   if v_before >= p_tokens then
     return 0;
@@ -1324,14 +1326,12 @@ begin
   on conflict (purchase_id) do nothing;
   -- The period's tokens: the largest allowance among its invoices; its expiry that of the plan
   -- with the largest allowance (period end, unless that plan rolls over).
-  v_added := case when v_created then v_allowance else 0 end
-             + billing_internal.grow_grant(v_grant, (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
-                                              where gp.grant_id = v_grant));
   select case when p.rollover then null else gp.period_end end into v_expires
     from billing.grant_purchases gp join billing.plans p on p.id = gp.plan_id
    where gp.grant_id = v_grant order by gp.allowance desc, gp.purchased_at, gp.purchase_id limit 1;
-  update billing.token_grants g set expires_at = v_expires
-   where g.id = v_grant and billing_internal.is_live(g.expires_at) and g.expires_at is distinct from v_expires;
+  v_added := case when v_created then v_allowance else 0 end
+             + billing_internal.extend_grant(v_grant, (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
+                                                       where gp.grant_id = v_grant), v_expires);
   if v_payment is not null then
     insert into billing.purchase_payments (purchase_id, payment_key, amount)
     values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
@@ -1371,8 +1371,6 @@ begin
     return pg_catalog.jsonb_build_object('action', 'linked_before_invoice', 'invoice', v_invoice, 'payment', v_payment);
   end if;
   perform billing_internal.lock_and_settle(v_grant.user_id, true);
-  update billing.token_grants g set stripe_payment_intent = v_payment
-   where g.id = v_grant.id and g.stripe_payment_intent is null;
   v_adjusted := billing_internal.settle_stripe_grant(v_grant.id);
   perform billing_internal.recompute_balance(v_grant.user_id);
   return pg_catalog.jsonb_build_object('user_id', v_grant.user_id, 'action', 'linked', 'invoice', v_invoice,

@@ -153,6 +153,8 @@ create table billing.token_grants (
   debt_incurred         bigint not null default 0 check (debt_incurred >= 0), -- clawback already spent
   debt_repaid           bigint not null default 0 check (debt_repaid >= 0),  -- used to cover debt
   expires_at            timestamptz,                                        -- null: never
+  -- Informational, as the grant was created; billing.grant_purchases and billing.purchase_payments
+  -- record what paid for it (the payment of an invoice can be known only later).
   stripe_payment_intent text,
   stripe_price_id       text,
   amount_paid           bigint,

@@ -118,3 +118,17 @@ def test_policy_columns_are_indexed(db):
 def test_extension_lives_in_its_own_schema(db):  # splinter 0014
     assert db.one("select extnamespace::regnamespace::text, extrelocatable from pg_extension"
                   " where extname = 'pg_billing'") == ("billing", False)
+
+
+def test_only_ledger_sql_writes_ledger_tables():
+    """One home for ledger mutations: sql/stripe.sql and the others translate into ledger calls."""
+    root = pathlib.Path(__file__).resolve().parents[2] / "sql"
+    write = re.compile(r"\b(?:update|insert\s+into|delete\s+from)\s+billing\.(token_grants|balances|token_usage|token_reservations)\b",
+                       re.I)
+    offenders = {}
+    for f in ["schema.sql", "stripe.sql", "verify.sql", "frontend.sql", "policies.sql", "grants.sql"]:
+        found = write.findall((root / f).read_text())
+        if found:
+            offenders[f] = found
+    assert offenders == {}
+    assert write.search((root / "ledger.sql").read_text())  # the rule is not vacuous
