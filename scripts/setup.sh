@@ -30,6 +30,15 @@ if [ ! -f "$PGRX_HOME/.initialized-pg15" ]; then
   touch "$PGRX_HOME/.initialized-pg15"
 fi
 
+# Supabase's type generator (npm, pinned by tools/typegen/package-lock.json), for the tests that check
+# what a supabase-js user sees; reinstalled whenever the lockfile changes.
+want_npm=$(sha256sum tools/typegen/package-lock.json | cut -d' ' -f1)
+if [ ! -d tools/typegen/node_modules ] || [ "$(cat tools/typegen/node_modules/.lock.sha 2>/dev/null)" != "$want_npm" ]; then
+  echo "== installing tools/typegen (npm ci)"
+  (cd tools/typegen && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want_npm" > tools/typegen/node_modules/.lock.sha
+fi
+
 # The virtualenv is rebuilt whenever tests/requirements.txt changes.
 want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
 if [ ! -x .venv/bin/pytest ] || [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$want" ]; then
