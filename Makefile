@@ -25,10 +25,13 @@ build: setup
 # Installs the extension (debug build) into the system PostgreSQL 15. Old pg_billing scripts are
 # removed first, so the extension directory holds exactly this checkout's install and upgrade scripts.
 EXTDIR = $(shell $(PG_CONFIG) --sharedir)/extension
-install: setup
+define install_debug_build
 	rm -f $(EXTDIR)/pg_billing--*.sql
 	cargo pgrx install --pg-config $(PG_CONFIG)
 	cp sql/releases/pg_billing--*.sql $(EXTDIR)/
+endef
+install: setup
+	$(install_debug_build)
 
 start: setup
 	@bash scripts/cluster.sh start
@@ -60,6 +63,8 @@ test-unit: setup
 test-pg: setup
 	@mkdir -p $(CLUSTER_DIR)/pgrx-test-data && chown postgres $(CLUSTER_DIR)/pgrx-test-data
 	cargo pgrx test pg15 --runas postgres --pgdata $(CLUSTER_DIR)/pgrx-test-data
+	# cargo pgrx test installed a build with the in-database tests: put the plain build back
+	$(install_debug_build)
 
 test-integration: install start
 	PG_BILLING_HOST=$(CLUSTER_DIR)/sock PG_BILLING_PORT=$(PORT) .venv/bin/pytest -q tests/integration
