@@ -9,12 +9,12 @@ CLUSTER_DIR = $(shell bash scripts/cluster.sh dir)
 PSQL = PGOPTIONS=--client-min-messages=warning psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -v ON_ERROR_STOP=1 -X -q
 DEMO_DB ?= pg_billing_demo
 
-.PHONY: help setup build install start stop run demo test lint test-unit test-pg test-integration test-pgtap test-example bench clean
+.PHONY: help setup build install start stop run demo test lint types test-unit test-pg test-integration test-pgtap test-example bench clean
 
 help:
 	@echo "make run    set up, start a local cluster, install pg_billing, run the demo"
 	@echo "make test   set up if needed, run every test layer"
-	@echo "make setup | install | start | stop | lint | bench | clean"
+	@echo "make setup | install | start | stop | lint | types | bench | clean"
 
 setup:
 	@bash scripts/setup.sh
@@ -23,12 +23,11 @@ build: setup
 	cargo build --lib
 
 # Installs the extension (debug build) into the system PostgreSQL 15. Old pg_billing scripts are
-# removed first, so the extension directory holds exactly this checkout's install and upgrade scripts.
+# removed first, so the extension directory holds exactly this checkout's install and upgrade script.
 EXTDIR = $(shell $(PG_CONFIG) --sharedir)/extension
 define install_debug_build
 	rm -f $(EXTDIR)/pg_billing--*.sql
 	cargo pgrx install --pg-config $(PG_CONFIG)
-	cp sql/releases/pg_billing--*.sql $(EXTDIR)/
 endef
 install: setup
 	$(install_debug_build)
@@ -50,6 +49,18 @@ run: install start
 
 test: lint test-unit test-pg test-integration test-pgtap test-example
 	@echo "all test layers passed"
+
+# types/database.ts: the TypeScript types of schema billing, by Supabase's own generator
+# (`supabase gen types typescript`) over the installed extension. Commit the result: a test fails
+# when the public API changes and these were not regenerated.
+types: install start
+	@$(PSQL) -d postgres -c "drop database if exists pg_billing_types with (force)" -c "create database pg_billing_types"
+	@$(PSQL) -d pg_billing_types -f sql/supabase-compat.sql -c "create extension pg_billing"
+	@mkdir -p types
+	PG_META_DB_URL=postgresql://postgres@127.0.0.1:$(PORT)/pg_billing_types PG_META_GENERATE_TYPES=typescript \
+	  PG_META_GENERATE_TYPES_INCLUDED_SCHEMAS=billing node tools/typegen/node_modules/@supabase/postgres-meta/dist/server/server.js \
+	  > types/database.ts 2>/dev/null
+	@echo "wrote types/database.ts"
 
 # rustfmt, clippy -D warnings, plpgsql_check on every PL/pgSQL function, upgrade script up to date,
 # every path the docs name exists.
@@ -88,7 +99,6 @@ BENCH_DIR = $(CURDIR)/.cluster-bench
 bench: setup
 	rm -f $(EXTDIR)/pg_billing--*.sql
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
-	cp sql/releases/pg_billing--*.sql $(EXTDIR)/
 	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh start
 	@PGOPTIONS=--client-min-messages=warning psql -h $(BENCH_DIR)/sock -p $(BENCH_PORT) -U postgres -v ON_ERROR_STOP=1 -X -q -d postgres \
 	  -c "drop database if exists pg_billing_bench with (force)" -c "create database pg_billing_bench"

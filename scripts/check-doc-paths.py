@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Fails when README.md, docs/*.md or a README under tests/ or examples/ names a file or folder of
-this repository that does not exist (paths inside backticks or markdown links; build output under
-target/ is not checked)."""
+"""Fails when documentation or a code comment names a file or folder of this repository that does not
+exist: paths inside backticks or markdown links in README.md, docs/*.md and READMEs under tests/ and
+examples/, and repository paths (docs/..., sql/..., tests/..., ...) in the comments of SQL, Rust,
+Python and shell files. Build output under target/ is not checked."""
 import pathlib
 import re
 import sys
@@ -28,7 +29,20 @@ for doc in DOCS:
             # only report what looks like a path of this repository
             if "/" in path and (first in TOP or (doc.parent / first).exists()):
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
+# comments in code: a path that starts with a top-level folder of the repository
+CODE = [p for p in ROOT.rglob("*") if p.suffix in {".sql", ".rs", ".py", ".sh"} and p.is_file()
+        and not any(part in {"target", "node_modules", ".venv", ".git", "corpus", "fixtures"} for part in p.parts)
+        and not p.name.startswith("pg_billing--")]
+FOLDERS = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
+COMMENT = re.compile(r"(?:--|//|#)(.*)$", re.M)
+IN_COMMENT = re.compile(r"(?<![\w./-])((?:" + "|".join(sorted(FOLDERS)) + r")/[\w./-]*[\w/])")
+for f in CODE:
+    for comment in COMMENT.findall(f.read_text(errors="replace")):
+        for path in IN_COMMENT.findall(comment):
+            path = path.rstrip("/.")
+            if not PLACEHOLDER.search(path) and not path.startswith("target/") and not (ROOT / path).exists():
+                missing.append(f"{f.relative_to(ROOT)}: {path}")
 if missing:
     print("\n".join(missing))
     sys.exit(1)
-print(f"   {len(DOCS)} documents, every named path exists")
+print(f"   {len(DOCS)} documents and {len(CODE)} code files, every named path exists")

@@ -1,22 +1,26 @@
 #!/usr/bin/env python3
-"""Writes sql/pg_billing--FROM--TO.sql, an upgrade script that holds only what changed:
+"""Regenerates the generated parts of an upgrade script, sql/pg_billing--FROM--TO.sql. The file is
+hand-written around two regions this script owns:
 
-  1. sql/upgrades/FROM--TO.sql up to its line `-- @functions` (hand-written: new tables and columns,
-     drops of removed functions whose replacement differs, ...);
-  2. the Rust functions new or changed in TO, named on a `-- @rust name ...` line of that file
-     (copied from the install script pgrx generated: run `make install` first);
-  3. every SQL function of sql/*.sql that is new or whose definition differs from the release FROM
-     (read with git at the last commit of FROM: the parent of the commit that changed Cargo.toml's
-     version away from FROM, or --base), with `create or replace`; a
-     function whose result type changed is dropped first; a function FROM had and TO does not is
-     dropped;
-  4. the rest of sql/upgrades/FROM--TO.sql (backfills that need the new functions);
-  5. sql/grants.sql (what CREATE EXTENSION runs last: grants and policies for every function);
-  6. drops of the SQL functions FROM had and TO does not (last: a policy may have used one until
-     step 5 recreated it).
+    <hand-written: new tables and columns, drops whose replacement differs, `-- @rust name ...`>
+    -- @generated functions
+    ... the Rust functions named on `-- @rust` lines (copied from the install script pgrx generated:
+        run `make install` first), then every SQL function of sql/*.sql that is new or whose
+        definition differs from release FROM, with `create or replace` (a function whose result
+        type changed is dropped first) ...
+    -- @end
+    <hand-written: backfills that need the new functions>
+    -- @generated privileges
+    ... the statements after the last function of sql/privileges.sql (grants and policies for every
+        function), then drops of the SQL functions FROM had and TO does not (last: a policy may
+        have used one until then) ...
+    -- @end
 
-    python3 scripts/gen-upgrade.py 0.3.0 0.4.0            # writes sql/pg_billing--0.3.0--0.4.0.sql
-    python3 scripts/gen-upgrade.py 0.3.0 0.4.0 --check    # fails if the committed script differs (make lint)
+Release FROM's functions are read with git at its last commit: the parent of the commit that changed
+Cargo.toml's version away from FROM (or --base). A new file gets both regions appended.
+
+    python3 scripts/gen-upgrade.py 0.3.0 0.4.0            # rewrites the generated regions
+    python3 scripts/gen-upgrade.py 0.3.0 0.4.0 --check    # fails if they are out of date (make lint)
 
 tests/integration/test_upgrade.py proves the result equals a fresh install and keeps the data."""
 import argparse
@@ -29,8 +33,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SKIP = {"supabase-compat.sql"}  # not part of the extension
 # The order CREATE EXTENSION runs the files in (src/lib.rs): SQL-language bodies are checked when
 # they are created, so a function comes after those it calls.
-INSTALL_ORDER = ["schema.sql", "ledger.sql", "stripe.sql", "verify.sql", "frontend.sql", "policies.sql", "grants.sql"]
+INSTALL_ORDER = ["schema.sql", "ledger.sql", "stripe.sql", "verify.sql", "frontend.sql", "privileges.sql"]
 FUNCTION = re.compile(r"^create (?:or replace )?function (billing(?:_internal)?\.\w+)\(", re.M)
+REGION = re.compile(r"^-- @generated (\w+)\n.*?^-- @end\n", re.M | re.S)
 
 
 def sql_files_at(ref):
@@ -55,28 +60,6 @@ def balanced_args(text, start):
             return text[start + 1:i - 1], i
 
 
-def functions(files):
-    """{signature: (header, block)} of every function, with the `comment on function` after it."""
-    out = {}
-    order = sorted(files, key=lambda n: (INSTALL_ORDER.index(n) if n in INSTALL_ORDER else len(INSTALL_ORDER), n))
-    for text in (files[n] for n in order):
-        for m in FUNCTION.finditer(text):
-            args, after_args = balanced_args(text, m.end() - 1)
-            body_open = re.compile(r"\$(\w*)\$").search(text, after_args)
-            tag = body_open.group(0)
-            body_close = text.index(tag, body_open.end())
-            end = text.index(";", body_close) + 1
-            comment = re.compile(r"\s*comment on function " + re.escape(m.group(1)) + r"\(.*?';\n", re.S).match(text, end)
-            if comment:
-                end = comment.end()
-            arg_types = ", ".join(re.sub(r"\s+default\s+.*$", "", a.strip(), flags=re.S | re.I)
-                                  for a in split_args(args) if not a.strip().lower().startswith("out "))
-            signature = f"{m.group(1)}({arg_types})"
-            header = " ".join(text[m.start():body_open.start()].split())
-            out[signature] = (header, text[m.start():end].rstrip())
-    return out
-
-
 def split_args(args):
     parts, depth, cur = [], 0, ""
     for ch in args:
@@ -89,6 +72,30 @@ def split_args(args):
     return parts + ([cur] if cur.strip() else [])
 
 
+def functions(files):
+    """{signature: (header, block)} of every function, with the `comment on function` after it."""
+    out = {}
+    order = sorted(files, key=lambda n: (INSTALL_ORDER.index(n) if n in INSTALL_ORDER else len(INSTALL_ORDER), n))
+    for text in (files[n] for n in order):
+        for m in FUNCTION.finditer(text):
+            args, after_args = balanced_args(text, m.end() - 1)
+            body_open = re.compile(r"\$(\w*)\$").search(text, after_args)
+            body_close = text.index(body_open.group(0), body_open.end())
+            end = text.index(";", body_close) + 1
+            comment = re.compile(r"\s*comment on function " + re.escape(m.group(1)) + r"\(.*?';\n", re.S).match(text, end)
+            if comment:
+                end = comment.end()
+            arg_types = ", ".join(re.sub(r"\s+default\s+.*$", "", a.strip(), flags=re.S | re.I)
+                                  for a in split_args(args) if not a.strip().lower().startswith("out "))
+            header = " ".join(text[m.start():body_open.start()].split())
+            out[f"{m.group(1)}({arg_types})"] = (header, text[m.start():end].rstrip())
+    return out
+
+
+def normalized(block):
+    return " ".join(block.split())
+
+
 def release_commit(version):
     """The last commit whose Cargo.toml has `version = "<version>"`."""
     bumps = subprocess.run(["git", "log", "--format=%H", "-S", f'version = "{version}"', "--", "Cargo.toml"], cwd=ROOT,
@@ -98,8 +105,41 @@ def release_commit(version):
     return f"{bumps[0]}^"
 
 
-def normalized(block):
-    return " ".join(block.split())
+def generated(old, new, base, rust):
+    """{region name: text} of the two generated regions."""
+    before, after = functions(sql_files_at(base)), functions(sql_files_at(None))
+    changed, result_changed = [], []
+    for sig, (header, block) in after.items():
+        if sig in before and normalized(before[sig][1]) == normalized(block):
+            continue
+        if sig in before and before[sig][0].split(" language ")[0] != header.split(" language ")[0]:
+            result_changed.append(f"drop function {sig}; -- its result changed")
+        changed.append(re.sub(r"^create function ", "create or replace function ", block))
+    removed = [f"drop function {sig};" for sig in before if sig not in after]
+
+    parts = []
+    if result_changed:
+        parts.append("-- functions whose result changed\n" + "\n".join(result_changed))
+    if rust:
+        sharedir = subprocess.run(["pg_config", "--sharedir"], capture_output=True, text=True, check=True).stdout.strip()
+        install = pathlib.Path(sharedir, "extension", f"pg_billing--{new}.sql").read_text()
+        parts.append(f"-- Rust functions new or changed in {new} (as generated by pgrx)")
+        for name in rust:
+            m = re.search(r"/\* <begin connected objects> \*/\n-- [^\n]+\n-- [^\n]*::" + re.escape(name)
+                          + r"\n(.*?)/\* </end connected objects> \*/", install, re.S)
+            if not m:
+                sys.exit(f"{name} not found in the generated install script")
+            parts.append(m.group(1).strip())
+    parts.append(f"-- SQL functions new or changed in {new} ({len(changed)} of {len(after)})")
+    parts.extend(changed)
+
+    privileges = (ROOT / "sql" / "privileges.sql").read_text()
+    last_function_end = privileges.rindex("$$;") + len("$$;")
+    comment = re.compile(r"\s*comment on function .*?';\n", re.S).match(privileges, last_function_end)
+    tail = [privileges[comment.end() if comment else last_function_end:].strip()]
+    if removed:
+        tail.append(f"-- SQL functions {old} had and {new} does not\n" + "\n".join(removed))
+    return {"functions": "\n\n".join(parts), "privileges": "\n\n".join(tail)}
 
 
 def main():
@@ -107,54 +147,25 @@ def main():
     ap.add_argument("old")
     ap.add_argument("new")
     ap.add_argument("--base", help="git commit of the last OLD sources (default: found from Cargo.toml's history)")
-    ap.add_argument("--check", action="store_true", help="compare with the committed script instead of writing it")
+    ap.add_argument("--check", action="store_true", help="fail if the generated regions are out of date")
     a = ap.parse_args()
 
-    hand = (ROOT / "sql" / "upgrades" / f"{a.old}--{a.new}.sql").read_text()
-    rust = [n for line in re.findall(r"^-- @rust (.*)$", hand, re.M) for n in line.split()]
-    before, after = functions(sql_files_at(a.base or release_commit(a.old))), functions(sql_files_at(None))
-    changed, dropped = [], []
-    for sig, (header, block) in after.items():
-        if sig not in before:
-            changed.append(re.sub(r"^create function ", "create or replace function ", block))
-        elif normalized(before[sig][1]) != normalized(block):
-            if before[sig][0].split(" language ")[0] != header.split(" language ")[0]:
-                dropped.append(f"drop function {sig}; -- its result changed")
-            changed.append(re.sub(r"^create function ", "create or replace function ", block))
-    removed = [f"drop function {sig};" for sig in before if sig not in after]
-
-    head, _, tail = hand.partition("-- @functions\n")
-    parts = [head.rstrip()]
-    if dropped:
-        parts.append("-- ===== functions whose result changed =====\n" + "\n".join(dropped))
-    if rust:
-        sharedir = subprocess.run(["pg_config", "--sharedir"], capture_output=True, text=True, check=True).stdout.strip()
-        generated = pathlib.Path(sharedir, "extension", f"pg_billing--{a.new}.sql").read_text()
-        parts.append(f"-- ===== Rust functions new or changed in {a.new} (as generated by pgrx) =====")
-        for name in rust:
-            m = re.search(r"/\* <begin connected objects> \*/\n-- [^\n]+\n-- [^\n]*::" + re.escape(name)
-                          + r"\n(.*?)/\* </end connected objects> \*/", generated, re.S)
-            if not m:
-                sys.exit(f"{name} not found in the generated install script")
-            parts.append(m.group(1).strip())
-    parts.append(f"-- ===== SQL functions new or changed in {a.new} ({len(changed)} of {len(after)}) =====")
-    parts.extend(changed)
-    if tail.strip():
-        parts.append(tail.strip())
-    parts.append("-- ===== sql/grants.sql: privileges and policies for every function =====\n"
-                 + (ROOT / "sql" / "grants.sql").read_text().strip())
-    if removed:
-        parts.append(f"-- ===== SQL functions {a.old} had and {a.new} does not =====\n" + "\n".join(removed))
-    out = ROOT / "sql" / f"pg_billing--{a.old}--{a.new}.sql"
-    text = "\n\n".join(parts) + "\n"
+    path = ROOT / "sql" / f"pg_billing--{a.old}--{a.new}.sql"
+    current = path.read_text() if path.exists() else (
+        f"-- pg_billing {a.old} -> {a.new}\n\n-- @generated functions\n-- @end\n\n-- @generated privileges\n-- @end\n")
+    rust = [n for line in re.findall(r"^-- @rust (.*)$", current, re.M) for n in line.split()]
+    regions = generated(a.old, a.new, a.base or release_commit(a.old), rust)
+    found = {m.group(1) for m in REGION.finditer(current)}
+    if found != set(regions):
+        sys.exit(f"{path.relative_to(ROOT)} needs the regions -- @generated functions / privileges ... -- @end")
+    text = REGION.sub(lambda m: f"-- @generated {m.group(1)}\n{regions[m.group(1)]}\n-- @end\n", current)
     if a.check:
-        if out.read_text() != text:
-            sys.exit(f"{out.relative_to(ROOT)} is out of date: run python3 scripts/gen-upgrade.py {a.old} {a.new}")
-        print(f"{out.relative_to(ROOT)} is up to date")
+        if text != current:
+            sys.exit(f"{path.relative_to(ROOT)} is out of date: run python3 scripts/gen-upgrade.py {a.old} {a.new}")
+        print(f"{path.relative_to(ROOT)} is up to date")
         return
-    out.write_text(text)
-    print(f"wrote {out.relative_to(ROOT)}: {len(changed)} functions created or replaced, "
-          f"{len(dropped) + len(removed)} dropped")
+    path.write_text(text)
+    print(f"wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

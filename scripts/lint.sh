@@ -38,8 +38,8 @@ echo "   $checked functions, no errors or warnings"
 
 echo "== the current upgrade script is what scripts/gen-upgrade.py writes"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-upgrade=$(ls sql/upgrades/*--"$version".sql)
-from=$(basename "$upgrade" .sql); from=${from%%--*}
+upgrade=$(ls sql/pg_billing--*--"$version".sql)
+from=$(basename "$upgrade" .sql); from=${from#pg_billing--}; from=${from%%--*}
 python3 scripts/gen-upgrade.py "$from" "$version" --check
 
 echo "== every file the docs name exists"

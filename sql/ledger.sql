@@ -403,8 +403,8 @@ end
 $$;
 
 -- PL/pgSQL, SECURITY INVOKER, no SET: PostgreSQL never inlines a scalar SQL function whose body
--- reads a table, and a non-inlined SQL function is planned again on every call (0.2.0 measured
--- 0.21x a primary-key lookup); PL/pgSQL keeps its plan for the session. Without a pinned
+-- reads a table, and a non-inlined SQL function is planned again on every call (docs/design.md,
+-- bench/results/latest.md); PL/pgSQL keeps its plan for the session. Without a pinned
 -- search_path every function, operator and type is qualified (tests/integration/test_linter.py
 -- checks it). It runs with the caller's rights: row-level security limits `authenticated` to its
 -- own row, and the explicit check adds the 42501 the contract promises.

@@ -1,6 +1,6 @@
 -- pg_billing: tables of the billing data model, in schema billing (pg_billing.control).
--- Row-level security is enabled on every table here; policies and grants are in policies.sql and
--- grants.sql. Nobody but the extension's own functions writes the ledger tables.
+-- Row-level security is enabled on every table here; policies and grants are in privileges.sql.
+-- Nobody but the extension's own functions writes the ledger tables.
 --
 -- Ledger invariants (checked by billing.verify_ledger()):
 --   per grant:  tokens = live remaining + frozen + expired + clawed_back + debt_repaid
@@ -117,8 +117,8 @@ create index user_subscriptions_plan_id on billing.user_subscriptions (plan_id);
 
 -- Token counters that must never go negative. A domain rather than table CHECK constraints: the
 -- executor re-reads a table's CHECK constraints from their stored text at the start of every
--- statement that writes the table (12% of server time in the consume benchmark), while a domain's
--- check is compiled once per backend (typcache). Every consume writes these columns.
+-- statement that writes the table (a large share of a consume's server time: docs/design.md),
+-- while a domain's check is compiled once per backend (typcache). Every consume writes these columns.
 create domain billing.token_count as bigint constraint token_count_nonnegative check (value >= 0);
 
 -- One row per user: the O(1) balance. Every writer of a user's grants, usage or reservations locks

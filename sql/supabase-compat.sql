@@ -3,8 +3,8 @@
 -- Idempotent, and a no-op where Supabase already provides an object: every object is created only
 -- when missing, and existing ones are never altered. Run it as a superuser BEFORE
 -- `CREATE EXTENSION pg_billing` (or run `select billing_internal.setup_roles();` afterwards).
--- Sources (see docs/supabase-compat.md): supabase/postgres init-scripts/00000000000000-initial-schema.sql
--- and migrations, supabase/auth migrations (auth.uid/role/email/jwt), supabase/vault 0.3.0.
+-- Sources: supabase/postgres migrations/db/init-scripts/00000000000000-initial-schema.sql and
+-- migrations/db/migrations, supabase/auth migrations (auth.uid/role/email/jwt), supabase/vault 0.3.0.
 
 -- Roles, with the attributes they end up with after Supabase's migrations:
 -- anon/authenticated/service_role NOLOGIN INHERIT, service_role BYPASSRLS,

@@ -39,8 +39,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/verify.sql", name = "verify", requires = ["stripe"]);
 extension_sql_file!("../sql/frontend.sql", name = "frontend", requires = ["verify"]);
-extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["frontend"]);
-extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 // In-database tests, in schema `tests` where cargo pgrx test calls them; only in `pg_test` builds.
 #[cfg(any(test, feature = "pg_test"))]

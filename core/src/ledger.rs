@@ -260,7 +260,7 @@ pub fn give_back(g: &Grant, back: i64, freeze_target: i64) -> Option<Adjusted> {
     }
 }
 
-/// The fuzz target's property check, shared with `cargo test` (tests/fuzz_corpus.rs replays the
+/// The fuzz target's property check, shared with `cargo test` (core/tests/fuzz_corpus.rs replays the
 /// corpus through it). Reads a scenario from raw bytes: grants, each bought by one payment, then a
 /// sequence of operations (consume, hold and release, refund up and down, disputes opened and
 /// closed, expiry), re-adjusting every grant to its targets after each. Panics when an invariant

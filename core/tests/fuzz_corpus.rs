@@ -1,22 +1,32 @@
-//! Replays the checked-in fuzz corpora (fuzz/corpus/*), seeds and any crash reproducers
-//! (fuzz/regressions/*) through the same checks as the fuzz targets, so `cargo test` keeps them
-//! passing without a fuzzer.
+//! Replays the checked-in fuzz corpora (fuzz/corpus/*), seeds (fuzz/seeds/*; the event decoder's
+//! are the Stripe fixtures in tests/fixtures/stripe) and any crash reproducers (fuzz/regressions/*)
+//! through the same checks as the fuzz targets, so `cargo test` keeps them passing without a fuzzer.
 
 use pg_billing_core::{event, signature};
 use std::path::Path;
 
-fn inputs(dir: &str) -> Vec<Vec<u8>> {
+fn files(dir: &Path) -> Vec<Vec<u8>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries.flatten().filter_map(|e| std::fs::read(e.path()).ok()).collect()
+}
+
+fn inputs(target: &str) -> Vec<Vec<u8>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut out = Vec::new();
-    for sub in ["corpus", "regressions", "seeds"] {
-        let Ok(entries) = std::fs::read_dir(root.join(sub).join(dir)) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if let Ok(bytes) = std::fs::read(e.path()) {
-                out.push(bytes);
-            }
-        }
+    ["corpus", "regressions", "seeds"]
+        .iter()
+        .flat_map(|sub| files(&root.join(sub).join(target)))
+        .collect()
+}
+
+/// The event decoder's seeds are the Stripe fixtures themselves (both API versions and the
+/// real-world samples), plus any corpus or crash reproducer a fuzzing run left.
+fn event_inputs() -> Vec<Vec<u8>> {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/stripe");
+    let mut out = inputs("event_decoding");
+    for dir in ["events/2025-10-29.clover", "events/2024-06-20", "samples"] {
+        out.extend(files(&fixtures.join(dir)));
     }
     out
 }
@@ -44,8 +54,8 @@ fn header_parsing_corpus_never_panics_and_accepts_only_strict_headers() {
 
 #[test]
 fn event_decoding_corpus_never_panics() {
-    let cases = inputs("event_decoding");
-    assert!(cases.len() >= 17, "corpus missing");
+    let cases = event_inputs();
+    assert!(cases.len() >= 90, "fixtures missing");
     let mut decoded = 0;
     for data in cases {
         if let Ok(v) = event::decode(&data) {
@@ -54,7 +64,7 @@ fn event_decoding_corpus_never_panics() {
             decoded += 1;
         }
     }
-    assert!(decoded >= 17);
+    assert!(decoded >= 90);
 }
 
 #[test]

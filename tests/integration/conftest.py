@@ -55,7 +55,7 @@ class Db:
 
     @contextmanager
     def as_role(self, role, sub=None, claims=None, read_only=False):
-        """A transaction exactly as PostgREST opens one for a request (supabase.md §2)."""
+        """A transaction exactly as PostgREST opens one for a request (PostgREST's Query.hs setPgLocals)."""
         claims = dict(claims or {})
         claims.setdefault("role", role)
         if sub is not None:

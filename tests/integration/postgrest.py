@@ -1,5 +1,6 @@
-"""PostgREST's per-request SQL for RPC calls, replayed exactly (supabase.md §2; PostgREST v12–v14
-Query.hs setPgLocals, QueryBuilder.callPlanToQuery, Error.hs pgErrorStatus).
+"""PostgREST's per-request SQL for RPC calls, replayed exactly (PostgREST v12.2, v13.0 and v14.5, which
+send the same SQL: src/PostgREST/Query.hs setPgLocals, QueryBuilder.callPlanToQuery, Error.hs
+pgErrorStatus).
 
 call() returns (http_status, json_body) as supabase-js would see them.
 """

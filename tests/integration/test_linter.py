@@ -126,7 +126,7 @@ def test_only_ledger_sql_writes_ledger_tables():
     write = re.compile(r"\b(?:update|insert\s+into|delete\s+from)\s+billing\.(token_grants|balances|token_usage|token_reservations)\b",
                        re.I)
     offenders = {}
-    for f in ["schema.sql", "stripe.sql", "verify.sql", "frontend.sql", "policies.sql", "grants.sql"]:
+    for f in ["schema.sql", "stripe.sql", "verify.sql", "frontend.sql", "privileges.sql"]:
         found = write.findall((root / f).read_text())
         if found:
             offenders[f] = found

@@ -6,7 +6,7 @@ import pathlib
 import re
 import subprocess
 
-from conftest import DBNAME, HOST, PORT
+from conftest import DBNAME, PORT
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "tools" / "typegen" / "node_modules" / "@supabase" / "postgres-meta" / "dist" / "server" / "server.js"
@@ -17,8 +17,7 @@ PUBLIC_FUNCTIONS = {"consume_tokens", "get_balance", "reserve_tokens", "commit_r
 
 
 def generated_types(db, schemas="billing"):
-    host = "127.0.0.1"  # the generator connects over TCP
-    env = dict(os.environ, PG_META_DB_URL=f"postgresql://postgres@{host}:{PORT}/{DBNAME}",
+    env = dict(os.environ, PG_META_DB_URL=f"postgresql://postgres@127.0.0.1:{PORT}/{DBNAME}",
                PG_META_GENERATE_TYPES="typescript", PG_META_GENERATE_TYPES_INCLUDED_SCHEMAS=schemas)
     out = subprocess.run(["node", str(GENERATOR)], env=env, capture_output=True, text=True, timeout=120, check=True)
     return out.stdout
@@ -38,3 +37,10 @@ def test_the_exposed_schema_shows_only_the_public_api(db):
     assert "billing_internal" not in types
     # arguments are typed by name, as supabase.rpc passes them
     assert re.search(r"consume_tokens: \{\s+Args: \{[^}]*p_amount: number[^}]*p_user_id: string", types)
+
+
+def test_committed_types_are_those_of_the_installed_extension(db):
+    """types/database.ts is what a supabase-js app compiles against: a change of the public API must
+    come with regenerated types (make types), never by accident."""
+    committed = (ROOT / "types" / "database.ts").read_text()
+    assert generated_types(db) == committed, "the public API changed: run make types and review the diff"

@@ -1,8 +1,9 @@
 """Upgrades keep data and end in the same schema as a fresh install.
 
-For every earlier release (each is the source of an upgrade script in sql/; only the oldest, 0.1.0,
-keeps an install script, and PostgreSQL installs the others from it through the chain): install it, fill it with
-data through its own functions, `ALTER EXTENSION pg_billing UPDATE`, and compare
+The supported upgrade is from the previous release: the source of the upgrade script in sql/. Its
+own scripts come from git history (scripts/old-release.py writes them into the extension directory
+for the duration of this module). Install it, fill it with data through its own functions,
+`ALTER EXTENSION pg_billing UPDATE`, and compare
 - the schema with a fresh install of the current version (a catalog fingerprint: pg_dump prints only
   `CREATE EXTENSION` for an extension's member objects, so it cannot show a difference), and
 - the data with what was there before the update.
@@ -14,14 +15,36 @@ import pathlib
 import time
 import uuid
 
+import importlib.util
+import subprocess
+
 import pytest
 
 from conftest import Db, create_database
 
-# Every earlier release is the source of an upgrade script; PostgreSQL installs a release without
-# an install script of its own from the oldest one plus the upgrade chain.
-RELEASES = sorted(p.name.split("--")[1]
-                  for p in (pathlib.Path(__file__).resolve().parents[2] / "sql").glob("pg_billing--*--*.sql"))
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Every supported release is the source of an upgrade script shipped in sql/.
+RELEASES = sorted(p.name.split("--")[1] for p in (ROOT / "sql").glob("pg_billing--*--*.sql"))
+EXTENSION_DIR = pathlib.Path(subprocess.run(["pg_config", "--sharedir"], capture_output=True, text=True,
+                                            check=True).stdout.strip()) / "extension"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def previous_releases():
+    """The install and upgrade scripts of every supported release, from git history, for this module."""
+    spec = importlib.util.spec_from_file_location("old_release", ROOT / "scripts" / "old-release.py")
+    old_release = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old_release)
+    written = []
+    for release in RELEASES:
+        for name, text in old_release.scripts(release).items():
+            target = EXTENSION_DIR / name
+            if not target.exists():
+                target.write_text(text)
+                written.append(target)
+    yield
+    for target in written:
+        target.unlink()
 
 FINGERPRINT = """
 select 'table ' || c.relname || ' kind=' || c.relkind::text || ' rls=' || c.relrowsecurity
@@ -121,8 +144,8 @@ def test_upgrade_from_each_release(release):
 
 
 def test_there_is_an_earlier_release_to_upgrade_from():
-    """Guards the test above from passing vacuously: since 0.1.0, at least one older release exists."""
-    assert "0.1.0" in RELEASES
+    """Guards the test above from passing vacuously: the previous release is supported."""
+    assert RELEASES == ["0.3.0"]
 
 
 def test_upgrade_from_0_3_0_keeps_stripe_history_and_applies_new_events_to_it():

@@ -1,0 +1,966 @@
+export type Json =
+  | string
+  | number
+  | boolean
+  | null
+  | { [key: string]: Json | undefined }
+  | Json[]
+
+export type Database = {
+  billing: {
+    Tables: {
+      balances: {
+        Row: {
+          debt: number
+          head_grant_id: number | null
+          head_remaining: number
+          held: number
+          next_event_at: string | null
+          spendable: number
+          updated_at: string
+          user_id: string
+        }
+        Insert: {
+          debt?: number
+          head_grant_id?: number | null
+          head_remaining?: number
+          held?: number
+          next_event_at?: string | null
+          spendable?: number
+          updated_at?: string
+          user_id: string
+        }
+        Update: {
+          debt?: number
+          head_grant_id?: number | null
+          head_remaining?: number
+          held?: number
+          next_event_at?: string | null
+          spendable?: number
+          updated_at?: string
+          user_id?: string
+        }
+        Relationships: []
+      }
+      grant_purchases: {
+        Row: {
+          allowance: number
+          amount: number
+          currency: string
+          grant_id: number
+          kind: string
+          period_end: string | null
+          plan_id: number | null
+          purchase_id: string
+          purchased_at: string
+          stripe_subscription_id: string | null
+        }
+        Insert: {
+          allowance: number
+          amount: number
+          currency: string
+          grant_id: number
+          kind: string
+          period_end?: string | null
+          plan_id?: number | null
+          purchase_id: string
+          purchased_at: string
+          stripe_subscription_id?: string | null
+        }
+        Update: {
+          allowance?: number
+          amount?: number
+          currency?: string
+          grant_id?: number
+          kind?: string
+          period_end?: string | null
+          plan_id?: number | null
+          purchase_id?: string
+          purchased_at?: string
+          stripe_subscription_id?: string | null
+        }
+        Relationships: [
+          {
+            foreignKeyName: "grant_purchases_grant_id_fkey"
+            columns: ["grant_id"]
+            referencedRelation: "token_grants"
+            referencedColumns: ["id"]
+          },
+          {
+            foreignKeyName: "grant_purchases_plan_id_fkey"
+            columns: ["plan_id"]
+            referencedRelation: "plans"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      payment_transactions: {
+        Row: {
+          api_version: string | null
+          attempts: number
+          error: Json | null
+          event_created: string
+          event_type: string
+          livemode: boolean | null
+          outcome: NonNullable<Json>
+          payload: NonNullable<Json>
+          processed_at: string
+          received_at: string
+          status: string
+          stripe_customer: string | null
+          stripe_event_id: string
+          user_id: string | null
+        }
+        Insert: {
+          api_version?: string | null
+          attempts?: number
+          error?: Json | null
+          event_created: string
+          event_type: string
+          livemode?: boolean | null
+          outcome?: NonNullable<Json>
+          payload: NonNullable<Json>
+          processed_at?: string
+          received_at?: string
+          status: string
+          stripe_customer?: string | null
+          stripe_event_id: string
+          user_id?: string | null
+        }
+        Update: {
+          api_version?: string | null
+          attempts?: number
+          error?: Json | null
+          event_created?: string
+          event_type?: string
+          livemode?: boolean | null
+          outcome?: NonNullable<Json>
+          payload?: NonNullable<Json>
+          processed_at?: string
+          received_at?: string
+          status?: string
+          stripe_customer?: string | null
+          stripe_event_id?: string
+          user_id?: string | null
+        }
+        Relationships: []
+      }
+      plans: {
+        Row: {
+          active: boolean
+          code: string
+          created_at: string
+          currency: string
+          grant_on_zero_amount: boolean
+          id: number
+          name: string
+          price_amount: number
+          rollover: boolean
+          stripe_price_id: string
+          tokens_per_period: number
+        }
+        Insert: {
+          active?: boolean
+          code: string
+          created_at?: string
+          currency?: string
+          grant_on_zero_amount?: boolean
+          id?: never
+          name?: string
+          price_amount?: number
+          rollover?: boolean
+          stripe_price_id: string
+          tokens_per_period: number
+        }
+        Update: {
+          active?: boolean
+          code?: string
+          created_at?: string
+          currency?: string
+          grant_on_zero_amount?: boolean
+          id?: never
+          name?: string
+          price_amount?: number
+          rollover?: boolean
+          stripe_price_id?: string
+          tokens_per_period?: number
+        }
+        Relationships: []
+      }
+      promo_codes: {
+        Row: {
+          active: boolean
+          code: string
+          created_at: string
+          max_redemptions: number | null
+          redeemed_count: number
+          token_lifetime: string | null
+          tokens: number
+          valid_until: string | null
+        }
+        Insert: {
+          active?: boolean
+          code: string
+          created_at?: string
+          max_redemptions?: number | null
+          redeemed_count?: number
+          token_lifetime?: string | null
+          tokens: number
+          valid_until?: string | null
+        }
+        Update: {
+          active?: boolean
+          code?: string
+          created_at?: string
+          max_redemptions?: number | null
+          redeemed_count?: number
+          token_lifetime?: string | null
+          tokens?: number
+          valid_until?: string | null
+        }
+        Relationships: []
+      }
+      promo_redemptions: {
+        Row: {
+          code: string
+          grant_id: number
+          redeemed_at: string
+          user_id: string
+        }
+        Insert: {
+          code: string
+          grant_id: number
+          redeemed_at?: string
+          user_id: string
+        }
+        Update: {
+          code?: string
+          grant_id?: number
+          redeemed_at?: string
+          user_id?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "promo_redemptions_code_fkey"
+            columns: ["code"]
+            referencedRelation: "promo_codes"
+            referencedColumns: ["code"]
+          },
+          {
+            foreignKeyName: "promo_redemptions_grant_id_fkey"
+            columns: ["grant_id"]
+            referencedRelation: "token_grants"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      purchase_payments: {
+        Row: {
+          amount: number
+          payment_key: string
+          purchase_id: string
+        }
+        Insert: {
+          amount: number
+          payment_key: string
+          purchase_id: string
+        }
+        Update: {
+          amount?: number
+          payment_key?: string
+          purchase_id?: string
+        }
+        Relationships: []
+      }
+      settings: {
+        Row: {
+          id: boolean
+          stripe_account: string | null
+          stripe_livemode: boolean
+          updated_at: string
+        }
+        Insert: {
+          id?: boolean
+          stripe_account?: string | null
+          stripe_livemode?: boolean
+          updated_at?: string
+        }
+        Update: {
+          id?: boolean
+          stripe_account?: string | null
+          stripe_livemode?: boolean
+          updated_at?: string
+        }
+        Relationships: []
+      }
+      stripe_customers: {
+        Row: {
+          created_at: string
+          stripe_customer_id: string
+          user_id: string
+        }
+        Insert: {
+          created_at?: string
+          stripe_customer_id: string
+          user_id: string
+        }
+        Update: {
+          created_at?: string
+          stripe_customer_id?: string
+          user_id?: string
+        }
+        Relationships: []
+      }
+      stripe_disputes: {
+        Row: {
+          amount: number
+          currency: string | null
+          dispute_id: string
+          last_event_created: string
+          last_event_id: string
+          payment_key: string
+          status: string
+        }
+        Insert: {
+          amount: number
+          currency?: string | null
+          dispute_id: string
+          last_event_created: string
+          last_event_id: string
+          payment_key: string
+          status: string
+        }
+        Update: {
+          amount?: number
+          currency?: string | null
+          dispute_id?: string
+          last_event_created?: string
+          last_event_id?: string
+          payment_key?: string
+          status?: string
+        }
+        Relationships: []
+      }
+      stripe_payments: {
+        Row: {
+          amount_captured: number | null
+          charge_id: string | null
+          currency: string | null
+          payment_key: string
+          refunded_reported: number
+          updated_at: string
+        }
+        Insert: {
+          amount_captured?: number | null
+          charge_id?: string | null
+          currency?: string | null
+          payment_key: string
+          refunded_reported?: number
+          updated_at?: string
+        }
+        Update: {
+          amount_captured?: number | null
+          charge_id?: string | null
+          currency?: string | null
+          payment_key?: string
+          refunded_reported?: number
+          updated_at?: string
+        }
+        Relationships: []
+      }
+      stripe_refunds: {
+        Row: {
+          amount: number
+          currency: string | null
+          last_event_created: string
+          last_event_id: string
+          payment_key: string
+          refund_id: string
+          status: string
+        }
+        Insert: {
+          amount: number
+          currency?: string | null
+          last_event_created: string
+          last_event_id: string
+          payment_key: string
+          refund_id: string
+          status: string
+        }
+        Update: {
+          amount?: number
+          currency?: string | null
+          last_event_created?: string
+          last_event_id?: string
+          payment_key?: string
+          refund_id?: string
+          status?: string
+        }
+        Relationships: []
+      }
+      token_grants: {
+        Row: {
+          amount_paid: number | null
+          clawed_back: number
+          created_at: string
+          currency: string | null
+          debt_incurred: number
+          debt_repaid: number
+          expired: number
+          expires_at: string | null
+          freeze_target: number
+          frozen: number
+          id: number
+          kind: string
+          metadata: NonNullable<Json>
+          reference: string
+          remaining: number
+          stripe_payment_intent: string | null
+          stripe_price_id: string | null
+          tokens: number
+          user_id: string
+        }
+        Insert: {
+          amount_paid?: number | null
+          clawed_back?: number
+          created_at?: string
+          currency?: string | null
+          debt_incurred?: number
+          debt_repaid?: number
+          expired?: number
+          expires_at?: string | null
+          freeze_target?: number
+          frozen?: number
+          id?: never
+          kind: string
+          metadata?: NonNullable<Json>
+          reference: string
+          remaining: number
+          stripe_payment_intent?: string | null
+          stripe_price_id?: string | null
+          tokens: number
+          user_id: string
+        }
+        Update: {
+          amount_paid?: number | null
+          clawed_back?: number
+          created_at?: string
+          currency?: string | null
+          debt_incurred?: number
+          debt_repaid?: number
+          expired?: number
+          expires_at?: string | null
+          freeze_target?: number
+          frozen?: number
+          id?: never
+          kind?: string
+          metadata?: NonNullable<Json>
+          reference?: string
+          remaining?: number
+          stripe_payment_intent?: string | null
+          stripe_price_id?: string | null
+          tokens?: number
+          user_id?: string
+        }
+        Relationships: []
+      }
+      token_packs: {
+        Row: {
+          active: boolean
+          created_at: string
+          currency: string
+          id: number
+          name: string
+          price_amount: number
+          stripe_price_id: string
+          tokens: number
+        }
+        Insert: {
+          active?: boolean
+          created_at?: string
+          currency?: string
+          id?: never
+          name?: string
+          price_amount?: number
+          stripe_price_id: string
+          tokens: number
+        }
+        Update: {
+          active?: boolean
+          created_at?: string
+          currency?: string
+          id?: never
+          name?: string
+          price_amount?: number
+          stripe_price_id?: string
+          tokens?: number
+        }
+        Relationships: []
+      }
+      token_reservations: {
+        Row: {
+          committed_tokens: number | null
+          created_at: string
+          drawn_from: number[]
+          expires_at: string
+          id: string
+          idempotency_key: string | null
+          metadata: NonNullable<Json>
+          settled_at: string | null
+          status: string
+          tokens: number
+          usage_id: number | null
+          user_id: string
+        }
+        Insert: {
+          committed_tokens?: number | null
+          created_at?: string
+          drawn_from: number[]
+          expires_at: string
+          id?: string
+          idempotency_key?: string | null
+          metadata?: NonNullable<Json>
+          settled_at?: string | null
+          status?: string
+          tokens: number
+          usage_id?: number | null
+          user_id: string
+        }
+        Update: {
+          committed_tokens?: number | null
+          created_at?: string
+          drawn_from?: number[]
+          expires_at?: string
+          id?: string
+          idempotency_key?: string | null
+          metadata?: NonNullable<Json>
+          settled_at?: string | null
+          status?: string
+          tokens?: number
+          usage_id?: number | null
+          user_id?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "token_reservations_usage_id_fkey"
+            columns: ["usage_id"]
+            referencedRelation: "token_usage"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      token_usage: {
+        Row: {
+          balance_after: number
+          created_at: string
+          drawn_from: number[]
+          id: number
+          idempotency_key: string | null
+          metadata: NonNullable<Json>
+          reservation_id: string | null
+          tokens: number
+          user_id: string
+        }
+        Insert: {
+          balance_after: number
+          created_at?: string
+          drawn_from: number[]
+          id?: never
+          idempotency_key?: string | null
+          metadata?: NonNullable<Json>
+          reservation_id?: string | null
+          tokens: number
+          user_id: string
+        }
+        Update: {
+          balance_after?: number
+          created_at?: string
+          drawn_from?: number[]
+          id?: never
+          idempotency_key?: string | null
+          metadata?: NonNullable<Json>
+          reservation_id?: string | null
+          tokens?: number
+          user_id?: string
+        }
+        Relationships: []
+      }
+      user_subscriptions: {
+        Row: {
+          cancel_at_period_end: boolean
+          canceled_at: string | null
+          created_at: string
+          current_period_end: string | null
+          current_period_start: string | null
+          last_event_created: string
+          last_event_id: string
+          plan_id: number | null
+          status: string
+          stripe_price_id: string | null
+          stripe_subscription_id: string
+          updated_at: string
+          user_id: string
+        }
+        Insert: {
+          cancel_at_period_end?: boolean
+          canceled_at?: string | null
+          created_at?: string
+          current_period_end?: string | null
+          current_period_start?: string | null
+          last_event_created: string
+          last_event_id: string
+          plan_id?: number | null
+          status: string
+          stripe_price_id?: string | null
+          stripe_subscription_id: string
+          updated_at?: string
+          user_id: string
+        }
+        Update: {
+          cancel_at_period_end?: boolean
+          canceled_at?: string | null
+          created_at?: string
+          current_period_end?: string | null
+          current_period_start?: string | null
+          last_event_created?: string
+          last_event_id?: string
+          plan_id?: number | null
+          status?: string
+          stripe_price_id?: string | null
+          stripe_subscription_id?: string
+          updated_at?: string
+          user_id?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "user_subscriptions_plan_id_fkey"
+            columns: ["plan_id"]
+            referencedRelation: "plans"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      webhook_secrets: {
+        Row: {
+          active: boolean
+          created_at: string
+          description: string
+          id: number
+          secret: string
+        }
+        Insert: {
+          active?: boolean
+          created_at?: string
+          description?: string
+          id?: never
+          secret: string
+        }
+        Update: {
+          active?: boolean
+          created_at?: string
+          description?: string
+          id?: never
+          secret?: string
+        }
+        Relationships: []
+      }
+    }
+    Views: {
+      [_ in never]: never
+    }
+    Functions: {
+      commit_reservation: {
+        Args: { p_actual_amount: number; p_reservation_id: string }
+        Returns: {
+          balance_after: number
+          replayed: boolean
+          tokens_charged: number
+          tokens_released: number
+          usage_id: number
+        }[]
+      }
+      consume_tokens: {
+        Args: {
+          p_amount: number
+          p_idempotency_key?: string
+          p_metadata?: Json
+          p_user_id: string
+        }
+        Returns: {
+          balance_after: number
+          replayed: boolean
+          tokens_charged: number
+          usage_id: number
+        }[]
+      }
+      get_balance: { Args: { p_user_id: string }; Returns: number }
+      get_billing_summary: { Args: Record<PropertyKey, never>; Returns: Json }
+      get_grant_history: {
+        Args: { p_limit?: number; p_offset?: number }
+        Returns: {
+          clawed_back: number
+          created_at: string
+          expired: number
+          expires_at: string
+          frozen: number
+          grant_id: number
+          kind: string
+          remaining: number
+          tokens: number
+        }[]
+      }
+      get_payment_history: {
+        Args: { p_limit?: number; p_offset?: number }
+        Returns: {
+          action: string
+          event_created: string
+          event_id: string
+          event_type: string
+          status: string
+          tokens: number
+        }[]
+      }
+      get_usage_history: {
+        Args: {
+          p_bucket?: string
+          p_from?: string
+          p_group_by?: string
+          p_to?: string
+        }
+        Returns: {
+          bucket: string
+          group_key: string
+          requests: number
+          tokens: number
+        }[]
+      }
+      grant_purchase: {
+        Args: {
+          p_expires_at?: string
+          p_kind?: string
+          p_metadata?: Json
+          p_reference: string
+          p_tokens: number
+          p_user_id: string
+        }
+        Returns: {
+          balance_after: number
+          grant_id: number
+          replayed: boolean
+          tokens: number
+        }[]
+      }
+      handle_stripe_webhook: {
+        Args: {
+          p_payload: string
+          p_secret?: string
+          p_signature_header: string
+        }
+        Returns: Json
+      }
+      redeem_promo_code: {
+        Args: { p_code: string }
+        Returns: {
+          balance_after: number
+          expires_at: string
+          grant_id: number
+          tokens: number
+        }[]
+      }
+      release_reservation: {
+        Args: { p_reservation_id: string }
+        Returns: {
+          balance_after: number
+          replayed: boolean
+          tokens_released: number
+        }[]
+      }
+      reprocess_failed_events: {
+        Args: Record<PropertyKey, never>
+        Returns: number
+      }
+      reserve_tokens: {
+        Args: {
+          p_amount: number
+          p_idempotency_key: string
+          p_ttl?: string
+          p_user_id: string
+        }
+        Returns: {
+          balance_after: number
+          expires_at: string
+          replayed: boolean
+          reservation_id: string
+          tokens_held: number
+        }[]
+      }
+      run_maintenance: { Args: { p_limit?: number }; Returns: number }
+      stripe_signature_rejection: {
+        Args: {
+          p_payload: string
+          p_secret: string
+          p_signature_header: string
+          p_tolerance_seconds?: number
+        }
+        Returns: string
+      }
+      verify_ledger: {
+        Args: Record<PropertyKey, never>
+        Returns: {
+          detail: string
+          invariant: string
+          user_id: string
+        }[]
+      }
+      verify_stripe_signature:
+        | {
+            Args: {
+              p_payload: string
+              p_secret: string
+              p_signature_header: string
+              p_tolerance_seconds?: number
+            }
+            Returns: boolean
+          }
+        | {
+            Args: {
+              p_payload: string
+              p_secret: string
+              p_signature_header: string
+              p_tolerance_seconds?: number
+            }
+            Returns: boolean
+          }
+    }
+    Enums: {
+      [_ in never]: never
+    }
+    CompositeTypes: {
+      [_ in never]: never
+    }
+  }
+}
+
+type DatabaseWithoutInternals = Omit<Database, "__InternalSupabase">
+
+type DefaultSchema = DatabaseWithoutInternals[Extract<keyof Database, "public">]
+
+export type Tables<
+  DefaultSchemaTableNameOrOptions extends
+    | keyof (DefaultSchema["Tables"] & DefaultSchema["Views"])
+    | { schema: keyof DatabaseWithoutInternals },
+  TableName extends (DefaultSchemaTableNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals
+  }
+    ? keyof (DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"] &
+        DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Views"])
+    : never) = never,
+> = DefaultSchemaTableNameOrOptions extends {
+  schema: keyof DatabaseWithoutInternals
+}
+  ? (DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"] &
+      DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Views"])[TableName] extends {
+      Row: infer R
+    }
+    ? R
+    : never
+  : DefaultSchemaTableNameOrOptions extends keyof (DefaultSchema["Tables"] &
+        DefaultSchema["Views"])
+    ? (DefaultSchema["Tables"] &
+        DefaultSchema["Views"])[DefaultSchemaTableNameOrOptions] extends {
+        Row: infer R
+      }
+      ? R
+      : never
+    : never
+
+export type TablesInsert<
+  DefaultSchemaTableNameOrOptions extends
+    | keyof DefaultSchema["Tables"]
+    | { schema: keyof DatabaseWithoutInternals },
+  TableName extends (DefaultSchemaTableNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals
+  }
+    ? keyof DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"]
+    : never) = never,
+> = DefaultSchemaTableNameOrOptions extends {
+  schema: keyof DatabaseWithoutInternals
+}
+  ? DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"][TableName] extends {
+      Insert: infer I
+    }
+    ? I
+    : never
+  : DefaultSchemaTableNameOrOptions extends keyof DefaultSchema["Tables"]
+    ? DefaultSchema["Tables"][DefaultSchemaTableNameOrOptions] extends {
+        Insert: infer I
+      }
+      ? I
+      : never
+    : never
+
+export type TablesUpdate<
+  DefaultSchemaTableNameOrOptions extends
+    | keyof DefaultSchema["Tables"]
+    | { schema: keyof DatabaseWithoutInternals },
+  TableName extends (DefaultSchemaTableNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals
+  }
+    ? keyof DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"]
+    : never) = never,
+> = DefaultSchemaTableNameOrOptions extends {
+  schema: keyof DatabaseWithoutInternals
+}
+  ? DatabaseWithoutInternals[DefaultSchemaTableNameOrOptions["schema"]]["Tables"][TableName] extends {
+      Update: infer U
+    }
+    ? U
+    : never
+  : DefaultSchemaTableNameOrOptions extends keyof DefaultSchema["Tables"]
+    ? DefaultSchema["Tables"][DefaultSchemaTableNameOrOptions] extends {
+        Update: infer U
+      }
+      ? U
+      : never
+    : never
+
+export type Enums<
+  DefaultSchemaEnumNameOrOptions extends
+    | keyof DefaultSchema["Enums"]
+    | { schema: keyof DatabaseWithoutInternals },
+  EnumName extends (DefaultSchemaEnumNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals
+  }
+    ? keyof DatabaseWithoutInternals[DefaultSchemaEnumNameOrOptions["schema"]]["Enums"]
+    : never) = never,
+> = DefaultSchemaEnumNameOrOptions extends {
+  schema: keyof DatabaseWithoutInternals
+}
+  ? DatabaseWithoutInternals[DefaultSchemaEnumNameOrOptions["schema"]]["Enums"][EnumName]
+  : DefaultSchemaEnumNameOrOptions extends keyof DefaultSchema["Enums"]
+    ? DefaultSchema["Enums"][DefaultSchemaEnumNameOrOptions]
+    : never
+
+export type CompositeTypes<
+  PublicCompositeTypeNameOrOptions extends
+    | keyof DefaultSchema["CompositeTypes"]
+    | { schema: keyof DatabaseWithoutInternals },
+  CompositeTypeName extends (PublicCompositeTypeNameOrOptions extends {
+    schema: keyof DatabaseWithoutInternals
+  }
+    ? keyof DatabaseWithoutInternals[PublicCompositeTypeNameOrOptions["schema"]]["CompositeTypes"]
+    : never) = never,
+> = PublicCompositeTypeNameOrOptions extends {
+  schema: keyof DatabaseWithoutInternals
+}
+  ? DatabaseWithoutInternals[PublicCompositeTypeNameOrOptions["schema"]]["CompositeTypes"][CompositeTypeName]
+  : PublicCompositeTypeNameOrOptions extends keyof DefaultSchema["CompositeTypes"]
+    ? DefaultSchema["CompositeTypes"][PublicCompositeTypeNameOrOptions]
+    : never
+
+export const Constants = {
+  billing: {
+    Enums: {},
+  },
+} as const
+
