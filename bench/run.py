@@ -133,6 +133,15 @@ def main():
                    ("(b) UPDATE+INSERT CTE", "hot_cte.sql"), ("(c) PL/pgSQL RPC", "hot_plpgsql.sql"),
                    ("(c) as a Supabase RPC: SECURITY DEFINER, search_path ''", "hot_plpgsql_definer.sql")])
     ratios.append(("hot user: consume vs (b)", m["pg_billing consume_tokens"] / m["(b) UPDATE+INSERT CTE"], 0.90))
+    # one team account, 8 members (one per client) with spend limits
+    m = b.compare("consume, one team account, 8 members with limits, sync commit",
+                  [("pg_billing consume_tokens(p_account_id)", "team_ours.sql"),
+                   ("hand-written team RPC (lock, member, limit, debit, log)", "team_plpgsql.sql"),
+                   ("pg_billing, one hot personal account", "hot_ours.sql")])
+    ratios += [("team consume vs hand-written team RPC",
+                m["pg_billing consume_tokens(p_account_id)"] / m["hand-written team RPC (lock, member, limit, debit, log)"], 0.90),
+               ("team consume vs one hot personal account",
+                m["pg_billing consume_tokens(p_account_id)"] / m["pg_billing, one hot personal account"], None)]
 
     # 5a. reads
     m = b.compare("reads", [("get_balance", "get_balance.sql"), ("primary-key lookup", "pk_lookup.sql")])
@@ -207,7 +216,7 @@ def main():
     with b.conn() as c:
         rows_before = c.execute("select count(*) from billing.token_usage").fetchone()[0]
         g = c.execute("select id from billing.token_grants where reference = 'bench-1'").fetchone()[0]
-        c.execute("""insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after, created_at)
+        c.execute("""insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after, created_at)
                      select case when n %% 100 = 0 then bench.uid(1) else bench.uid(2 + n %% 9999) end, 1,
                             '{"model":"m"}', array[[%s, 1]], 0, now() - (n || ' seconds')::interval
                        from generate_series(1, %s) n""", (g, a.growth_rows))

@@ -60,6 +60,40 @@ insert into bench.accounts select bench.uid(n), 1000000000000 from generate_seri
 select count(*) from (select billing.grant_purchase(bench.uid(n), 1000000000000, 'bench-' || n)
                         from generate_series(1, 10000) n) g;
 
+-- One team account (bench.team()) whose 8 members are users 20001..20008, each with a daily spend
+-- limit they never reach (so the limit is checked and counted on every consume); and the same in
+-- a hand-written RPC: lock the account, check the member and their limit, count, debit, log.
+create function bench.team() returns uuid language sql immutable as $$ select bench.uid(900001) $$;
+insert into billing.accounts (id, name) values (bench.team(), 'bench team');
+select count(*) from (select billing.add_account_member(bench.team(), bench.uid(n), case when n = 20001 then 'owner' else 'member' end,
+                                                        1000000000000, 'day')
+                        from generate_series(20001, 20008) n) m;
+select count(*) from billing.grant_purchase(null, 1000000000000, 'bench-team', p_account_id => bench.team());
+create table bench.members (account_id uuid, user_id uuid, spend_limit bigint, period_start timestamptz,
+                            period_spent bigint not null default 0, primary key (account_id, user_id));
+insert into bench.accounts values (bench.team(), 1000000000000);
+insert into bench.members select bench.team(), bench.uid(n), 1000000000000 from generate_series(20001, 20008) n;
+create function bench.consume_team_plpgsql(p_user uuid, p_account uuid, p_amount bigint)
+returns bigint language plpgsql as $$
+declare v bigint; m bench.members; p timestamptz := date_trunc('day', now());
+begin
+  select tokens into v from bench.accounts where user_id = p_account for update;
+  select * into m from bench.members where account_id = p_account and user_id = p_user;
+  if not found then
+    raise exception 'not a member' using errcode = '42501';
+  end if;
+  if m.spend_limit is not null and (case when m.period_start = p then m.period_spent else 0 end) + p_amount > m.spend_limit then
+    raise exception 'member spend limit reached' using errcode = 'P0001';
+  end if;
+  update bench.members set period_start = p, period_spent = case when period_start = p then period_spent else 0 end + p_amount
+   where account_id = p_account and user_id = p_user;
+  if v is null or v < p_amount then
+    raise exception 'insufficient tokens' using errcode = 'P0001';
+  end if;
+  update bench.accounts set tokens = tokens - p_amount where user_id = p_account;
+  insert into bench.usage (user_id, tokens) values (p_account, p_amount);
+  return v - p_amount;
+end $$;
 -- Signature baseline: Stripe's scheme in SQL on pgcrypto's hmac(), as people write it.
 create extension if not exists pgcrypto;
 create function bench.verify_stripe_signature_sql(p_payload text, p_header text, p_secret text, p_tolerance int default 300)

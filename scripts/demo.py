@@ -102,7 +102,7 @@ def main():
     step("The signed checkout.session.completed, delivered twice: granted once, the early refund applied at once")
     deliver("01_checkout_pack_paid.json", "")
     deliver("01_checkout_pack_paid.json", "->> 'outcome'")
-    show(conn, "select kind, tokens, remaining, clawed_back from billing.token_grants where user_id = %s order by id", (USER,))
+    show(conn, "select kind, tokens, remaining, clawed_back from billing.token_grants where account_id = %s order by id", (USER,))
 
     step("A tampered delivery is refused (PT400) and records nothing")
     payload = story_event("01_checkout_pack_paid.json")
@@ -120,6 +120,21 @@ def main():
         deliver(name, "-> 'effect' ->> 'action'")
     show(conn, "select reference, tokens, expires_at from billing.token_grants where kind = 'subscription'")
     show(conn, "select billing.get_balance(%s)", (USER,))
+
+    step("A team account: accounts pay, users spend. The owner buys; a member spends within a daily limit")
+    member = "5a1b2c3d-0000-4000-8000-00000000000b"
+    conn.execute("insert into auth.users (id, email) values (%s, 'member@example.com')", (member,))
+    team = conn.execute("select billing.create_team_account('Demo team', %s)", (USER,)).fetchone()[0]
+    show(conn, "select account_id, user_id, role, spend_limit, spend_limit_period"
+               " from billing.add_account_member(%s, %s, 'member', 200, 'day')", (team, member))
+    show(conn, "select * from billing.grant_purchase(null, 1000, 'team-demo-1', p_account_id => %s)", (team,))
+    show(conn, "select * from billing.consume_tokens(%s, 150, 'team-req-1', '{}', %s)", (member, team))
+    step("Over the member's limit: PT402 with the member's limit in DETAIL, the team's balance untouched")
+    show(conn, "select * from billing.consume_tokens(%s, 100, null, '{}', %s)", (member, team))
+    show(conn, "select billing.get_balance(%s, %s) as team_balance", (USER, team))
+    step("Removed, the member spends nothing more (42501)")
+    show(conn, "select billing.remove_account_member(%s, %s)", (team, member))
+    show(conn, "select * from billing.consume_tokens(%s, 1, null, '{}', %s)", (member, team))
 
     step("The ledger check: no rows means every invariant holds")
     show(conn, "select * from billing.verify_ledger()")

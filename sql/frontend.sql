@@ -1,5 +1,6 @@
 -- pg_billing: functions a signed-in user calls for themselves through Supabase RPC (PostgREST as
--- role `authenticated`). No user-id argument: the user is the JWT's `sub`.
+-- role `authenticated`). No user-id argument: the user is the JWT's `sub`. Those that take
+-- p_account_id read a team account the user is a member of (default: their personal account).
 --
 -- The read-only ones are STABLE and SECURITY INVOKER: row-level security does the protecting, and
 -- PostgREST runs them in a READ ONLY transaction (supabase.rpc(fn, args, { get: true }) works).
@@ -22,16 +23,22 @@ begin
 end
 $$;
 
-create function billing.get_billing_summary() returns jsonb
+create function billing.get_billing_summary(p_account_id uuid default null) returns jsonb
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
+  v_account uuid := coalesce(p_account_id, v_user);
+  v_member billing.account_members;
   v_bal billing.balances;
 begin
-  select b.* into v_bal from billing.balances b where b.user_id = v_user;
+  if v_account <> v_user then
+    v_member := billing_internal.require_member(v_account, v_user);
+  end if;
+  select b.* into v_bal from billing.balances b where b.account_id = v_account;
   return pg_catalog.jsonb_build_object(
+    'account_id', v_account,
     'user_id', v_user,
-    'balance', billing.get_balance(v_user),
+    'balance', billing.get_balance(v_user, v_account),
     'reserved', coalesce(v_bal.held, 0),
     'debt', coalesce(v_bal.debt, 0),
     'breakdown', (
@@ -42,7 +49,7 @@ begin
                      pg_catalog.sum(case when g.id = v_bal.head_grant_id then v_bal.head_remaining
                                          else g.remaining end)::bigint as tokens
                 from billing.token_grants g
-               where g.user_id = v_user and g.remaining > 0
+               where g.account_id = v_account and g.remaining > 0
                  and billing_internal.is_live(g.expires_at)
                group by g.kind, g.expires_at) x
        where x.tokens > 0),
@@ -54,23 +61,41 @@ begin
                                  then s.current_period_end end)
         from billing.user_subscriptions s
         left join billing.plans p on p.id = s.plan_id
-       where s.user_id = v_user
+       where s.account_id = v_account
        order by (s.status in ('active', 'trialing', 'past_due')) desc, s.current_period_end desc nulls last
-       limit 1));
+       limit 1),
+    'member', case when v_member.account_id is not null then billing_internal.member_limits(v_member) end);
 end
 $$;
-comment on function billing.get_billing_summary() is
-  'The signed-in user''s balance, its breakdown by grant kind and expiry, reserved tokens, debt and plan.';
+comment on function billing.get_billing_summary(uuid) is
+  'The account''s balance, its breakdown by grant kind and expiry, reserved tokens, debt and plan; for a team account also the signed-in member''s role and spend limit.';
+
+-- A member's role and spend limit with what is left of it this period (a period that ended counts 0).
+create function billing_internal.member_limits(p_member billing.account_members) returns jsonb
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select pg_catalog.jsonb_build_object(
+    'role', p_member.role, 'spend_limit', p_member.spend_limit, 'spend_limit_period', p_member.spend_limit_period,
+    'spent_this_period', x.spent,
+    'remaining_limit', case when p_member.spend_limit is not null then greatest(0, p_member.spend_limit - x.spent) end,
+    'period_resets_at', case when p_member.spend_limit_period is not null
+                             then x.start + ('1 ' || p_member.spend_limit_period)::interval end)
+    from (select billing_internal.limit_period_start(p_member.spend_limit_period) as start,
+                 case when p_member.period_start is not distinct from
+                           billing_internal.limit_period_start(p_member.spend_limit_period)
+                      then p_member.period_spent else 0 end as spent) x
+$$;
 
 create function billing.get_usage_history(
   p_from timestamptz default null,
   p_to timestamptz default null,
   p_bucket text default 'day',
-  p_group_by text default null
+  p_group_by text default null,
+  p_account_id uuid default null
 ) returns table (bucket timestamptz, group_key text, tokens bigint, requests bigint)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
+  v_account uuid := coalesce(p_account_id, v_user);
   v_to timestamptz := coalesce(p_to, pg_catalog.now());
   v_from timestamptz := coalesce(p_from, coalesce(p_to, pg_catalog.now()) - interval '30 days');
 begin
@@ -81,18 +106,23 @@ begin
   elsif p_group_by is not null and (pg_catalog.length(p_group_by) < 1 or pg_catalog.length(p_group_by) > 64) then
     raise exception using errcode = '22023', message = 'p_group_by must be a metadata key of 1 to 64 characters';
   end if;
+  if v_account <> v_user then
+    perform billing_internal.require_member(v_account, v_user);
+  end if;
+  -- Row-level security decides whose rows these are: a member's own, every member's for owners
+  -- and admins.
   return query
     select pg_catalog.date_trunc(p_bucket, u.created_at),
            case when p_group_by is null then null else u.metadata operator(pg_catalog.->>) p_group_by end,
            pg_catalog.sum(u.tokens)::bigint, pg_catalog.count(*)
       from billing.token_usage u
-     where u.user_id = v_user and u.created_at >= v_from and u.created_at < v_to
+     where u.account_id = v_account and u.created_at >= v_from and u.created_at < v_to
      group by 1, 2
      order by 1, 2;
 end
 $$;
-comment on function billing.get_usage_history(timestamptz, timestamptz, text, text) is
-  'Tokens used per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key.';
+comment on function billing.get_usage_history(timestamptz, timestamptz, text, text, uuid) is
+  'Tokens used per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key; for a team account the member''s own usage, every member''s for owners and admins.';
 
 -- Paging arguments of the history functions: 22023 unless 1 <= p_limit <= 500 and p_offset >= 0.
 create function billing_internal.check_page(p_limit integer, p_offset integer) returns void
@@ -104,46 +134,57 @@ begin
 end
 $$;
 
-create function billing.get_grant_history(p_limit integer default 50, p_offset integer default 0)
+create function billing.get_grant_history(p_limit integer default 50, p_offset integer default 0,
+                                          p_account_id uuid default null)
 returns table (grant_id bigint, kind text, tokens bigint, remaining bigint, frozen bigint, expired bigint,
                clawed_back bigint, expires_at timestamptz, created_at timestamptz)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
+  v_account uuid := coalesce(p_account_id, v_user);
 begin
   perform billing_internal.check_page(p_limit, p_offset);
+  if v_account <> v_user then
+    perform billing_internal.require_member(v_account, v_user);
+  end if;
   return query
     select g.id, g.kind, g.tokens,
            case when g.id = b.head_grant_id then b.head_remaining else g.remaining end,
            g.frozen, g.expired, g.clawed_back, g.expires_at, g.created_at
       from billing.token_grants g
-      left join billing.balances b on b.user_id = g.user_id
-     where g.user_id = v_user
+      left join billing.balances b on b.account_id = g.account_id
+     where g.account_id = v_account
      order by g.id desc
      limit p_limit offset p_offset;
 end
 $$;
-comment on function billing.get_grant_history(integer, integer) is 'The signed-in user''s credits, newest first.';
+comment on function billing.get_grant_history(integer, integer, uuid) is
+  'The account''s credits (default: the signed-in user''s personal account), newest first.';
 
-create function billing.get_payment_history(p_limit integer default 50, p_offset integer default 0)
+create function billing.get_payment_history(p_limit integer default 50, p_offset integer default 0,
+                                            p_account_id uuid default null)
 returns table (event_id text, event_type text, event_created timestamptz, status text, action text, tokens bigint)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
+  v_account uuid := coalesce(p_account_id, v_user);
 begin
   perform billing_internal.check_page(p_limit, p_offset);
+  if v_account <> v_user and (billing_internal.require_member(v_account, v_user)).role not in ('owner', 'admin') then
+    raise exception using errcode = '42501', message = 'only owners and admins read a team account''s payments';
+  end if;
   return query
     select t.stripe_event_id, t.event_type, t.event_created, t.status,
            t.outcome operator(pg_catalog.->>) 'action',
            (t.outcome operator(pg_catalog.->>) 'tokens')::bigint
       from billing.payment_transactions t
-     where t.user_id = v_user
+     where t.account_id = v_account
      order by t.event_created desc, t.stripe_event_id
      limit p_limit offset p_offset;
 end
 $$;
-comment on function billing.get_payment_history(integer, integer) is
-  'The signed-in user''s Stripe events and what they did, newest first.';
+comment on function billing.get_payment_history(integer, integer, uuid) is
+  'The account''s Stripe events and what they did (team accounts: owners and admins), newest first.';
 
 create function billing.redeem_promo_code(p_code text)
 returns table (grant_id bigint, tokens bigint, expires_at timestamptz, balance_after bigint)
@@ -168,7 +209,7 @@ begin
     raise exception using errcode = 'PT410', message = 'promo code expired';
   elsif v_promo.max_redemptions is not null and v_promo.redeemed_count >= v_promo.max_redemptions then
     raise exception using errcode = 'PT410', message = 'promo code fully redeemed';
-  elsif exists (select 1 from billing.promo_redemptions r where r.code = v_code and r.user_id = v_user) then
+  elsif exists (select 1 from billing.promo_redemptions r where r.account_id = v_user and r.code = v_code) then
     raise exception using errcode = 'PT409', message = 'promo code already redeemed';
   end if;
   update billing.promo_codes c set redeemed_count = c.redeemed_count + 1 where c.code = v_code;
@@ -176,10 +217,38 @@ begin
   perform billing_internal.lock_and_settle(v_user, true);
   select * into v_ins from billing_internal.insert_grant(v_user, v_promo.tokens, v_code || ':' || v_user::text, 'promo',
     v_expires, pg_catalog.jsonb_build_object('promo_code', v_code), null, null, null, null);
-  insert into billing.promo_redemptions (code, user_id, grant_id) values (v_code, v_user, v_ins.grant_id);
+  insert into billing.promo_redemptions (code, account_id, grant_id) values (v_code, v_user, v_ins.grant_id);
   v_row := billing_internal.recompute_balance(v_user);
   return query select v_ins.grant_id, v_promo.tokens, v_expires, v_row.spendable::bigint;
 end
 $$;
 comment on function billing.redeem_promo_code(text) is
   'Redeems a promo code for the signed-in user: once per user, within the code''s global limit and validity.';
+
+-- The signed-in user's accounts: their personal account first, then every team account they are a
+-- member of, with their role, the account's spendable balance, and their spend limit and what is
+-- left of it this period.
+create function billing.get_accounts()
+returns table (account_id uuid, kind text, name text, role text, balance bigint, spend_limit bigint,
+               spend_limit_period text, spent_this_period bigint, remaining_limit bigint)
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_user uuid := billing_internal.current_user_id();
+begin
+  return query
+    select v_user, 'personal'::text, null::text, 'owner'::text, billing.get_balance(v_user), null::bigint,
+           null::text, null::bigint, null::bigint
+    union all
+    select * from (
+      select a.id, 'team'::text, a.name, m.role, billing.get_balance(v_user, a.id), m.spend_limit, m.spend_limit_period,
+             (l.limits operator(pg_catalog.->>) 'spent_this_period')::bigint,
+             (l.limits operator(pg_catalog.->>) 'remaining_limit')::bigint
+        from billing.account_members m
+        join billing.accounts a on a.id = m.account_id
+        cross join lateral (select billing_internal.member_limits(m) as limits) l
+       where m.user_id = v_user
+       order by a.name, a.id) teams;
+end
+$$;
+comment on function billing.get_accounts() is
+  'The signed-in user''s personal account and team accounts, with role, balance and what is left of their spend limit.';

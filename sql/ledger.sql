@@ -1,7 +1,7 @@
 -- pg_billing ledger: grants, consumption, reservations, expiry, debt and the ledger check.
 --
--- One rule keeps concurrent writers correct: every function that changes a user's grants, usage or
--- reservations first locks that user's billing.balances row (UPDATE or SELECT ... FOR UPDATE), and
+-- One rule keeps concurrent writers correct: every function that changes an account's grants, usage
+-- or reservations first locks that account's billing.balances row (UPDATE or SELECT ... FOR UPDATE), and
 -- reads the grants only afterwards (READ COMMITTED takes a fresh snapshot per statement).
 -- Balances are then recomputed from the grants (billing_internal.recompute_balance), except on the
 -- consume_tokens fast path: while the head of the burn order (balances.head_grant_id) covers the
@@ -80,11 +80,11 @@ begin
 end
 $$;
 
--- Takes p_amount tokens from the user's grants, soonest expiry first (never-expiring last), and
+-- Takes p_amount tokens from the account's grants, soonest expiry first (never-expiring last), and
 -- returns {{grant_id, tokens}, ...}. The caller holds the balance lock and has checked that enough
 -- is spendable. p_repays_debt marks the tokens as used to cover debt. How much each grant gives is
 -- billing_internal.burn_allocation (pg_billing_core::ledger, fuzzed).
-create function billing_internal.burn(p_user_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
+create function billing_internal.burn(p_account_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_ids bigint[];
@@ -96,12 +96,12 @@ begin
          pg_catalog.array_agg(g.remaining order by g.expires_at, g.id)
     into v_ids, v_remaining
     from billing.token_grants g
-   where g.user_id = p_user_id and g.remaining > 0
+   where g.account_id = p_account_id and g.remaining > 0
      and billing_internal.is_live(g.expires_at);
   v_take := billing_internal.burn_allocation(v_remaining, p_amount);
   if v_take is null then
     raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
-      detail = pg_catalog.format('needed %s tokens for user %s, grants held %s', p_amount, p_user_id,
+      detail = pg_catalog.format('needed %s tokens for account %s, grants held %s', p_amount, p_account_id,
                                  coalesce((select pg_catalog.sum(r) from pg_catalog.unnest(v_remaining) r), 0));
   end if;
   with take as (
@@ -111,7 +111,7 @@ begin
     update billing.token_grants g
        set remaining = g.remaining - take.tokens,
            debt_repaid = g.debt_repaid + case when p_repays_debt then take.tokens else 0 end
-      from take where g.id = take.id
+      from take where g.account_id = p_account_id and g.id = take.id
     returning g.id
   )
   select pg_catalog.array_agg(array[take.id, take.tokens] order by take.ord) into v_drawn
@@ -123,8 +123,9 @@ $$;
 -- New counters for a grant, computed by pg_billing_core::ledger (fuzzed): {remaining, frozen,
 -- expired, clawed_back, debt_incurred, debt_forgiven}. Writes the first five; raises XX000 on NULL
 -- (counters no consistent ledger holds). Returns debt_forgiven: debt this change cancelled, which
--- billing_internal.recompute_balance settles against debt the user already repaid.
-create function billing_internal.set_grant_counters(p_grant_id bigint, p_counters bigint[], p_what text) returns bigint
+-- billing_internal.recompute_balance settles against debt the account already repaid.
+create function billing_internal.set_grant_counters(p_account_id uuid, p_grant_id bigint, p_counters bigint[], p_what text)
+returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   if p_counters is null then
@@ -134,7 +135,7 @@ begin
   update billing.token_grants g
      set remaining = p_counters[1], frozen = p_counters[2], expired = p_counters[3],
          clawed_back = p_counters[4], debt_incurred = p_counters[5]
-   where g.id = p_grant_id;
+   where g.account_id = p_account_id and g.id = p_grant_id;
   return p_counters[6];
 end
 $$;
@@ -143,7 +144,7 @@ $$;
 -- expired or partly committed hold. Per grant (billing_internal.given_back_grant): debt a claw-back recorded
 -- for them while held is settled first; the rest is frozen up to the grant's freeze_target, else
 -- spendable, or expired if the grant expired meanwhile. Returns how many became spendable again.
-create function billing_internal.return_to_grants(p_drawn bigint[]) returns bigint
+create function billing_internal.return_to_grants(p_account_id uuid, p_drawn bigint[]) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_part record;
@@ -153,15 +154,16 @@ begin
     select g.*, parts.t
       from (select p_drawn[i][1] as grant_id, pg_catalog.sum(p_drawn[i][2])::bigint as t
               from pg_catalog.generate_subscripts(p_drawn, 1) as i group by 1) parts
-      join billing.token_grants g on g.id = parts.grant_id
+      join billing.token_grants g on g.account_id = p_account_id and g.id = parts.grant_id
      order by g.id
   loop
-    perform billing_internal.set_grant_counters(v_part.id,
+    perform billing_internal.set_grant_counters(p_account_id, v_part.id,
       billing_internal.given_back_grant(v_part.tokens, v_part.remaining, v_part.frozen, v_part.expired, v_part.clawed_back,
-                                v_part.debt_incurred, v_part.debt_repaid, billing_internal.is_live(v_part.expires_at),
-                                v_part.t, v_part.freeze_target),
+                                        v_part.debt_incurred, v_part.debt_repaid, billing_internal.is_live(v_part.expires_at),
+                                        v_part.t, v_part.freeze_target),
       pg_catalog.format('giving back %s tokens', v_part.t));
-    v_spendable := v_spendable + (select g.remaining from billing.token_grants g where g.id = v_part.id) - v_part.remaining;
+    v_spendable := v_spendable + (select g.remaining from billing.token_grants g
+                                   where g.account_id = p_account_id and g.id = v_part.id) - v_part.remaining;
   end loop;
   return v_spendable;
 end
@@ -170,14 +172,16 @@ $$;
 -- Brings a grant to p_tokens in total (never fewer) and, while it lives, to the expiry
 -- p_expires_at: a subscription period whose plan was upgraded. New tokens are spendable, or
 -- expired if the grant has expired. Returns the tokens added. The caller holds the balance lock.
-create function billing_internal.extend_grant(p_grant_id bigint, p_tokens bigint, p_expires_at timestamptz) returns bigint
+create function billing_internal.extend_grant(p_account_id uuid, p_grant_id bigint, p_tokens bigint, p_expires_at timestamptz)
+returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_before bigint;
 begin
   update billing.token_grants g set expires_at = p_expires_at
-   where g.id = p_grant_id and billing_internal.is_live(g.expires_at) and g.expires_at is distinct from p_expires_at;
-  select g.tokens into v_before from billing.token_grants g where g.id = p_grant_id;
+   where g.account_id = p_account_id and g.id = p_grant_id and billing_internal.is_live(g.expires_at)
+     and g.expires_at is distinct from p_expires_at;
+  select g.tokens into v_before from billing.token_grants g where g.account_id = p_account_id and g.id = p_grant_id;
   if v_before >= p_tokens then
     return 0;
   end if;
@@ -185,7 +189,7 @@ begin
      set remaining = g.remaining + case when billing_internal.is_live(g.expires_at) then p_tokens - g.tokens else 0 end,
          expired = g.expired + case when billing_internal.is_live(g.expires_at) then 0 else p_tokens - g.tokens end,
          tokens = p_tokens
-   where g.id = p_grant_id;
+   where g.account_id = p_account_id and g.id = p_grant_id;
   return p_tokens - v_before;
 end
 $$;
@@ -193,18 +197,20 @@ $$;
 -- Moves a grant to its Stripe adjustment targets (billing_internal.adjusted_grant: claw back to
 -- p_claw_target, keep p_freeze_target frozen, or give back when a target fell). The caller holds
 -- the balance lock and recomputes the balance afterwards. Returns what changed.
-create function billing_internal.adjust_grant(p_grant_id bigint, p_claw_target bigint, p_freeze_target bigint) returns jsonb
+create function billing_internal.adjust_grant(p_account_id uuid, p_grant_id bigint, p_claw_target bigint, p_freeze_target bigint)
+returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   g billing.token_grants;
   v_after billing.token_grants;
 begin
-  select * into g from billing.token_grants where id = p_grant_id;
-  perform billing_internal.set_grant_counters(p_grant_id,
+  select * into g from billing.token_grants t where t.account_id = p_account_id and t.id = p_grant_id;
+  perform billing_internal.set_grant_counters(p_account_id, p_grant_id,
     billing_internal.adjusted_grant(g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_incurred, g.debt_repaid,
-                            billing_internal.is_live(g.expires_at), p_claw_target, p_freeze_target),
+                                    billing_internal.is_live(g.expires_at), p_claw_target, p_freeze_target),
     pg_catalog.format('adjusting to claw back %s and freeze %s', p_claw_target, p_freeze_target));
-  update billing.token_grants set freeze_target = p_freeze_target where id = p_grant_id
+  update billing.token_grants t set freeze_target = p_freeze_target
+   where t.account_id = p_account_id and t.id = p_grant_id
   returning * into v_after;
   return pg_catalog.jsonb_build_object('grant_id', p_grant_id,
     'clawed_back', v_after.clawed_back - g.clawed_back, 'debt', v_after.debt_incurred - g.debt_incurred,
@@ -213,10 +219,10 @@ end
 $$;
 
 -- Debt that was forgiven after other tokens had already repaid it (a refund that failed, a dispute
--- won after a loss was recorded) leaves the user owed: Σ(debt_incurred - debt_repaid) < 0. Gives the
+-- won after a loss was recorded) leaves the account owed: Σ(debt_incurred - debt_repaid) < 0. Gives the
 -- repaid tokens back, to live grants latest-expiring first. Repeats while giving back settles debt
 -- of the receiving grant itself. The caller holds the balance lock.
-create function billing_internal.return_repaid_debt(p_user_id uuid) returns void
+create function billing_internal.return_repaid_debt(p_account_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_owed bigint;
@@ -228,31 +234,32 @@ declare
 begin
   loop
     select -(coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0)) into v_owed
-      from billing.token_grants g where g.user_id = p_user_id;
+      from billing.token_grants g where g.account_id = p_account_id;
     exit when v_owed <= 0;
     v_round := v_round + 1;
     if v_round > 100 then
       raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
-        detail = pg_catalog.format('user %s: repaid debt does not settle', p_user_id);
+        detail = pg_catalog.format('account %s: repaid debt does not settle', p_account_id);
     end if;
     select pg_catalog.array_agg(g.id order by billing_internal.is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc),
            pg_catalog.array_agg(g.debt_repaid order by billing_internal.is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc)
       into v_ids, v_repaid
-      from billing.token_grants g where g.user_id = p_user_id and g.debt_repaid > 0;
+      from billing.token_grants g where g.account_id = p_account_id and g.debt_repaid > 0;
     v_take := billing_internal.burn_allocation(v_repaid, v_owed);
     if v_take is null then
       raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
-        detail = pg_catalog.format('user %s is owed %s tokens of repaid debt, grants hold %s', p_user_id, v_owed,
+        detail = pg_catalog.format('account %s is owed %s tokens of repaid debt, grants hold %s', p_account_id, v_owed,
                                    coalesce((select pg_catalog.sum(r) from pg_catalog.unnest(v_repaid) r), 0));
     end if;
     for v_grant in
       select g.*, t.tokens as back
         from rows from (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_take)) as t(id, tokens)
-        join billing.token_grants g on g.id = t.id
+        join billing.token_grants g on g.account_id = p_account_id and g.id = t.id
        where t.tokens > 0
     loop
-      update billing.token_grants g set debt_repaid = g.debt_repaid - v_grant.back where g.id = v_grant.id;
-      perform billing_internal.set_grant_counters(v_grant.id,
+      update billing.token_grants g set debt_repaid = g.debt_repaid - v_grant.back
+       where g.account_id = p_account_id and g.id = v_grant.id;
+      perform billing_internal.set_grant_counters(p_account_id, v_grant.id,
         billing_internal.given_back_grant(v_grant.tokens, v_grant.remaining, v_grant.frozen, v_grant.expired,
                                   v_grant.clawed_back, v_grant.debt_incurred, v_grant.debt_repaid - v_grant.back,
                                   billing_internal.is_live(v_grant.expires_at), v_grant.back, v_grant.freeze_target),
@@ -264,21 +271,22 @@ $$;
 
 -- Writes the head grant's authoritative remaining back into token_grants and clears the head, so
 -- the grant rows are exact. The caller holds the balance lock and recomputes the balance afterwards.
-create function billing_internal.flush_head(p_user_id uuid) returns void
+create function billing_internal.flush_head(p_account_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   update billing.token_grants g set remaining = b.head_remaining
     from billing.balances b
-   where b.user_id = p_user_id and b.head_grant_id is not null and g.id = b.head_grant_id;
+   where b.account_id = p_account_id and b.head_grant_id is not null
+     and g.account_id = b.account_id and g.id = b.head_grant_id;
   update billing.balances b set head_grant_id = null, head_remaining = 0
-   where b.user_id = p_user_id and b.head_grant_id is not null;
+   where b.account_id = p_account_id and b.head_grant_id is not null;
 end
 $$;
 
--- Recomputes the user's balance row from the ledger, after covering debt with spendable tokens (or
+-- Recomputes the account's balance row from the ledger, after covering debt with spendable tokens (or
 -- giving back tokens that repaid debt since forgiven), and picks the new head of the burn order.
 -- The caller holds the balance lock and has settled expired grants and holds.
-create function billing_internal.recompute_balance(p_user_id uuid) returns billing.balances
+create function billing_internal.recompute_balance(p_account_id uuid) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_debt bigint;
@@ -286,104 +294,107 @@ declare
   v_head billing.token_grants;
   v_row billing.balances;
 begin
-  perform billing_internal.flush_head(p_user_id);
+  perform billing_internal.flush_head(p_account_id);
   select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
     into v_debt, v_spendable
-    from billing.token_grants g where g.user_id = p_user_id;
+    from billing.token_grants g where g.account_id = p_account_id;
   if v_debt < 0 then  -- forgiven debt that others had repaid: give those tokens back
-    perform billing_internal.return_repaid_debt(p_user_id);
-    select coalesce(pg_catalog.sum(g.remaining), 0) into v_spendable from billing.token_grants g where g.user_id = p_user_id;
+    perform billing_internal.return_repaid_debt(p_account_id);
+    select coalesce(pg_catalog.sum(g.remaining), 0) into v_spendable from billing.token_grants g where g.account_id = p_account_id;
     v_debt := 0;
   end if;
   if v_debt > 0 and v_spendable > 0 then
-    perform billing_internal.burn(p_user_id, least(v_debt, v_spendable), true);
+    perform billing_internal.burn(p_account_id, least(v_debt, v_spendable), true);
   end if;
   select g.* into v_head from billing.token_grants g
-   where g.user_id = p_user_id and g.remaining > 0 and billing_internal.is_live(g.expires_at)
+   where g.account_id = p_account_id and g.remaining > 0 and billing_internal.is_live(g.expires_at)
    order by g.expires_at, g.id
    limit 1;
   update billing.balances b
      set spendable = (select coalesce(pg_catalog.sum(g.remaining), 0) from billing.token_grants g
-                       where g.user_id = p_user_id),
+                       where g.account_id = p_account_id),
          held = (select coalesce(pg_catalog.sum(r.tokens), 0) from billing.token_reservations r
-                  where r.user_id = p_user_id and r.status = 'held'),
+                  where r.account_id = p_account_id and r.status = 'held'),
          debt = (select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0) from billing.token_grants g
-                  where g.user_id = p_user_id),
+                  where g.account_id = p_account_id),
          next_event_at = least(
            (select pg_catalog.min(g.expires_at) from billing.token_grants g
-             where g.user_id = p_user_id and g.remaining > 0),
+             where g.account_id = p_account_id and g.remaining > 0),
            (select pg_catalog.min(r.expires_at) from billing.token_reservations r
-             where r.user_id = p_user_id and r.status = 'held')),
+             where r.account_id = p_account_id and r.status = 'held')),
          head_grant_id = v_head.id,
          head_remaining = coalesce(v_head.remaining, 0),
          updated_at = pg_catalog.now()
-   where b.user_id = p_user_id
+   where b.account_id = p_account_id
   returning b.* into v_row;
   return v_row;
 end
 $$;
 
--- Locks the user's balance row (creating it when p_create), flushes the head grant, and settles
--- what is due: holds past their TTL go back to their grants, grants past expiry expire, debt is
--- covered, the row is recomputed. Returns the row, or NULL when the user has none and p_create is
--- false. The head stays flushed: while a head is set only the fast path may write grant rows, so
+-- Locks the account's balance row (creating it when p_create), flushes the head grant, and settles
+-- what is due: holds past their TTL go back to their grants (and to their member's spend limit),
+-- grants past expiry expire, debt is covered, the row is recomputed. Returns the row, or NULL when
+-- the account has none and p_create is false. The head stays flushed: while a head is set only the fast path may write grant rows, so
 -- every caller recomputes the balance (which sets the head again) as its last write.
-create function billing_internal.lock_and_settle(p_user_id uuid, p_create boolean) returns billing.balances
+create function billing_internal.lock_and_settle(p_account_id uuid, p_create boolean) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_row billing.balances;
   v_hold record;
 begin
-  select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
+  select b.* into v_row from billing.balances b where b.account_id = p_account_id for update;
   if not found then
     if not p_create then
       return null;
     end if;
-    insert into billing.balances (user_id) values (p_user_id) on conflict (user_id) do nothing;
-    select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
+    insert into billing.balances (account_id) values (p_account_id) on conflict (account_id) do nothing;
+    select b.* into v_row from billing.balances b where b.account_id = p_account_id for update;
   end if;
-  perform billing_internal.flush_head(p_user_id);
+  perform billing_internal.flush_head(p_account_id);
   if v_row.next_event_at is null or v_row.next_event_at > pg_catalog.now() then
     return v_row; -- spendable, held and debt are exact; the caller recomputes the head when done
   end if;
   for v_hold in
-    select r.id, r.drawn_from from billing.token_reservations r
-     where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
+    select r.id, r.drawn_from, r.user_id, r.tokens, r.limit_period_start from billing.token_reservations r
+     where r.account_id = p_account_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
   loop
-    perform billing_internal.return_to_grants(v_hold.drawn_from);
-    update billing.token_reservations set status = 'expired', settled_at = pg_catalog.now() where id = v_hold.id;
+    perform billing_internal.return_to_grants(p_account_id, v_hold.drawn_from);
+    perform billing_internal.refund_member(p_account_id, v_hold.user_id, v_hold.tokens, v_hold.limit_period_start);
+    update billing.token_reservations r set status = 'expired', settled_at = pg_catalog.now()
+     where r.account_id = p_account_id and r.id = v_hold.id;
   end loop;
   update billing.token_grants g set expired = g.expired + g.remaining, remaining = 0
-   where g.user_id = p_user_id and g.remaining > 0 and not billing_internal.is_live(g.expires_at);
-  v_row := billing_internal.recompute_balance(p_user_id);
+   where g.account_id = p_account_id and g.remaining > 0 and not billing_internal.is_live(g.expires_at);
+  v_row := billing_internal.recompute_balance(p_account_id);
   -- The caller writes grants next: leave no head, so its final recompute cannot overwrite them.
-  perform billing_internal.flush_head(p_user_id);
+  perform billing_internal.flush_head(p_account_id);
   return v_row;
 end
 $$;
 
 -- Spendable tokens now, without writing: the cached balance unless something expired since the
--- last settle, in which case the grants and holds are read directly.
-create function billing_internal.spendable_now(p_user_id uuid) returns bigint
+-- last settle, in which case the grants and holds are read directly. It runs with the caller's
+-- rights: a team member who cannot see other members' holds counts fewer tokens back, never more.
+create function billing_internal.spendable_now(p_account_id uuid) returns bigint
 language sql stable set search_path = pg_catalog, pg_temp as $$
   select case
-    when b.user_id is null then 0
+    when b.account_id is null then 0
     when b.next_event_at is null or b.next_event_at > pg_catalog.now() then b.spendable
     else greatest(0,
       (select coalesce(pg_catalog.sum(case when g.id = b.head_grant_id then b.head_remaining else g.remaining end), 0)
          from billing.token_grants g
-        where g.user_id = p_user_id and g.remaining > 0
+        where g.account_id = p_account_id and g.remaining > 0
           and billing_internal.is_live(g.expires_at))
       + (select coalesce(pg_catalog.sum(r.drawn_from[i][2]), 0)
            from billing.token_reservations r
            cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
-           join billing.token_grants g on g.id = r.drawn_from[i][1]
-          where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
+           join billing.token_grants g on g.account_id = r.account_id and g.id = r.drawn_from[i][1]
+          where r.account_id = p_account_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
             and billing_internal.is_live(g.expires_at))
       - b.debt)
   end
-  from (select p_user_id as id) u
-  left join billing.balances b on b.user_id = u.id
+  from (select p_account_id as id) u
+  left join billing.balances b on b.account_id = u.id
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -408,35 +419,42 @@ $$;
 -- search_path every function, operator and type is qualified (tests/integration/test_linter.py
 -- checks it). It runs with the caller's rights: row-level security limits `authenticated` to its
 -- own row, and the explicit check adds the 42501 the contract promises.
-create function billing.get_balance(p_user_id uuid) returns bigint
+create function billing.get_balance(p_user_id uuid, p_account_id uuid default null) returns bigint
 language plpgsql stable as $$
 declare
+  v_account pg_catalog.uuid := p_user_id;
   v_spendable pg_catalog.int8;
 begin
   if p_user_id is null
      or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
     perform billing_internal.check_balance_reader(p_user_id);
   end if;
+  if p_account_id is not null and p_account_id operator(pg_catalog.<>) p_user_id then
+    perform billing_internal.require_member(p_account_id, p_user_id);
+    v_account := p_account_id;
+  end if;
   select b.spendable into v_spendable
     from billing.balances b
-   where b.user_id operator(pg_catalog.=) p_user_id
+   where b.account_id operator(pg_catalog.=) v_account
      and (b.next_event_at is null or b.next_event_at operator(pg_catalog.>) pg_catalog.now());
   if found then
     return v_spendable;
   end if;
-  return billing_internal.spendable_now(p_user_id);
+  return billing_internal.spendable_now(v_account);
 end
 $$;
-comment on function billing.get_balance(uuid) is 'Spendable tokens now (excludes expired and held tokens).';
+comment on function billing.get_balance(uuid, uuid) is
+  'Spendable tokens now of the account (default: p_user_id''s personal account); excludes expired and held tokens.';
 
 -- The original result of a consume whose idempotency key was used before, or PT409.
-create function billing_internal.consume_replay(p_user_id uuid, p_amount bigint, p_key text)
+create function billing_internal.consume_replay(p_account_id uuid, p_member uuid, p_amount bigint, p_key text)
 returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_prev billing.token_usage;
 begin
-  select u.* into v_prev from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_key;
+  select u.* into v_prev from billing.token_usage u
+   where u.account_id = p_account_id and u.user_id is not distinct from p_member and u.idempotency_key = p_key;
   if not found then
     raise exception using errcode = 'XX000', message = 'pg_billing: idempotency key conflict without a usage row';
   elsif v_prev.tokens <> p_amount then
@@ -451,7 +469,8 @@ create function billing.consume_tokens(
   p_user_id uuid,
   p_amount bigint,
   p_idempotency_key text default null,
-  p_metadata jsonb default '{}'
+  p_metadata jsonb default '{}',
+  p_account_id uuid default null
 ) returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
@@ -477,21 +496,28 @@ begin
   elsif pg_catalog.jsonb_typeof(p_metadata) <> 'object' then
     perform billing_internal.check_metadata(p_metadata);
   end if;
+  if p_account_id is not null and p_account_id <> p_user_id then
+    -- A member spends from a team account: membership and spend limit under the account's lock.
+    return query select * from billing_internal.consume_as_member(p_account_id, p_user_id, p_amount,
+                                                                   p_idempotency_key, p_metadata);
+    return;
+  end if;
 
-  -- Fast path: nothing is due to expire and the head grant covers the amount. One UPDATE (which
-  -- also locks the user's balance row) and one INSERT in a single statement. Without a key it is a
-  -- plain INSERT; with one, ON CONFLICT makes a key seen before insert nothing. The result goes out
-  -- through the OUT parameters and RETURN NEXT (no extra query, unlike RETURN QUERY).
+  -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
+  -- grant covers the amount. One UPDATE (which also locks the account's balance row) and one INSERT
+  -- in a single statement. Without a key it is a plain INSERT; with one, ON CONFLICT makes a key
+  -- seen before insert nothing. The result goes out through the OUT parameters and RETURN NEXT (no
+  -- extra query, unlike RETURN QUERY).
   if p_idempotency_key is null then
     with debit as (
       update billing.balances b
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
-       where b.user_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+       where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.user_id, b.spendable, b.head_grant_id
+      returning b.account_id, b.spendable, b.head_grant_id
     )
-    insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after)
-    select d.user_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
+    insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
+    select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
     returning id, token_usage.balance_after into usage_id, balance_after;
     if found then
@@ -504,14 +530,14 @@ begin
     with debit as (
       update billing.balances b
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
-       where b.user_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+       where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.user_id, b.spendable, b.head_grant_id
+      returning b.account_id, b.spendable, b.head_grant_id
     ), usage as (
-      insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
-      select d.user_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
+      insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+      select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
         from debit d
-      on conflict (user_id, idempotency_key) where idempotency_key is not null do nothing
+      on conflict (account_id, user_id, idempotency_key) where idempotency_key is not null do nothing
       returning id
     )
     select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
@@ -526,51 +552,106 @@ begin
     elsif v_after is not null then
       -- The key was used before (or by a racing call that committed first): undo the debit.
       update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
-       where b.user_id = p_user_id;
-      return query select * from billing_internal.consume_replay(p_user_id, p_amount, p_idempotency_key);
+       where b.account_id = p_user_id;
+      return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
       return;
     end if;
   end if;
 
   -- Slow path: lock, flush the head, settle what is due, then spend across grants in order.
   v_row := billing_internal.lock_and_settle(p_user_id, false);
-  if v_row.user_id is not null and p_idempotency_key is not null
-     and exists (select 1 from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_idempotency_key) then
-    return query select * from billing_internal.consume_replay(p_user_id, p_amount, p_idempotency_key);
+  if v_row.account_id is not null and p_idempotency_key is not null
+     and exists (select 1 from billing.token_usage u where u.account_id = p_user_id and u.user_id is null
+                    and u.idempotency_key = p_idempotency_key) then
+    return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
     return;
   end if;
-  if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+  if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
     perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
   end if;
   v_drawn := billing_internal.burn(p_user_id, p_amount, false);
   v_row := billing_internal.recompute_balance(p_user_id);
-  insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+  insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
-comment on function billing.consume_tokens(uuid, bigint, text, jsonb) is
-  'Atomically debits tokens (soonest-expiring first); PT402 when not enough, PT409 on a key reused with another amount.';
+comment on function billing.consume_tokens(uuid, bigint, text, jsonb, uuid) is
+  'Atomically debits tokens (soonest-expiring first) from the account (default: p_user_id''s personal account); PT402 when not enough or over the member''s limit, PT409 on a key reused with another amount.';
+
+-- A member's consume from a team account. The account's balance row is locked first, as by every
+-- writer of the account, and membership is checked under that lock, so a member removed by a
+-- committed transaction spends nothing more. The debit is the personal fast path's one-row update
+-- when the head grant covers it, else the slow path; the member's period spending is charged too.
+create function billing_internal.consume_as_member(p_account_id uuid, p_user_id uuid, p_amount bigint, p_key text,
+                                                   p_metadata jsonb)
+returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_row billing.balances;
+  v_drawn bigint[];
+  v_id bigint;
+begin
+  perform 1 from billing.balances b where b.account_id = p_account_id for update;
+  perform billing_internal.require_member(p_account_id, p_user_id);
+  if p_key is not null and exists (select 1 from billing.token_usage u where u.account_id = p_account_id
+                                      and u.user_id = p_user_id and u.idempotency_key = p_key) then
+    return query select * from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key);
+    return;
+  end if;
+  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);
+  update billing.balances b
+     set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+   where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
+     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+  returning b.* into v_row;
+  if found then
+    v_drawn := array[[v_row.head_grant_id, p_amount]];
+  else
+    v_row := billing_internal.lock_and_settle(p_account_id, false);
+    if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+      perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+    end if;
+    v_drawn := billing_internal.burn(p_account_id, p_amount, false);
+    v_row := billing_internal.recompute_balance(p_account_id);
+  end if;
+  insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+  values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
+  returning id into v_id;
+  return query select v_id, p_amount, v_row.spendable::bigint, false;
+end
+$$;
 
 -- Inserts a grant once per (kind, reference). Returns its id and whether this call inserted it
 -- (false: the reference was granted before). Caller holds the balance lock and recomputes after.
 create function billing_internal.insert_grant(
-  p_user_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb,
+  p_account_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb,
   p_payment_intent text, p_price_id text, p_amount_paid bigint, p_currency text,
   out grant_id bigint, out inserted boolean
 )
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
-  insert into billing.token_grants (user_id, kind, reference, tokens, remaining, expires_at, metadata,
+  -- A reference names one grant across accounts: another account's use of it is a conflict. The
+  -- unique key is per account (so the schema distributes by account), so grants of one reference
+  -- to two accounts serialize on a transaction lock of the reference; the check below then sees
+  -- the other's committed grant (each statement reads a fresh snapshot).
+  perform pg_catalog.pg_advisory_xact_lock(1651076204, pg_catalog.hashtext(p_kind || ':' || p_reference));
+  if exists (select 1 from billing.token_grants g
+              where g.kind = p_kind and g.reference = p_reference and g.account_id <> p_account_id) then
+    raise exception using errcode = 'PT409', message = 'grant reference already used for another account',
+      detail = pg_catalog.format('(%s, %s)', p_kind, p_reference);
+  end if;
+  insert into billing.token_grants (account_id, kind, reference, tokens, remaining, expires_at, metadata,
                                     stripe_payment_intent, stripe_price_id, amount_paid, currency)
-  values (p_user_id, p_kind, p_reference, p_tokens, p_tokens, p_expires_at, p_metadata,
+  values (p_account_id, p_kind, p_reference, p_tokens, p_tokens, p_expires_at, p_metadata,
           p_payment_intent, p_price_id, p_amount_paid, p_currency)
-  on conflict (kind, reference) do nothing
+  on conflict (account_id, kind, reference) do nothing
   returning id into grant_id;
   inserted := found;
   if not inserted then
-    select g.id into grant_id from billing.token_grants g where g.kind = p_kind and g.reference = p_reference;
+    select g.id into grant_id from billing.token_grants g
+     where g.account_id = p_account_id and g.kind = p_kind and g.reference = p_reference;
   end if;
 end
 $$;
@@ -581,18 +662,18 @@ create function billing.grant_purchase(
   p_reference text,
   p_kind text default 'purchase',
   p_expires_at timestamptz default null,
-  p_metadata jsonb default '{}'
+  p_metadata jsonb default '{}',
+  p_account_id uuid default null
 ) returns table (grant_id bigint, tokens bigint, balance_after bigint, replayed boolean)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
+  v_account uuid;
   v_grant billing.token_grants;
   v_ins record;
   v_row billing.balances;
 begin
   perform billing_internal.require_service();
-  if p_user_id is null then
-    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
-  end if;
+  v_account := billing_internal.payer(p_user_id, p_account_id);
   perform billing_internal.check_amount('p_tokens', p_tokens);
   if p_reference is null or pg_catalog.length(p_reference) < 1 or pg_catalog.length(p_reference) > 255 then
     raise exception using errcode = '22023', message = 'p_reference must be 1 to 255 characters';
@@ -605,30 +686,33 @@ begin
   end if;
   p_metadata := billing_internal.check_metadata(p_metadata);
 
-  perform billing_internal.lock_and_settle(p_user_id, true);
-  select * into v_ins from billing_internal.insert_grant(p_user_id, p_tokens, p_reference, p_kind, p_expires_at,
-                                                p_metadata, null, null, null, null);
-  select g.* into v_grant from billing.token_grants g where g.id = v_ins.grant_id;
-  if v_grant.user_id is distinct from p_user_id or v_grant.tokens <> p_tokens
-     or v_grant.expires_at is distinct from p_expires_at then
+  perform billing_internal.lock_and_settle(v_account, true);
+  select * into v_ins from billing_internal.insert_grant(v_account, p_tokens, p_reference, p_kind, p_expires_at,
+                                                         p_metadata, null, null, null, null);
+  select g.* into v_grant from billing.token_grants g where g.account_id = v_account and g.id = v_ins.grant_id;
+  if v_grant.tokens <> p_tokens or v_grant.expires_at is distinct from p_expires_at then
     raise exception using errcode = 'PT409', message = 'grant reference already used with different terms',
       detail = pg_catalog.format('(%s, %s) already granted %s tokens', p_kind, p_reference, v_grant.tokens);
   end if;
-  v_row := billing_internal.recompute_balance(p_user_id);
+  v_row := billing_internal.recompute_balance(v_account);
   return query select v_grant.id, v_grant.tokens, v_row.spendable::bigint, not v_ins.inserted;
 end
 $$;
-comment on function billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb) is
-  'Credits tokens once per (kind, reference); repeats return the same grant.';
+comment on function billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid) is
+  'Credits tokens once per (kind, reference) to the account (default: p_user_id''s personal account); repeats return the same grant.';
 
 create function billing.reserve_tokens(
   p_user_id uuid,
   p_amount bigint,
   p_idempotency_key text,
-  p_ttl interval default '15 minutes'
+  p_ttl interval default '15 minutes',
+  p_account_id uuid default null
 ) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
+  v_account uuid := coalesce(p_account_id, p_user_id);
+  v_member uuid;  -- a team member; null for the user's own (personal) account
+  v_period timestamptz;
   v_row billing.balances;
   v_prev billing.token_reservations;
   v_res billing.token_reservations;
@@ -642,41 +726,53 @@ begin
   if p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day' then
     raise exception using errcode = '22023', message = 'p_ttl must be between 0 and 1 day (exclusive of 0)';
   end if;
+  if v_account <> p_user_id then
+    v_member := p_user_id;
+  end if;
 
-  v_row := billing_internal.lock_and_settle(p_user_id, false);
-  if v_row.user_id is not null and p_idempotency_key is not null then
+  v_row := billing_internal.lock_and_settle(v_account, false);
+  if v_member is not null then
+    perform billing_internal.require_member(v_account, v_member);  -- under the account's lock
+  end if;
+  if v_row.account_id is not null and p_idempotency_key is not null then
     select r.* into v_prev from billing.token_reservations r
-     where r.user_id = p_user_id and r.idempotency_key = p_idempotency_key;
+     where r.account_id = v_account and r.user_id is not distinct from v_member and r.idempotency_key = p_idempotency_key;
     if found then
       if v_prev.tokens <> p_amount then
         raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
           detail = pg_catalog.format('key %L reserved %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
       end if;
-      v_row := billing_internal.recompute_balance(p_user_id);
+      v_row := billing_internal.recompute_balance(v_account);
       return query select v_prev.id, v_prev.tokens, v_prev.expires_at, v_row.spendable::bigint, true;
       return;
     end if;
   end if;
-  if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+  if v_member is not null then
+    v_period := billing_internal.charge_member(v_account, v_member, p_amount);  -- counts while held
+  end if;
+  if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
     perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
   end if;
 
-  insert into billing.token_reservations (user_id, tokens, idempotency_key, expires_at, drawn_from)
-  values (p_user_id, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, billing_internal.burn(p_user_id, p_amount, false))
+  insert into billing.token_reservations (account_id, user_id, tokens, idempotency_key, expires_at, drawn_from,
+                                          limit_period_start)
+  values (v_account, v_member, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl,
+          billing_internal.burn(v_account, p_amount, false), v_period)
   returning * into v_res;
-  v_row := billing_internal.recompute_balance(p_user_id);
+  v_row := billing_internal.recompute_balance(v_account);
   return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable::bigint, false;
 end
 $$;
-comment on function billing.reserve_tokens(uuid, bigint, text, interval) is
-  'Holds tokens for a streaming request; expired holds are released lazily or by billing.run_maintenance().';
+comment on function billing.reserve_tokens(uuid, bigint, text, interval, uuid) is
+  'Holds tokens of the account (default: p_user_id''s personal account) for a streaming request; expired holds are released lazily or by billing.run_maintenance().';
 
--- Locks the reservation's user and returns the reservation after settling (so a hold past its TTL
--- reads as expired). PT404 when it does not exist or belongs to someone the caller cannot act for.
+-- Locks the reservation's account and returns the reservation after settling (so a hold past its
+-- TTL reads as expired). PT404 when it does not exist or belongs to someone the caller cannot act for.
 create function billing_internal.lock_reservation(p_reservation_id uuid) returns billing.token_reservations
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid;
+  v_account uuid;
+  v_holder uuid;
   v_res billing.token_reservations;
 begin
   if p_reservation_id is null then
@@ -685,13 +781,14 @@ begin
   if billing_internal.caller_kind() = 'anon' then
     perform billing_internal.require_access(null); -- 42501, as everywhere for anon
   end if;
-  select r.user_id into v_user from billing.token_reservations r where r.id = p_reservation_id;
+  select r.account_id, coalesce(r.user_id, r.account_id) into v_account, v_holder
+    from billing.token_reservations r where r.id = p_reservation_id;
   -- Another user's reservation reads as missing: its existence is not theirs to learn.
-  if not found or (billing_internal.caller_kind() <> 'service' and v_user is distinct from billing_internal.auth_uid()) then
+  if not found or (billing_internal.caller_kind() <> 'service' and v_holder is distinct from billing_internal.auth_uid()) then
     raise exception using errcode = 'PT404', message = 'reservation not found';
   end if;
-  perform billing_internal.lock_and_settle(v_user, false);
-  select r.* into v_res from billing.token_reservations r where r.id = p_reservation_id;
+  perform billing_internal.lock_and_settle(v_account, false);
+  select r.* into v_res from billing.token_reservations r where r.account_id = v_account and r.id = p_reservation_id;
   return v_res;
 end
 $$;
@@ -715,7 +812,7 @@ begin
         detail = pg_catalog.format('committed %s tokens, this call asks for %s', v_res.committed_tokens, p_actual_amount);
     end if;
     return query select v_res.usage_id, v_res.committed_tokens, v_res.tokens - v_res.committed_tokens,
-                        billing_internal.spendable_now(v_res.user_id), true;
+                        billing_internal.spendable_now(v_res.account_id), true;
     return;
   elsif v_res.status <> 'held' then
     raise exception using errcode = 'PT410', message = pg_catalog.format('reservation is %s', v_res.status),
@@ -739,16 +836,18 @@ begin
     v_left := v_left - v_part;
   end loop;
   if pg_catalog.cardinality(v_returned) > 0 then
-    perform billing_internal.return_to_grants(v_returned);
+    perform billing_internal.return_to_grants(v_res.account_id, v_returned);
   end if;
-  update billing.token_reservations set status = 'committed', committed_tokens = p_actual_amount,
-         settled_at = pg_catalog.now() where id = v_res.id;
-  v_row := billing_internal.recompute_balance(v_res.user_id);
+  perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens - p_actual_amount,
+                                         v_res.limit_period_start);
+  update billing.token_reservations r set status = 'committed', committed_tokens = p_actual_amount,
+         settled_at = pg_catalog.now() where r.account_id = v_res.account_id and r.id = v_res.id;
+  v_row := billing_internal.recompute_balance(v_res.account_id);
   if p_actual_amount > 0 then
-    insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
-    values (v_res.user_id, p_actual_amount, v_res.metadata, v_charged, v_row.spendable, v_res.id)
+    insert into billing.token_usage (account_id, user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
+    values (v_res.account_id, v_res.user_id, p_actual_amount, v_res.metadata, v_charged, v_row.spendable, v_res.id)
     returning id into v_usage;
-    update billing.token_reservations set usage_id = v_usage where id = v_res.id;
+    update billing.token_reservations r set usage_id = v_usage where r.account_id = v_res.account_id and r.id = v_res.id;
   end if;
   return query select v_usage, p_actual_amount, v_res.tokens - p_actual_amount, v_row.spendable::bigint, false;
 end
@@ -766,38 +865,61 @@ begin
   v_res := billing_internal.lock_reservation(p_reservation_id);
   if v_res.status in ('released', 'expired') then
     -- Releasing twice (or after the TTL released it) is harmless: report what is there.
-    return query select 0::bigint, billing_internal.spendable_now(v_res.user_id), true;
+    return query select 0::bigint, billing_internal.spendable_now(v_res.account_id), true;
     return;
   elsif v_res.status = 'committed' then
     raise exception using errcode = 'PT410', message = 'reservation is committed',
       hint = 'A committed reservation was charged; it cannot be released.';
   end if;
-  perform billing_internal.return_to_grants(v_res.drawn_from);
-  update billing.token_reservations set status = 'released', settled_at = pg_catalog.now() where id = v_res.id;
-  v_row := billing_internal.recompute_balance(v_res.user_id);
+  perform billing_internal.return_to_grants(v_res.account_id, v_res.drawn_from);
+  perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens, v_res.limit_period_start);
+  update billing.token_reservations r set status = 'released', settled_at = pg_catalog.now()
+   where r.account_id = v_res.account_id and r.id = v_res.id;
+  v_row := billing_internal.recompute_balance(v_res.account_id);
   return query select v_res.tokens, v_row.spendable::bigint, false;
 end
 $$;
 comment on function billing.release_reservation(uuid) is 'Releases every token of a held reservation.';
 
--- Maintenance for pg_cron: settles every user with something due (expired holds and grants).
--- Users whose balance row is locked by a running transaction are skipped; they settle lazily.
+-- Releases every hold a member has on an account (the member is being removed). The caller holds
+-- the account's lock and recomputes the balance. Returns the tokens released.
+create function billing_internal.release_member_holds(p_account_id uuid, p_user_id uuid) returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_hold record;
+  v_released bigint := 0;
+begin
+  for v_hold in
+    select r.id, r.drawn_from, r.tokens from billing.token_reservations r
+     where r.account_id = p_account_id and r.user_id = p_user_id and r.status = 'held'
+  loop
+    perform billing_internal.return_to_grants(p_account_id, v_hold.drawn_from);
+    update billing.token_reservations r set status = 'released', settled_at = pg_catalog.now()
+     where r.account_id = p_account_id and r.id = v_hold.id;
+    v_released := v_released + v_hold.tokens;
+  end loop;
+  return v_released;
+end
+$$;
+
+-- Maintenance for pg_cron: settles every account with something due (expired holds and grants).
+-- Accounts whose balance row is locked by a running transaction are skipped; they settle lazily.
 create function billing.run_maintenance(p_limit integer default 10000) returns integer
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid;
+  v_account uuid;
   v_count integer := 0;
 begin
   perform billing_internal.require_service();
-  for v_user in
-    select b.user_id from billing.balances b
+  for v_account in
+    select b.account_id from billing.balances b
      where b.next_event_at <= pg_catalog.now()
      order by b.next_event_at
      limit greatest(coalesce(p_limit, 10000), 0) -- NULL means the default, not "no limit"
        for update skip locked
   loop
-    perform billing_internal.lock_and_settle(v_user, false);
-    perform billing_internal.recompute_balance(v_user);
+    perform billing_internal.lock_and_settle(v_account, false);
+    perform billing_internal.recompute_balance(v_account);
     v_count := v_count + 1;
   end loop;
   return v_count;

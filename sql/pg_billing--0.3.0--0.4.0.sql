@@ -14,6 +14,13 @@
 -- * every helper moves to schema billing_internal, which PostgREST never exposes (without its `_`
 --   prefix): schema billing keeps the tables and the public API only. The old helpers are dropped
 --   at the end, once setup_roles() has recreated the policies that used billing.auth_uid().
+-- * team accounts (billing.accounts, billing.account_members): accounts pay, users spend. Every
+--   table that held a user's money now names the account that pays (user_id -> account_id, the same
+--   uuid: a user's personal account has the user's id), and its primary and unique keys start with
+--   account_id (docs/scale-out.md). token_usage and token_reservations gain user_id, the member who
+--   spent. Rebuilding those keys rewrites the indexes of token_grants, token_usage and
+--   token_reservations (docs/dba.md: upgrade cost). stripe_customers no longer references
+--   auth.users: a team account is not a user.
 
 create schema billing_internal;
 comment on schema billing_internal is 'pg_billing internals: never exposed through PostgREST; call the functions in schema billing.';
@@ -29,6 +36,82 @@ alter table billing.payment_transactions
   add column stripe_customer text;
 create index payment_transactions_failed on billing.payment_transactions (stripe_customer, event_created)
   where status = 'failed';
+
+-- Team accounts, and every payer column renamed to account_id.
+create table billing.accounts (
+  id         uuid primary key default gen_random_uuid(),
+  name       text not null check (pg_catalog.length(name) between 1 and 200),
+  created_at timestamptz not null default now()
+);
+comment on table billing.accounts is 'Team accounts (a personal account, id = the user''s id, needs no row).';
+create table billing.account_members (
+  account_id         uuid not null references billing.accounts (id) on delete cascade,
+  user_id            uuid not null,
+  role               text not null default 'member' check (role in ('owner', 'admin', 'member')),
+  spend_limit        bigint check (spend_limit >= 0),
+  spend_limit_period text check (spend_limit_period in ('day', 'week', 'month')),
+  period_start       timestamptz,
+  period_spent       billing.token_count not null default 0,
+  created_at         timestamptz not null default now(),
+  primary key (account_id, user_id),
+  check (spend_limit is null or spend_limit_period is not null)
+);
+create index account_members_user on billing.account_members (user_id);
+alter table billing.accounts enable row level security;
+alter table billing.account_members enable row level security;
+
+alter table billing.stripe_customers drop constraint if exists stripe_customers_user_id_fkey;
+alter table billing.stripe_customers rename column user_id to account_id;
+alter table billing.user_subscriptions rename column user_id to account_id;
+alter index billing.user_subscriptions_user_id rename to user_subscriptions_account_id;
+alter table billing.balances rename column user_id to account_id;
+alter table billing.payment_transactions rename column user_id to account_id;
+alter index billing.payment_transactions_user rename to payment_transactions_account;
+
+-- Keys that start with account_id; no foreign key into token_usage (a reservation names its
+-- commit's usage row by id only).
+alter table billing.promo_redemptions drop constraint promo_redemptions_grant_id_fkey;
+alter table billing.token_reservations drop constraint token_reservations_usage_id_fkey;
+alter table billing.token_grants rename column user_id to account_id;
+alter table billing.token_grants
+  drop constraint token_grants_pkey,
+  drop constraint token_grants_kind_reference_key,
+  add primary key (account_id, id),
+  add unique (account_id, kind, reference);
+create index token_grants_reference on billing.token_grants (kind, reference);
+
+alter table billing.token_usage rename column user_id to account_id;
+alter table billing.token_usage
+  add column user_id uuid,
+  drop constraint token_usage_pkey,
+  add primary key (account_id, created_at, id);
+drop index billing.token_usage_idempotency;
+drop index billing.token_usage_user_time;
+create unique index token_usage_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
+  nulls not distinct where idempotency_key is not null;
+
+alter table billing.token_reservations rename column user_id to account_id;
+alter table billing.token_reservations
+  add column user_id uuid,
+  add column limit_period_start timestamptz,
+  drop constraint token_reservations_pkey,
+  add primary key (account_id, id);
+drop index billing.token_reservations_idempotency;
+drop index billing.token_reservations_usage_id;
+alter index billing.token_reservations_user rename to token_reservations_account;
+create index token_reservations_id on billing.token_reservations (id);
+create unique index token_reservations_idempotency on billing.token_reservations (account_id, user_id, idempotency_key)
+  nulls not distinct where idempotency_key is not null;
+
+alter table billing.promo_redemptions rename column user_id to account_id;
+alter table billing.promo_redemptions
+  drop constraint promo_redemptions_pkey,
+  add primary key (account_id, code),
+  add foreign key (account_id, grant_id) references billing.token_grants (account_id, id);
+drop index billing.promo_redemptions_user_id;
+drop index billing.promo_redemptions_grant_id;
+create index promo_redemptions_code on billing.promo_redemptions (code);
+create index promo_redemptions_grant_id on billing.promo_redemptions (account_id, grant_id);
 
 create table billing.settings (
   id              boolean primary key default true check (id),
@@ -65,8 +148,9 @@ create table billing.stripe_disputes (
 );
 create index stripe_disputes_payment on billing.stripe_disputes (payment_key);
 create table billing.grant_purchases (
-  purchase_id            text primary key,
-  grant_id               bigint not null references billing.token_grants (id),
+  account_id             uuid not null,
+  purchase_id            text not null,
+  grant_id               bigint not null,
   kind                   text not null check (kind in ('checkout_session', 'invoice')),
   allowance              bigint not null check (allowance > 0),
   amount                 bigint not null check (amount >= 0),
@@ -74,10 +158,13 @@ create table billing.grant_purchases (
   purchased_at           timestamptz not null,
   stripe_subscription_id text,
   period_end             timestamptz,
-  plan_id                bigint references billing.plans (id)
+  plan_id                bigint references billing.plans (id),
+  primary key (account_id, purchase_id),
+  foreign key (account_id, grant_id) references billing.token_grants (account_id, id)
 );
-create index grant_purchases_grant on billing.grant_purchases (grant_id);
-create unique index grant_purchases_period on billing.grant_purchases (stripe_subscription_id, period_end, purchase_id)
+create index grant_purchases_grant on billing.grant_purchases (account_id, grant_id);
+create index grant_purchases_purchase on billing.grant_purchases (purchase_id);
+create index grant_purchases_period on billing.grant_purchases (stripe_subscription_id, period_end)
   where stripe_subscription_id is not null;
 create index grant_purchases_plan_id on billing.grant_purchases (plan_id) where plan_id is not null;
 create table billing.purchase_payments (
@@ -118,6 +205,9 @@ drop function billing.decode_stripe_event(text);
 drop function billing.stripe_signature_check(text, text, text[], integer);
 
 -- @generated functions
+-- functions whose result changed
+drop function billing.verify_ledger(); -- its result changed
+
 -- Rust functions new or changed in 0.4.0 (as generated by pgrx)
 
 CREATE  FUNCTION billing_internal."burn_allocation"(
@@ -196,7 +286,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'stripe_signature_check_wrapper';
 
--- SQL functions new or changed in 0.4.0 (66 of 66)
+-- SQL functions new or changed in 0.4.0 (83 of 83)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -299,7 +389,7 @@ begin
 end
 $$;
 
-create or replace function billing_internal.burn(p_user_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
+create or replace function billing_internal.burn(p_account_id uuid, p_amount bigint, p_repays_debt boolean) returns bigint[]
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_ids bigint[];
@@ -311,12 +401,12 @@ begin
          pg_catalog.array_agg(g.remaining order by g.expires_at, g.id)
     into v_ids, v_remaining
     from billing.token_grants g
-   where g.user_id = p_user_id and g.remaining > 0
+   where g.account_id = p_account_id and g.remaining > 0
      and billing_internal.is_live(g.expires_at);
   v_take := billing_internal.burn_allocation(v_remaining, p_amount);
   if v_take is null then
     raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
-      detail = pg_catalog.format('needed %s tokens for user %s, grants held %s', p_amount, p_user_id,
+      detail = pg_catalog.format('needed %s tokens for account %s, grants held %s', p_amount, p_account_id,
                                  coalesce((select pg_catalog.sum(r) from pg_catalog.unnest(v_remaining) r), 0));
   end if;
   with take as (
@@ -326,7 +416,7 @@ begin
     update billing.token_grants g
        set remaining = g.remaining - take.tokens,
            debt_repaid = g.debt_repaid + case when p_repays_debt then take.tokens else 0 end
-      from take where g.id = take.id
+      from take where g.account_id = p_account_id and g.id = take.id
     returning g.id
   )
   select pg_catalog.array_agg(array[take.id, take.tokens] order by take.ord) into v_drawn
@@ -335,7 +425,8 @@ begin
 end
 $$;
 
-create or replace function billing_internal.set_grant_counters(p_grant_id bigint, p_counters bigint[], p_what text) returns bigint
+create or replace function billing_internal.set_grant_counters(p_account_id uuid, p_grant_id bigint, p_counters bigint[], p_what text)
+returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   if p_counters is null then
@@ -345,12 +436,12 @@ begin
   update billing.token_grants g
      set remaining = p_counters[1], frozen = p_counters[2], expired = p_counters[3],
          clawed_back = p_counters[4], debt_incurred = p_counters[5]
-   where g.id = p_grant_id;
+   where g.account_id = p_account_id and g.id = p_grant_id;
   return p_counters[6];
 end
 $$;
 
-create or replace function billing_internal.return_to_grants(p_drawn bigint[]) returns bigint
+create or replace function billing_internal.return_to_grants(p_account_id uuid, p_drawn bigint[]) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_part record;
@@ -360,28 +451,31 @@ begin
     select g.*, parts.t
       from (select p_drawn[i][1] as grant_id, pg_catalog.sum(p_drawn[i][2])::bigint as t
               from pg_catalog.generate_subscripts(p_drawn, 1) as i group by 1) parts
-      join billing.token_grants g on g.id = parts.grant_id
+      join billing.token_grants g on g.account_id = p_account_id and g.id = parts.grant_id
      order by g.id
   loop
-    perform billing_internal.set_grant_counters(v_part.id,
+    perform billing_internal.set_grant_counters(p_account_id, v_part.id,
       billing_internal.given_back_grant(v_part.tokens, v_part.remaining, v_part.frozen, v_part.expired, v_part.clawed_back,
-                                v_part.debt_incurred, v_part.debt_repaid, billing_internal.is_live(v_part.expires_at),
-                                v_part.t, v_part.freeze_target),
+                                        v_part.debt_incurred, v_part.debt_repaid, billing_internal.is_live(v_part.expires_at),
+                                        v_part.t, v_part.freeze_target),
       pg_catalog.format('giving back %s tokens', v_part.t));
-    v_spendable := v_spendable + (select g.remaining from billing.token_grants g where g.id = v_part.id) - v_part.remaining;
+    v_spendable := v_spendable + (select g.remaining from billing.token_grants g
+                                   where g.account_id = p_account_id and g.id = v_part.id) - v_part.remaining;
   end loop;
   return v_spendable;
 end
 $$;
 
-create or replace function billing_internal.extend_grant(p_grant_id bigint, p_tokens bigint, p_expires_at timestamptz) returns bigint
+create or replace function billing_internal.extend_grant(p_account_id uuid, p_grant_id bigint, p_tokens bigint, p_expires_at timestamptz)
+returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_before bigint;
 begin
   update billing.token_grants g set expires_at = p_expires_at
-   where g.id = p_grant_id and billing_internal.is_live(g.expires_at) and g.expires_at is distinct from p_expires_at;
-  select g.tokens into v_before from billing.token_grants g where g.id = p_grant_id;
+   where g.account_id = p_account_id and g.id = p_grant_id and billing_internal.is_live(g.expires_at)
+     and g.expires_at is distinct from p_expires_at;
+  select g.tokens into v_before from billing.token_grants g where g.account_id = p_account_id and g.id = p_grant_id;
   if v_before >= p_tokens then
     return 0;
   end if;
@@ -389,23 +483,25 @@ begin
      set remaining = g.remaining + case when billing_internal.is_live(g.expires_at) then p_tokens - g.tokens else 0 end,
          expired = g.expired + case when billing_internal.is_live(g.expires_at) then 0 else p_tokens - g.tokens end,
          tokens = p_tokens
-   where g.id = p_grant_id;
+   where g.account_id = p_account_id and g.id = p_grant_id;
   return p_tokens - v_before;
 end
 $$;
 
-create or replace function billing_internal.adjust_grant(p_grant_id bigint, p_claw_target bigint, p_freeze_target bigint) returns jsonb
+create or replace function billing_internal.adjust_grant(p_account_id uuid, p_grant_id bigint, p_claw_target bigint, p_freeze_target bigint)
+returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   g billing.token_grants;
   v_after billing.token_grants;
 begin
-  select * into g from billing.token_grants where id = p_grant_id;
-  perform billing_internal.set_grant_counters(p_grant_id,
+  select * into g from billing.token_grants t where t.account_id = p_account_id and t.id = p_grant_id;
+  perform billing_internal.set_grant_counters(p_account_id, p_grant_id,
     billing_internal.adjusted_grant(g.tokens, g.remaining, g.frozen, g.expired, g.clawed_back, g.debt_incurred, g.debt_repaid,
-                            billing_internal.is_live(g.expires_at), p_claw_target, p_freeze_target),
+                                    billing_internal.is_live(g.expires_at), p_claw_target, p_freeze_target),
     pg_catalog.format('adjusting to claw back %s and freeze %s', p_claw_target, p_freeze_target));
-  update billing.token_grants set freeze_target = p_freeze_target where id = p_grant_id
+  update billing.token_grants t set freeze_target = p_freeze_target
+   where t.account_id = p_account_id and t.id = p_grant_id
   returning * into v_after;
   return pg_catalog.jsonb_build_object('grant_id', p_grant_id,
     'clawed_back', v_after.clawed_back - g.clawed_back, 'debt', v_after.debt_incurred - g.debt_incurred,
@@ -413,7 +509,7 @@ begin
 end
 $$;
 
-create or replace function billing_internal.return_repaid_debt(p_user_id uuid) returns void
+create or replace function billing_internal.return_repaid_debt(p_account_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_owed bigint;
@@ -425,31 +521,32 @@ declare
 begin
   loop
     select -(coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0)) into v_owed
-      from billing.token_grants g where g.user_id = p_user_id;
+      from billing.token_grants g where g.account_id = p_account_id;
     exit when v_owed <= 0;
     v_round := v_round + 1;
     if v_round > 100 then
       raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
-        detail = pg_catalog.format('user %s: repaid debt does not settle', p_user_id);
+        detail = pg_catalog.format('account %s: repaid debt does not settle', p_account_id);
     end if;
     select pg_catalog.array_agg(g.id order by billing_internal.is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc),
            pg_catalog.array_agg(g.debt_repaid order by billing_internal.is_live(g.expires_at) desc, g.expires_at desc nulls first, g.id desc)
       into v_ids, v_repaid
-      from billing.token_grants g where g.user_id = p_user_id and g.debt_repaid > 0;
+      from billing.token_grants g where g.account_id = p_account_id and g.debt_repaid > 0;
     v_take := billing_internal.burn_allocation(v_repaid, v_owed);
     if v_take is null then
       raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
-        detail = pg_catalog.format('user %s is owed %s tokens of repaid debt, grants hold %s', p_user_id, v_owed,
+        detail = pg_catalog.format('account %s is owed %s tokens of repaid debt, grants hold %s', p_account_id, v_owed,
                                    coalesce((select pg_catalog.sum(r) from pg_catalog.unnest(v_repaid) r), 0));
     end if;
     for v_grant in
       select g.*, t.tokens as back
         from rows from (pg_catalog.unnest(v_ids), pg_catalog.unnest(v_take)) as t(id, tokens)
-        join billing.token_grants g on g.id = t.id
+        join billing.token_grants g on g.account_id = p_account_id and g.id = t.id
        where t.tokens > 0
     loop
-      update billing.token_grants g set debt_repaid = g.debt_repaid - v_grant.back where g.id = v_grant.id;
-      perform billing_internal.set_grant_counters(v_grant.id,
+      update billing.token_grants g set debt_repaid = g.debt_repaid - v_grant.back
+       where g.account_id = p_account_id and g.id = v_grant.id;
+      perform billing_internal.set_grant_counters(p_account_id, v_grant.id,
         billing_internal.given_back_grant(v_grant.tokens, v_grant.remaining, v_grant.frozen, v_grant.expired,
                                   v_grant.clawed_back, v_grant.debt_incurred, v_grant.debt_repaid - v_grant.back,
                                   billing_internal.is_live(v_grant.expires_at), v_grant.back, v_grant.freeze_target),
@@ -459,18 +556,19 @@ begin
 end
 $$;
 
-create or replace function billing_internal.flush_head(p_user_id uuid) returns void
+create or replace function billing_internal.flush_head(p_account_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
   update billing.token_grants g set remaining = b.head_remaining
     from billing.balances b
-   where b.user_id = p_user_id and b.head_grant_id is not null and g.id = b.head_grant_id;
+   where b.account_id = p_account_id and b.head_grant_id is not null
+     and g.account_id = b.account_id and g.id = b.head_grant_id;
   update billing.balances b set head_grant_id = null, head_remaining = 0
-   where b.user_id = p_user_id and b.head_grant_id is not null;
+   where b.account_id = p_account_id and b.head_grant_id is not null;
 end
 $$;
 
-create or replace function billing_internal.recompute_balance(p_user_id uuid) returns billing.balances
+create or replace function billing_internal.recompute_balance(p_account_id uuid) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_debt bigint;
@@ -478,97 +576,99 @@ declare
   v_head billing.token_grants;
   v_row billing.balances;
 begin
-  perform billing_internal.flush_head(p_user_id);
+  perform billing_internal.flush_head(p_account_id);
   select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0), coalesce(pg_catalog.sum(g.remaining), 0)
     into v_debt, v_spendable
-    from billing.token_grants g where g.user_id = p_user_id;
+    from billing.token_grants g where g.account_id = p_account_id;
   if v_debt < 0 then  -- forgiven debt that others had repaid: give those tokens back
-    perform billing_internal.return_repaid_debt(p_user_id);
-    select coalesce(pg_catalog.sum(g.remaining), 0) into v_spendable from billing.token_grants g where g.user_id = p_user_id;
+    perform billing_internal.return_repaid_debt(p_account_id);
+    select coalesce(pg_catalog.sum(g.remaining), 0) into v_spendable from billing.token_grants g where g.account_id = p_account_id;
     v_debt := 0;
   end if;
   if v_debt > 0 and v_spendable > 0 then
-    perform billing_internal.burn(p_user_id, least(v_debt, v_spendable), true);
+    perform billing_internal.burn(p_account_id, least(v_debt, v_spendable), true);
   end if;
   select g.* into v_head from billing.token_grants g
-   where g.user_id = p_user_id and g.remaining > 0 and billing_internal.is_live(g.expires_at)
+   where g.account_id = p_account_id and g.remaining > 0 and billing_internal.is_live(g.expires_at)
    order by g.expires_at, g.id
    limit 1;
   update billing.balances b
      set spendable = (select coalesce(pg_catalog.sum(g.remaining), 0) from billing.token_grants g
-                       where g.user_id = p_user_id),
+                       where g.account_id = p_account_id),
          held = (select coalesce(pg_catalog.sum(r.tokens), 0) from billing.token_reservations r
-                  where r.user_id = p_user_id and r.status = 'held'),
+                  where r.account_id = p_account_id and r.status = 'held'),
          debt = (select coalesce(pg_catalog.sum(g.debt_incurred - g.debt_repaid), 0) from billing.token_grants g
-                  where g.user_id = p_user_id),
+                  where g.account_id = p_account_id),
          next_event_at = least(
            (select pg_catalog.min(g.expires_at) from billing.token_grants g
-             where g.user_id = p_user_id and g.remaining > 0),
+             where g.account_id = p_account_id and g.remaining > 0),
            (select pg_catalog.min(r.expires_at) from billing.token_reservations r
-             where r.user_id = p_user_id and r.status = 'held')),
+             where r.account_id = p_account_id and r.status = 'held')),
          head_grant_id = v_head.id,
          head_remaining = coalesce(v_head.remaining, 0),
          updated_at = pg_catalog.now()
-   where b.user_id = p_user_id
+   where b.account_id = p_account_id
   returning b.* into v_row;
   return v_row;
 end
 $$;
 
-create or replace function billing_internal.lock_and_settle(p_user_id uuid, p_create boolean) returns billing.balances
+create or replace function billing_internal.lock_and_settle(p_account_id uuid, p_create boolean) returns billing.balances
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_row billing.balances;
   v_hold record;
 begin
-  select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
+  select b.* into v_row from billing.balances b where b.account_id = p_account_id for update;
   if not found then
     if not p_create then
       return null;
     end if;
-    insert into billing.balances (user_id) values (p_user_id) on conflict (user_id) do nothing;
-    select b.* into v_row from billing.balances b where b.user_id = p_user_id for update;
+    insert into billing.balances (account_id) values (p_account_id) on conflict (account_id) do nothing;
+    select b.* into v_row from billing.balances b where b.account_id = p_account_id for update;
   end if;
-  perform billing_internal.flush_head(p_user_id);
+  perform billing_internal.flush_head(p_account_id);
   if v_row.next_event_at is null or v_row.next_event_at > pg_catalog.now() then
     return v_row; -- spendable, held and debt are exact; the caller recomputes the head when done
   end if;
   for v_hold in
-    select r.id, r.drawn_from from billing.token_reservations r
-     where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
+    select r.id, r.drawn_from, r.user_id, r.tokens, r.limit_period_start from billing.token_reservations r
+     where r.account_id = p_account_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
   loop
-    perform billing_internal.return_to_grants(v_hold.drawn_from);
-    update billing.token_reservations set status = 'expired', settled_at = pg_catalog.now() where id = v_hold.id;
+    perform billing_internal.return_to_grants(p_account_id, v_hold.drawn_from);
+    perform billing_internal.refund_member(p_account_id, v_hold.user_id, v_hold.tokens, v_hold.limit_period_start);
+    update billing.token_reservations r set status = 'expired', settled_at = pg_catalog.now()
+     where r.account_id = p_account_id and r.id = v_hold.id;
   end loop;
   update billing.token_grants g set expired = g.expired + g.remaining, remaining = 0
-   where g.user_id = p_user_id and g.remaining > 0 and not billing_internal.is_live(g.expires_at);
-  v_row := billing_internal.recompute_balance(p_user_id);
+   where g.account_id = p_account_id and g.remaining > 0 and not billing_internal.is_live(g.expires_at);
+  v_row := billing_internal.recompute_balance(p_account_id);
   -- The caller writes grants next: leave no head, so its final recompute cannot overwrite them.
-  perform billing_internal.flush_head(p_user_id);
+  perform billing_internal.flush_head(p_account_id);
   return v_row;
 end
 $$;
 
-create or replace function billing_internal.spendable_now(p_user_id uuid) returns bigint
+create or replace function billing_internal.spendable_now(p_account_id uuid) returns bigint
 language sql stable set search_path = pg_catalog, pg_temp as $$
   select case
-    when b.user_id is null then 0
+    when b.account_id is null then 0
     when b.next_event_at is null or b.next_event_at > pg_catalog.now() then b.spendable
     else greatest(0,
       (select coalesce(pg_catalog.sum(case when g.id = b.head_grant_id then b.head_remaining else g.remaining end), 0)
          from billing.token_grants g
-        where g.user_id = p_user_id and g.remaining > 0
+        where g.account_id = p_account_id and g.remaining > 0
           and billing_internal.is_live(g.expires_at))
       + (select coalesce(pg_catalog.sum(r.drawn_from[i][2]), 0)
            from billing.token_reservations r
            cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
-           join billing.token_grants g on g.id = r.drawn_from[i][1]
-          where r.user_id = p_user_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
+           join billing.token_grants g on g.account_id = r.account_id and g.id = r.drawn_from[i][1]
+          where r.account_id = p_account_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
             and billing_internal.is_live(g.expires_at))
       - b.debt)
   end
-  from (select p_user_id as id) u
-  left join billing.balances b on b.user_id = u.id
+  from (select p_account_id as id) u
+  left join billing.balances b on b.account_id = u.id
 $$;
 
 create or replace function billing_internal.check_balance_reader(p_user_id uuid) returns void
@@ -581,34 +681,41 @@ begin
 end
 $$;
 
-create or replace function billing.get_balance(p_user_id uuid) returns bigint
+create or replace function billing.get_balance(p_user_id uuid, p_account_id uuid default null) returns bigint
 language plpgsql stable as $$
 declare
+  v_account pg_catalog.uuid := p_user_id;
   v_spendable pg_catalog.int8;
 begin
   if p_user_id is null
      or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
     perform billing_internal.check_balance_reader(p_user_id);
   end if;
+  if p_account_id is not null and p_account_id operator(pg_catalog.<>) p_user_id then
+    perform billing_internal.require_member(p_account_id, p_user_id);
+    v_account := p_account_id;
+  end if;
   select b.spendable into v_spendable
     from billing.balances b
-   where b.user_id operator(pg_catalog.=) p_user_id
+   where b.account_id operator(pg_catalog.=) v_account
      and (b.next_event_at is null or b.next_event_at operator(pg_catalog.>) pg_catalog.now());
   if found then
     return v_spendable;
   end if;
-  return billing_internal.spendable_now(p_user_id);
+  return billing_internal.spendable_now(v_account);
 end
 $$;
-comment on function billing.get_balance(uuid) is 'Spendable tokens now (excludes expired and held tokens).';
+comment on function billing.get_balance(uuid, uuid) is
+  'Spendable tokens now of the account (default: p_user_id''s personal account); excludes expired and held tokens.';
 
-create or replace function billing_internal.consume_replay(p_user_id uuid, p_amount bigint, p_key text)
+create or replace function billing_internal.consume_replay(p_account_id uuid, p_member uuid, p_amount bigint, p_key text)
 returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_prev billing.token_usage;
 begin
-  select u.* into v_prev from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_key;
+  select u.* into v_prev from billing.token_usage u
+   where u.account_id = p_account_id and u.user_id is not distinct from p_member and u.idempotency_key = p_key;
   if not found then
     raise exception using errcode = 'XX000', message = 'pg_billing: idempotency key conflict without a usage row';
   elsif v_prev.tokens <> p_amount then
@@ -623,7 +730,8 @@ create or replace function billing.consume_tokens(
   p_user_id uuid,
   p_amount bigint,
   p_idempotency_key text default null,
-  p_metadata jsonb default '{}'
+  p_metadata jsonb default '{}',
+  p_account_id uuid default null
 ) returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
@@ -649,21 +757,28 @@ begin
   elsif pg_catalog.jsonb_typeof(p_metadata) <> 'object' then
     perform billing_internal.check_metadata(p_metadata);
   end if;
+  if p_account_id is not null and p_account_id <> p_user_id then
+    -- A member spends from a team account: membership and spend limit under the account's lock.
+    return query select * from billing_internal.consume_as_member(p_account_id, p_user_id, p_amount,
+                                                                   p_idempotency_key, p_metadata);
+    return;
+  end if;
 
-  -- Fast path: nothing is due to expire and the head grant covers the amount. One UPDATE (which
-  -- also locks the user's balance row) and one INSERT in a single statement. Without a key it is a
-  -- plain INSERT; with one, ON CONFLICT makes a key seen before insert nothing. The result goes out
-  -- through the OUT parameters and RETURN NEXT (no extra query, unlike RETURN QUERY).
+  -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
+  -- grant covers the amount. One UPDATE (which also locks the account's balance row) and one INSERT
+  -- in a single statement. Without a key it is a plain INSERT; with one, ON CONFLICT makes a key
+  -- seen before insert nothing. The result goes out through the OUT parameters and RETURN NEXT (no
+  -- extra query, unlike RETURN QUERY).
   if p_idempotency_key is null then
     with debit as (
       update billing.balances b
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
-       where b.user_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+       where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.user_id, b.spendable, b.head_grant_id
+      returning b.account_id, b.spendable, b.head_grant_id
     )
-    insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after)
-    select d.user_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
+    insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
+    select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
     returning id, token_usage.balance_after into usage_id, balance_after;
     if found then
@@ -676,14 +791,14 @@ begin
     with debit as (
       update billing.balances b
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
-       where b.user_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+       where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.user_id, b.spendable, b.head_grant_id
+      returning b.account_id, b.spendable, b.head_grant_id
     ), usage as (
-      insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
-      select d.user_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
+      insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+      select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
         from debit d
-      on conflict (user_id, idempotency_key) where idempotency_key is not null do nothing
+      on conflict (account_id, user_id, idempotency_key) where idempotency_key is not null do nothing
       returning id
     )
     select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
@@ -698,49 +813,100 @@ begin
     elsif v_after is not null then
       -- The key was used before (or by a racing call that committed first): undo the debit.
       update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
-       where b.user_id = p_user_id;
-      return query select * from billing_internal.consume_replay(p_user_id, p_amount, p_idempotency_key);
+       where b.account_id = p_user_id;
+      return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
       return;
     end if;
   end if;
 
   -- Slow path: lock, flush the head, settle what is due, then spend across grants in order.
   v_row := billing_internal.lock_and_settle(p_user_id, false);
-  if v_row.user_id is not null and p_idempotency_key is not null
-     and exists (select 1 from billing.token_usage u where u.user_id = p_user_id and u.idempotency_key = p_idempotency_key) then
-    return query select * from billing_internal.consume_replay(p_user_id, p_amount, p_idempotency_key);
+  if v_row.account_id is not null and p_idempotency_key is not null
+     and exists (select 1 from billing.token_usage u where u.account_id = p_user_id and u.user_id is null
+                    and u.idempotency_key = p_idempotency_key) then
+    return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
     return;
   end if;
-  if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+  if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
     perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
   end if;
   v_drawn := billing_internal.burn(p_user_id, p_amount, false);
   v_row := billing_internal.recompute_balance(p_user_id);
-  insert into billing.token_usage (user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+  insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
-comment on function billing.consume_tokens(uuid, bigint, text, jsonb) is
-  'Atomically debits tokens (soonest-expiring first); PT402 when not enough, PT409 on a key reused with another amount.';
+comment on function billing.consume_tokens(uuid, bigint, text, jsonb, uuid) is
+  'Atomically debits tokens (soonest-expiring first) from the account (default: p_user_id''s personal account); PT402 when not enough or over the member''s limit, PT409 on a key reused with another amount.';
+
+create or replace function billing_internal.consume_as_member(p_account_id uuid, p_user_id uuid, p_amount bigint, p_key text,
+                                                   p_metadata jsonb)
+returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_row billing.balances;
+  v_drawn bigint[];
+  v_id bigint;
+begin
+  perform 1 from billing.balances b where b.account_id = p_account_id for update;
+  perform billing_internal.require_member(p_account_id, p_user_id);
+  if p_key is not null and exists (select 1 from billing.token_usage u where u.account_id = p_account_id
+                                      and u.user_id = p_user_id and u.idempotency_key = p_key) then
+    return query select * from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key);
+    return;
+  end if;
+  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);
+  update billing.balances b
+     set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+   where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
+     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+  returning b.* into v_row;
+  if found then
+    v_drawn := array[[v_row.head_grant_id, p_amount]];
+  else
+    v_row := billing_internal.lock_and_settle(p_account_id, false);
+    if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+      perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+    end if;
+    v_drawn := billing_internal.burn(p_account_id, p_amount, false);
+    v_row := billing_internal.recompute_balance(p_account_id);
+  end if;
+  insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+  values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
+  returning id into v_id;
+  return query select v_id, p_amount, v_row.spendable::bigint, false;
+end
+$$;
 
 create or replace function billing_internal.insert_grant(
-  p_user_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb,
+  p_account_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb,
   p_payment_intent text, p_price_id text, p_amount_paid bigint, p_currency text,
   out grant_id bigint, out inserted boolean
 )
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
-  insert into billing.token_grants (user_id, kind, reference, tokens, remaining, expires_at, metadata,
+  -- A reference names one grant across accounts: another account's use of it is a conflict. The
+  -- unique key is per account (so the schema distributes by account), so grants of one reference
+  -- to two accounts serialize on a transaction lock of the reference; the check below then sees
+  -- the other's committed grant (each statement reads a fresh snapshot).
+  perform pg_catalog.pg_advisory_xact_lock(1651076204, pg_catalog.hashtext(p_kind || ':' || p_reference));
+  if exists (select 1 from billing.token_grants g
+              where g.kind = p_kind and g.reference = p_reference and g.account_id <> p_account_id) then
+    raise exception using errcode = 'PT409', message = 'grant reference already used for another account',
+      detail = pg_catalog.format('(%s, %s)', p_kind, p_reference);
+  end if;
+  insert into billing.token_grants (account_id, kind, reference, tokens, remaining, expires_at, metadata,
                                     stripe_payment_intent, stripe_price_id, amount_paid, currency)
-  values (p_user_id, p_kind, p_reference, p_tokens, p_tokens, p_expires_at, p_metadata,
+  values (p_account_id, p_kind, p_reference, p_tokens, p_tokens, p_expires_at, p_metadata,
           p_payment_intent, p_price_id, p_amount_paid, p_currency)
-  on conflict (kind, reference) do nothing
+  on conflict (account_id, kind, reference) do nothing
   returning id into grant_id;
   inserted := found;
   if not inserted then
-    select g.id into grant_id from billing.token_grants g where g.kind = p_kind and g.reference = p_reference;
+    select g.id into grant_id from billing.token_grants g
+     where g.account_id = p_account_id and g.kind = p_kind and g.reference = p_reference;
   end if;
 end
 $$;
@@ -751,18 +917,18 @@ create or replace function billing.grant_purchase(
   p_reference text,
   p_kind text default 'purchase',
   p_expires_at timestamptz default null,
-  p_metadata jsonb default '{}'
+  p_metadata jsonb default '{}',
+  p_account_id uuid default null
 ) returns table (grant_id bigint, tokens bigint, balance_after bigint, replayed boolean)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
+  v_account uuid;
   v_grant billing.token_grants;
   v_ins record;
   v_row billing.balances;
 begin
   perform billing_internal.require_service();
-  if p_user_id is null then
-    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
-  end if;
+  v_account := billing_internal.payer(p_user_id, p_account_id);
   perform billing_internal.check_amount('p_tokens', p_tokens);
   if p_reference is null or pg_catalog.length(p_reference) < 1 or pg_catalog.length(p_reference) > 255 then
     raise exception using errcode = '22023', message = 'p_reference must be 1 to 255 characters';
@@ -775,30 +941,33 @@ begin
   end if;
   p_metadata := billing_internal.check_metadata(p_metadata);
 
-  perform billing_internal.lock_and_settle(p_user_id, true);
-  select * into v_ins from billing_internal.insert_grant(p_user_id, p_tokens, p_reference, p_kind, p_expires_at,
-                                                p_metadata, null, null, null, null);
-  select g.* into v_grant from billing.token_grants g where g.id = v_ins.grant_id;
-  if v_grant.user_id is distinct from p_user_id or v_grant.tokens <> p_tokens
-     or v_grant.expires_at is distinct from p_expires_at then
+  perform billing_internal.lock_and_settle(v_account, true);
+  select * into v_ins from billing_internal.insert_grant(v_account, p_tokens, p_reference, p_kind, p_expires_at,
+                                                         p_metadata, null, null, null, null);
+  select g.* into v_grant from billing.token_grants g where g.account_id = v_account and g.id = v_ins.grant_id;
+  if v_grant.tokens <> p_tokens or v_grant.expires_at is distinct from p_expires_at then
     raise exception using errcode = 'PT409', message = 'grant reference already used with different terms',
       detail = pg_catalog.format('(%s, %s) already granted %s tokens', p_kind, p_reference, v_grant.tokens);
   end if;
-  v_row := billing_internal.recompute_balance(p_user_id);
+  v_row := billing_internal.recompute_balance(v_account);
   return query select v_grant.id, v_grant.tokens, v_row.spendable::bigint, not v_ins.inserted;
 end
 $$;
-comment on function billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb) is
-  'Credits tokens once per (kind, reference); repeats return the same grant.';
+comment on function billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid) is
+  'Credits tokens once per (kind, reference) to the account (default: p_user_id''s personal account); repeats return the same grant.';
 
 create or replace function billing.reserve_tokens(
   p_user_id uuid,
   p_amount bigint,
   p_idempotency_key text,
-  p_ttl interval default '15 minutes'
+  p_ttl interval default '15 minutes',
+  p_account_id uuid default null
 ) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
+  v_account uuid := coalesce(p_account_id, p_user_id);
+  v_member uuid;  -- a team member; null for the user's own (personal) account
+  v_period timestamptz;
   v_row billing.balances;
   v_prev billing.token_reservations;
   v_res billing.token_reservations;
@@ -812,39 +981,51 @@ begin
   if p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day' then
     raise exception using errcode = '22023', message = 'p_ttl must be between 0 and 1 day (exclusive of 0)';
   end if;
+  if v_account <> p_user_id then
+    v_member := p_user_id;
+  end if;
 
-  v_row := billing_internal.lock_and_settle(p_user_id, false);
-  if v_row.user_id is not null and p_idempotency_key is not null then
+  v_row := billing_internal.lock_and_settle(v_account, false);
+  if v_member is not null then
+    perform billing_internal.require_member(v_account, v_member);  -- under the account's lock
+  end if;
+  if v_row.account_id is not null and p_idempotency_key is not null then
     select r.* into v_prev from billing.token_reservations r
-     where r.user_id = p_user_id and r.idempotency_key = p_idempotency_key;
+     where r.account_id = v_account and r.user_id is not distinct from v_member and r.idempotency_key = p_idempotency_key;
     if found then
       if v_prev.tokens <> p_amount then
         raise exception using errcode = 'PT409', message = 'idempotency key reused with a different amount',
           detail = pg_catalog.format('key %L reserved %s tokens, this call asks for %s', p_idempotency_key, v_prev.tokens, p_amount);
       end if;
-      v_row := billing_internal.recompute_balance(p_user_id);
+      v_row := billing_internal.recompute_balance(v_account);
       return query select v_prev.id, v_prev.tokens, v_prev.expires_at, v_row.spendable::bigint, true;
       return;
     end if;
   end if;
-  if v_row.user_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+  if v_member is not null then
+    v_period := billing_internal.charge_member(v_account, v_member, p_amount);  -- counts while held
+  end if;
+  if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
     perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
   end if;
 
-  insert into billing.token_reservations (user_id, tokens, idempotency_key, expires_at, drawn_from)
-  values (p_user_id, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, billing_internal.burn(p_user_id, p_amount, false))
+  insert into billing.token_reservations (account_id, user_id, tokens, idempotency_key, expires_at, drawn_from,
+                                          limit_period_start)
+  values (v_account, v_member, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl,
+          billing_internal.burn(v_account, p_amount, false), v_period)
   returning * into v_res;
-  v_row := billing_internal.recompute_balance(p_user_id);
+  v_row := billing_internal.recompute_balance(v_account);
   return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable::bigint, false;
 end
 $$;
-comment on function billing.reserve_tokens(uuid, bigint, text, interval) is
-  'Holds tokens for a streaming request; expired holds are released lazily or by billing.run_maintenance().';
+comment on function billing.reserve_tokens(uuid, bigint, text, interval, uuid) is
+  'Holds tokens of the account (default: p_user_id''s personal account) for a streaming request; expired holds are released lazily or by billing.run_maintenance().';
 
 create or replace function billing_internal.lock_reservation(p_reservation_id uuid) returns billing.token_reservations
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid;
+  v_account uuid;
+  v_holder uuid;
   v_res billing.token_reservations;
 begin
   if p_reservation_id is null then
@@ -853,13 +1034,14 @@ begin
   if billing_internal.caller_kind() = 'anon' then
     perform billing_internal.require_access(null); -- 42501, as everywhere for anon
   end if;
-  select r.user_id into v_user from billing.token_reservations r where r.id = p_reservation_id;
+  select r.account_id, coalesce(r.user_id, r.account_id) into v_account, v_holder
+    from billing.token_reservations r where r.id = p_reservation_id;
   -- Another user's reservation reads as missing: its existence is not theirs to learn.
-  if not found or (billing_internal.caller_kind() <> 'service' and v_user is distinct from billing_internal.auth_uid()) then
+  if not found or (billing_internal.caller_kind() <> 'service' and v_holder is distinct from billing_internal.auth_uid()) then
     raise exception using errcode = 'PT404', message = 'reservation not found';
   end if;
-  perform billing_internal.lock_and_settle(v_user, false);
-  select r.* into v_res from billing.token_reservations r where r.id = p_reservation_id;
+  perform billing_internal.lock_and_settle(v_account, false);
+  select r.* into v_res from billing.token_reservations r where r.account_id = v_account and r.id = p_reservation_id;
   return v_res;
 end
 $$;
@@ -883,7 +1065,7 @@ begin
         detail = pg_catalog.format('committed %s tokens, this call asks for %s', v_res.committed_tokens, p_actual_amount);
     end if;
     return query select v_res.usage_id, v_res.committed_tokens, v_res.tokens - v_res.committed_tokens,
-                        billing_internal.spendable_now(v_res.user_id), true;
+                        billing_internal.spendable_now(v_res.account_id), true;
     return;
   elsif v_res.status <> 'held' then
     raise exception using errcode = 'PT410', message = pg_catalog.format('reservation is %s', v_res.status),
@@ -907,16 +1089,18 @@ begin
     v_left := v_left - v_part;
   end loop;
   if pg_catalog.cardinality(v_returned) > 0 then
-    perform billing_internal.return_to_grants(v_returned);
+    perform billing_internal.return_to_grants(v_res.account_id, v_returned);
   end if;
-  update billing.token_reservations set status = 'committed', committed_tokens = p_actual_amount,
-         settled_at = pg_catalog.now() where id = v_res.id;
-  v_row := billing_internal.recompute_balance(v_res.user_id);
+  perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens - p_actual_amount,
+                                         v_res.limit_period_start);
+  update billing.token_reservations r set status = 'committed', committed_tokens = p_actual_amount,
+         settled_at = pg_catalog.now() where r.account_id = v_res.account_id and r.id = v_res.id;
+  v_row := billing_internal.recompute_balance(v_res.account_id);
   if p_actual_amount > 0 then
-    insert into billing.token_usage (user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
-    values (v_res.user_id, p_actual_amount, v_res.metadata, v_charged, v_row.spendable, v_res.id)
+    insert into billing.token_usage (account_id, user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
+    values (v_res.account_id, v_res.user_id, p_actual_amount, v_res.metadata, v_charged, v_row.spendable, v_res.id)
     returning id into v_usage;
-    update billing.token_reservations set usage_id = v_usage where id = v_res.id;
+    update billing.token_reservations r set usage_id = v_usage where r.account_id = v_res.account_id and r.id = v_res.id;
   end if;
   return query select v_usage, p_actual_amount, v_res.tokens - p_actual_amount, v_row.spendable::bigint, false;
 end
@@ -934,36 +1118,57 @@ begin
   v_res := billing_internal.lock_reservation(p_reservation_id);
   if v_res.status in ('released', 'expired') then
     -- Releasing twice (or after the TTL released it) is harmless: report what is there.
-    return query select 0::bigint, billing_internal.spendable_now(v_res.user_id), true;
+    return query select 0::bigint, billing_internal.spendable_now(v_res.account_id), true;
     return;
   elsif v_res.status = 'committed' then
     raise exception using errcode = 'PT410', message = 'reservation is committed',
       hint = 'A committed reservation was charged; it cannot be released.';
   end if;
-  perform billing_internal.return_to_grants(v_res.drawn_from);
-  update billing.token_reservations set status = 'released', settled_at = pg_catalog.now() where id = v_res.id;
-  v_row := billing_internal.recompute_balance(v_res.user_id);
+  perform billing_internal.return_to_grants(v_res.account_id, v_res.drawn_from);
+  perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens, v_res.limit_period_start);
+  update billing.token_reservations r set status = 'released', settled_at = pg_catalog.now()
+   where r.account_id = v_res.account_id and r.id = v_res.id;
+  v_row := billing_internal.recompute_balance(v_res.account_id);
   return query select v_res.tokens, v_row.spendable::bigint, false;
 end
 $$;
 comment on function billing.release_reservation(uuid) is 'Releases every token of a held reservation.';
 
+create or replace function billing_internal.release_member_holds(p_account_id uuid, p_user_id uuid) returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_hold record;
+  v_released bigint := 0;
+begin
+  for v_hold in
+    select r.id, r.drawn_from, r.tokens from billing.token_reservations r
+     where r.account_id = p_account_id and r.user_id = p_user_id and r.status = 'held'
+  loop
+    perform billing_internal.return_to_grants(p_account_id, v_hold.drawn_from);
+    update billing.token_reservations r set status = 'released', settled_at = pg_catalog.now()
+     where r.account_id = p_account_id and r.id = v_hold.id;
+    v_released := v_released + v_hold.tokens;
+  end loop;
+  return v_released;
+end
+$$;
+
 create or replace function billing.run_maintenance(p_limit integer default 10000) returns integer
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid;
+  v_account uuid;
   v_count integer := 0;
 begin
   perform billing_internal.require_service();
-  for v_user in
-    select b.user_id from billing.balances b
+  for v_account in
+    select b.account_id from billing.balances b
      where b.next_event_at <= pg_catalog.now()
      order by b.next_event_at
      limit greatest(coalesce(p_limit, 10000), 0) -- NULL means the default, not "no limit"
        for update skip locked
   loop
-    perform billing_internal.lock_and_settle(v_user, false);
-    perform billing_internal.recompute_balance(v_user);
+    perform billing_internal.lock_and_settle(v_account, false);
+    perform billing_internal.recompute_balance(v_account);
     v_count := v_count + 1;
   end loop;
   return v_count;
@@ -971,6 +1176,223 @@ end
 $$;
 comment on function billing.run_maintenance(integer) is
   'Expires grants and holds that are due; schedule with pg_cron, e.g. every minute.';
+
+create or replace function billing_internal.payer(p_user_id uuid, p_account_id uuid) returns uuid
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+  if p_account_id is null or p_account_id = p_user_id then
+    if p_user_id is null then
+      raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+    end if;
+    return p_user_id;
+  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id) then
+    raise exception using errcode = '22023', message = 'p_account_id is not a team account',
+      detail = p_account_id::text;
+  end if;
+  return p_account_id;
+end
+$$;
+
+create or replace function billing_internal.require_member(p_account_id uuid, p_user_id uuid) returns billing.account_members
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_member billing.account_members;
+begin
+  select m.* into v_member from billing.account_members m
+   where m.account_id = p_account_id and m.user_id = p_user_id;
+  if not found then
+    raise exception using errcode = '42501', message = 'not a member of the account',
+      detail = pg_catalog.format('user %s, account %s', p_user_id, p_account_id);
+  end if;
+  return v_member;
+end
+$$;
+
+create or replace function billing_internal.limit_period_start(p_period text) returns timestamptz
+language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
+  select pg_catalog.date_trunc(p_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC'
+$$;
+
+create or replace function billing_internal.charge_member(p_account_id uuid, p_user_id uuid, p_amount bigint) returns timestamptz
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_member billing.account_members;
+  v_start timestamptz;
+  v_spent bigint;
+begin
+  select m.* into v_member from billing.account_members m
+   where m.account_id = p_account_id and m.user_id = p_user_id;
+  v_start := billing_internal.limit_period_start(v_member.spend_limit_period);
+  v_spent := case when v_member.period_start is not distinct from v_start then v_member.period_spent else 0 end;
+  if v_member.spend_limit is not null and v_spent::numeric + p_amount > v_member.spend_limit then
+    raise exception using errcode = 'PT402', message = 'member spend limit reached',
+      detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, v_spent,
+                                 v_member.spend_limit, v_member.spend_limit_period),
+      hint = 'An owner or admin of the account can raise the limit; it resets when the period ends (UTC).';
+  end if;
+  update billing.account_members m
+     set period_start = v_start, period_spent = least(v_spent::numeric + p_amount, 9223372036854775807)::bigint
+   where m.account_id = p_account_id and m.user_id = p_user_id;
+  return v_start;
+end
+$$;
+
+create or replace function billing_internal.refund_member(p_account_id uuid, p_user_id uuid, p_amount bigint,
+                                               p_period_start timestamptz) returns void
+language sql set search_path = pg_catalog, pg_temp as $$
+  update billing.account_members m set period_spent = greatest(0, m.period_spent - p_amount)
+   where p_user_id is not null and p_amount > 0 and m.account_id = p_account_id and m.user_id = p_user_id
+     and m.period_start is not distinct from p_period_start
+$$;
+
+create or replace function billing_internal.member_account_ids() returns uuid[]
+language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select billing_internal.auth_uid() operator(pg_catalog.||) coalesce(pg_catalog.array_agg(m.account_id), '{}'::uuid[])
+    from billing.account_members m where m.user_id = billing_internal.auth_uid()
+$$;
+
+create or replace function billing_internal.managed_account_ids() returns uuid[]
+language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select billing_internal.auth_uid() operator(pg_catalog.||) coalesce(pg_catalog.array_agg(m.account_id), '{}'::uuid[])
+    from billing.account_members m where m.user_id = billing_internal.auth_uid() and m.role in ('owner', 'admin')
+$$;
+
+create or replace function billing_internal.manager_role(p_account_id uuid) returns text
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_user uuid;
+  v_role text;
+begin
+  if p_account_id is null then
+    raise exception using errcode = '22023', message = 'p_account_id must not be NULL';
+  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id) then
+    raise exception using errcode = 'PT404', message = 'account not found';
+  elsif billing_internal.caller_kind() = 'service' then
+    return 'owner';
+  end if;
+  v_user := billing_internal.current_user_id();
+  select m.role into v_role from billing.account_members m where m.account_id = p_account_id and m.user_id = v_user;
+  if v_role is null then
+    raise exception using errcode = '42501', message = 'not a member of the account';
+  end if;
+  return v_role;
+end
+$$;
+
+create or replace function billing_internal.create_account(p_name text, p_owner uuid) returns uuid
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_id uuid;
+begin
+  if p_name is null or pg_catalog.length(pg_catalog.btrim(p_name)) not between 1 and 200 then
+    raise exception using errcode = '22023', message = 'p_name must be 1 to 200 characters';
+  elsif p_owner is null then
+    raise exception using errcode = '22023', message = 'p_owner must not be NULL';
+  end if;
+  insert into billing.accounts (name) values (pg_catalog.btrim(p_name)) returning id into v_id;
+  insert into billing.account_members (account_id, user_id, role) values (v_id, p_owner, 'owner');
+  return v_id;
+end
+$$;
+
+create or replace function billing.create_team_account(p_name text, p_owner uuid default null) returns uuid
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_owner uuid := p_owner;
+begin
+  if v_owner is null and billing_internal.caller_kind() = 'service' then
+    raise exception using errcode = '22023', message = 'p_owner must not be NULL (the backend names the owner)';
+  end if;
+  v_owner := coalesce(v_owner, billing_internal.current_user_id());
+  perform billing_internal.require_access(v_owner);
+  return billing_internal.create_account(p_name, v_owner);
+end
+$$;
+comment on function billing.create_team_account(text, uuid) is
+  'Creates a team account owned by the signed-in user (or, for the backend, by p_owner).';
+
+create or replace function billing.add_account_member(
+  p_account_id uuid,
+  p_user_id uuid,
+  p_role text default 'member',
+  p_spend_limit bigint default null,
+  p_spend_limit_period text default 'month'
+) returns billing.account_members
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_actor text := billing_internal.manager_role(p_account_id);
+  v_current billing.account_members;
+  v_member billing.account_members;
+begin
+  if p_user_id is null then
+    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+  elsif p_role is null or p_role not in ('owner', 'admin', 'member') then
+    raise exception using errcode = '22023', message = 'p_role must be owner, admin or member';
+  elsif p_spend_limit < 0 then
+    raise exception using errcode = '22023', message = 'p_spend_limit must be >= 0 tokens (NULL: no limit)';
+  elsif p_spend_limit_period is null and p_spend_limit is not null
+     or p_spend_limit_period not in ('day', 'week', 'month') then
+    raise exception using errcode = '22023', message = 'p_spend_limit_period must be day, week or month';
+  end if;
+  perform billing_internal.lock_and_settle(p_account_id, true);
+  select m.* into v_current from billing.account_members m where m.account_id = p_account_id and m.user_id = p_user_id;
+  if v_actor = 'member' or (v_actor = 'admin' and (p_role <> 'member' or coalesce(v_current.role, 'member') <> 'member')) then
+    raise exception using errcode = '42501', message = 'not allowed to manage this member',
+      hint = 'Owners manage every member; admins manage members with the member role.';
+  end if;
+  if v_current.role = 'owner' and p_role <> 'owner' then
+    perform billing_internal.keep_an_owner(p_account_id, p_user_id);
+  end if;
+  insert into billing.account_members as m (account_id, user_id, role, spend_limit, spend_limit_period)
+  values (p_account_id, p_user_id, p_role, p_spend_limit, p_spend_limit_period)
+  on conflict (account_id, user_id) do update
+     set role = excluded.role, spend_limit = excluded.spend_limit, spend_limit_period = excluded.spend_limit_period
+  returning m.* into v_member;
+  perform billing_internal.recompute_balance(p_account_id);
+  return v_member;
+end
+$$;
+comment on function billing.add_account_member(uuid, uuid, text, bigint, text) is
+  'Adds a member to a team account, or changes a member''s role and spend limit (owners, admins for members, service).';
+
+create or replace function billing.remove_account_member(p_account_id uuid, p_user_id uuid) returns boolean
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_actor text := billing_internal.manager_role(p_account_id);
+  v_target billing.account_members;
+  v_self boolean := billing_internal.caller_kind() <> 'service' and p_user_id = billing_internal.current_user_id();
+begin
+  if p_user_id is null then
+    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+  end if;
+  perform billing_internal.lock_and_settle(p_account_id, true);
+  select m.* into v_target from billing.account_members m where m.account_id = p_account_id and m.user_id = p_user_id;
+  if not found then
+    return false;
+  elsif not v_self and (v_actor = 'member' or (v_actor = 'admin' and v_target.role <> 'member')) then
+    raise exception using errcode = '42501', message = 'not allowed to remove this member';
+  elsif v_target.role = 'owner' then
+    perform billing_internal.keep_an_owner(p_account_id, p_user_id);
+  end if;
+  perform billing_internal.release_member_holds(p_account_id, p_user_id);
+  delete from billing.account_members m where m.account_id = p_account_id and m.user_id = p_user_id;
+  perform billing_internal.recompute_balance(p_account_id);
+  return true;
+end
+$$;
+comment on function billing.remove_account_member(uuid, uuid) is
+  'Removes a member from a team account and releases their holds (owners, admins for members, the member themselves, service).';
+
+create or replace function billing_internal.keep_an_owner(p_account_id uuid, p_user_id uuid) returns void
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+  if not exists (select 1 from billing.account_members m
+                  where m.account_id = p_account_id and m.role = 'owner' and m.user_id <> p_user_id) then
+    raise exception using errcode = 'PT409', message = 'an account needs an owner',
+      hint = 'Make another member an owner first.';
+  end if;
+end
+$$;
 
 create or replace function billing_internal.raise_unprocessable(p_message text, p_detail text) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
@@ -1015,43 +1437,57 @@ language sql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
   end
 $$;
 
-create or replace function billing_internal.event_user(p_event jsonb) returns uuid
+create or replace function billing_internal.event_account(p_event jsonb) returns uuid
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_ref text := p_event ->> 'client_reference_id';
   v_meta text := p_event ->> 'metadata_user_id';
   v_user uuid;
+  v_account uuid;
 begin
   if v_ref is not null and v_meta is not null and v_ref <> v_meta then
     perform billing_internal.raise_unprocessable('client_reference_id and metadata.user_id disagree',
       pg_catalog.format('%s vs %s', v_ref, v_meta));
   end if;
-  if coalesce(v_ref, v_meta) is not null then
-    begin
-      return coalesce(v_ref, v_meta)::uuid;
-    exception when invalid_text_representation then
-      perform billing_internal.raise_unprocessable('user id in the event is not a uuid', coalesce(v_ref, v_meta));
-    end;
+  begin
+    v_user := coalesce(v_ref, v_meta)::uuid;
+    v_account := (p_event ->> 'metadata_account_id')::uuid;
+  exception when invalid_text_representation then
+    perform billing_internal.raise_unprocessable('a user or account id in the event is not a uuid',
+      pg_catalog.format('user %s, account %s', coalesce(v_ref, v_meta), p_event ->> 'metadata_account_id'));
+  end;
+  if v_account is not null then
+    if not exists (select 1 from billing.accounts a where a.id = v_account) then
+      perform billing_internal.raise_unprocessable('metadata.account_id is not a team account', v_account::text);
+    elsif v_user is not null and not exists (select 1 from billing.account_members m where m.account_id = v_account
+                                                and m.user_id = v_user and m.role in ('owner', 'admin')) then
+      perform billing_internal.raise_unprocessable('the user in the event is not an owner or admin of the account',
+        pg_catalog.format('user %s, account %s', v_user, v_account));
+    end if;
+    return v_account;
+  elsif v_user is not null then
+    return v_user;
   end if;
-  select c.user_id into v_user from billing.stripe_customers c where c.stripe_customer_id = p_event ->> 'customer';
-  if v_user is null then
-    select s.user_id into v_user from billing.user_subscriptions s where s.stripe_subscription_id = p_event ->> 'subscription';
+  select c.account_id into v_account from billing.stripe_customers c where c.stripe_customer_id = p_event ->> 'customer';
+  if v_account is null then
+    select s.account_id into v_account from billing.user_subscriptions s
+     where s.stripe_subscription_id = p_event ->> 'subscription';
   end if;
-  return v_user;
+  return v_account;
 end
 $$;
 
-create or replace function billing_internal.link_customer(p_user_id uuid, p_customer text) returns text
+create or replace function billing_internal.link_customer(p_account_id uuid, p_customer text) returns text
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
-  if p_customer is null or p_user_id is null then
+  if p_customer is null or p_account_id is null then
     return 'none';
   end if;
-  insert into billing.stripe_customers (user_id, stripe_customer_id) values (p_user_id, p_customer)
+  insert into billing.stripe_customers (account_id, stripe_customer_id) values (p_account_id, p_customer)
   on conflict do nothing;
   if found then
     return 'linked';
-  elsif exists (select 1 from billing.stripe_customers c where c.user_id = p_user_id and c.stripe_customer_id = p_customer) then
+  elsif exists (select 1 from billing.stripe_customers c where c.account_id = p_account_id and c.stripe_customer_id = p_customer) then
     return 'already_linked';
   end if;
   return 'conflict_kept_existing';
@@ -1079,14 +1515,14 @@ begin
 end
 $$;
 
-create or replace function billing_internal.stripe_targets(p_grant_id bigint) returns bigint[]
+create or replace function billing_internal.stripe_targets(p_account_id uuid, p_grant_id bigint) returns bigint[]
 language sql stable set search_path = pg_catalog, pg_temp as $$
   with purchases as (
     -- what each purchase added to the grant, in the order Stripe created them
     select p.purchase_id, p.amount,
            greatest(0, p.allowance - coalesce(pg_catalog.max(p.allowance) over (
              order by p.purchased_at, p.purchase_id rows between unbounded preceding and 1 preceding), 0)) as tokens
-      from billing.grant_purchases p where p.grant_id = p_grant_id
+      from billing.grant_purchases p where p.account_id = p_account_id and p.grant_id = p_grant_id
   ), shares as (
     select pu.tokens, pp.amount as weight,
            greatest(pu.amount, pg_catalog.sum(pp.amount) over (partition by pu.purchase_id))::bigint as purchase_weight,
@@ -1114,19 +1550,19 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                  pg_catalog.array_agg(s.purchase_weight) as purchase_weight, pg_catalog.array_agg(s.captured) as captured,
                  pg_catalog.array_agg(s.taken) as taken, pg_catalog.array_agg(s.open) as open
             from shares s) a
-   where g.id = p_grant_id
+   where g.account_id = p_account_id and g.id = p_grant_id
 $$;
 
-create or replace function billing_internal.settle_stripe_grant(p_grant_id bigint) returns jsonb
+create or replace function billing_internal.settle_stripe_grant(p_account_id uuid, p_grant_id bigint) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_targets bigint[] := billing_internal.stripe_targets(p_grant_id);
+  v_targets bigint[] := billing_internal.stripe_targets(p_account_id, p_grant_id);
 begin
   if v_targets is null then
     raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
       detail = pg_catalog.format('grant %s: Stripe facts give no adjustment targets', p_grant_id);
   end if;
-  return billing_internal.adjust_grant(p_grant_id, v_targets[1], v_targets[2]);
+  return billing_internal.adjust_grant(p_account_id, p_grant_id, v_targets[1], v_targets[2]);
 end
 $$;
 
@@ -1134,31 +1570,30 @@ create or replace function billing_internal.settle_payment(p_payment_key text) r
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_grant record;
-  v_user uuid;
+  v_account uuid;
   v_effects jsonb := '[]'::jsonb;
 begin
   for v_grant in
-    select distinct g.id, g.user_id
+    select distinct gp.account_id, gp.grant_id
       from billing.purchase_payments pp
       join billing.grant_purchases gp on gp.purchase_id = pp.purchase_id
-      join billing.token_grants g on g.id = gp.grant_id
      where pp.payment_key = p_payment_key
-     order by g.id
+     order by gp.account_id, gp.grant_id
   loop
-    perform billing_internal.lock_and_settle(v_grant.user_id, true);
-    v_effects := v_effects || billing_internal.settle_stripe_grant(v_grant.id);
-    perform billing_internal.recompute_balance(v_grant.user_id);
-    v_user := v_grant.user_id;
+    perform billing_internal.lock_and_settle(v_grant.account_id, true);
+    v_effects := v_effects || billing_internal.settle_stripe_grant(v_grant.account_id, v_grant.grant_id);
+    perform billing_internal.recompute_balance(v_grant.account_id);
+    v_account := v_grant.account_id;
   end loop;
-  return pg_catalog.jsonb_build_object('user_id', v_user, 'payment', p_payment_key,
-    'action', case when v_user is null then 'recorded_pending' else 'adjusted' end, 'grants', v_effects);
+  return pg_catalog.jsonb_build_object('account_id', v_account, 'payment', p_payment_key,
+    'action', case when v_account is null then 'recorded_pending' else 'adjusted' end, 'grants', v_effects);
 end
 $$;
 
 create or replace function billing_internal.apply_checkout(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing_internal.event_user(p_event);
+  v_account uuid := billing_internal.event_account(p_event);
   v_pack billing.token_packs;
   v_quantity bigint := coalesce((p_event ->> 'quantity')::bigint, 1);
   v_payment text := p_event ->> 'payment_key';
@@ -1170,11 +1605,11 @@ declare
   v_tokens numeric;
   v_adjusted jsonb;
 begin
-  if v_user is null then
-    perform billing_internal.raise_unprocessable('checkout session has no user', v_session);
+  if v_account is null then
+    perform billing_internal.raise_unprocessable('checkout session has no user or account', v_session);
   end if;
-  v_link := billing_internal.link_customer(v_user, p_event ->> 'customer');
-  v_base := pg_catalog.jsonb_build_object('user_id', v_user, 'customer', v_link)
+  v_link := billing_internal.link_customer(v_account, p_event ->> 'customer');
+  v_base := pg_catalog.jsonb_build_object('account_id', v_account, 'customer', v_link)
             || case when v_link = 'linked' then pg_catalog.jsonb_build_object('linked_customer', p_event ->> 'customer')
                     else '{}'::jsonb end;
   if p_event ->> 'mode' = 'subscription' then
@@ -1210,21 +1645,21 @@ begin
     perform billing_internal.lock_stripe_object(v_payment);
     perform billing_internal.note_payment(v_payment, v_pack.currency);
   end if;
-  perform billing_internal.lock_and_settle(v_user, true);
-  select * into v_ins from billing_internal.insert_grant(v_user, v_tokens::bigint, v_session, 'purchase', null,
+  perform billing_internal.lock_and_settle(v_account, true);
+  select * into v_ins from billing_internal.insert_grant(v_account, v_tokens::bigint, v_session, 'purchase', null,
     pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'quantity', v_quantity),
     v_payment, v_pack.stripe_price_id, v_paid, v_pack.currency);
   if v_ins.inserted then
-    insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at)
-    values (v_session, v_ins.grant_id, 'checkout_session', v_tokens::bigint, v_paid, v_pack.currency,
+    insert into billing.grant_purchases (account_id, purchase_id, grant_id, kind, allowance, amount, currency, purchased_at)
+    values (v_account, v_session, v_ins.grant_id, 'checkout_session', v_tokens::bigint, v_paid, v_pack.currency,
             pg_catalog.to_timestamp(coalesce((p_event ->> 'object_created')::bigint, (p_event ->> 'created')::bigint)));
     if v_payment is not null then
       insert into billing.purchase_payments (purchase_id, payment_key, amount) values (v_session, v_payment, v_paid)
       on conflict do nothing;
     end if;
-    v_adjusted := billing_internal.settle_stripe_grant(v_ins.grant_id); -- refunds or disputes that came first
+    v_adjusted := billing_internal.settle_stripe_grant(v_account, v_ins.grant_id); -- refunds or disputes that came first
   end if;
-  perform billing_internal.recompute_balance(v_user);
+  perform billing_internal.recompute_balance(v_account);
   return v_base || pg_catalog.jsonb_build_object('action', case when v_ins.inserted then 'granted' else 'already_granted' end,
     'grant_id', v_ins.grant_id, 'tokens', case when v_ins.inserted then v_tokens end, 'adjusted', v_adjusted);
 end
@@ -1238,7 +1673,8 @@ declare
   v_sub text := p_event ->> 'subscription';
   v_paid bigint := coalesce((p_event ->> 'amount_settled')::bigint, 0);
   v_payment text := p_event ->> 'payment_key';
-  v_user uuid;
+  v_account uuid;
+  v_owner uuid;
   v_line jsonb;
   v_plan_id bigint;
   v_plan billing.plans;
@@ -1257,9 +1693,9 @@ begin
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_allowance_for_billing_reason',
                                          'billing_reason', v_reason);
   end if;
-  v_user := billing_internal.event_user(p_event);
-  if v_user is null then
-    perform billing_internal.raise_unprocessable('invoice customer is not linked to a user', p_event ->> 'customer');
+  v_account := billing_internal.event_account(p_event);
+  if v_account is null then
+    perform billing_internal.raise_unprocessable('invoice customer is not linked to a user or account', p_event ->> 'customer');
   end if;
   select l.line, p.id into v_line, v_plan_id
     from pg_catalog.jsonb_array_elements(p_event -> 'lines') with ordinality as l(line, ord)
@@ -1273,7 +1709,7 @@ begin
          select 1 from pg_catalog.jsonb_array_elements(p_event -> 'lines') l(line)
           where (l.line ->> 'amount')::bigint > 0
             and not exists (select 1 from billing.plans p where p.stripe_price_id = l.line ->> 'price')) then
-      return pg_catalog.jsonb_build_object('user_id', v_user, 'action', 'no_plan_line', 'invoice', v_invoice);
+      return pg_catalog.jsonb_build_object('account_id', v_account, 'action', 'no_plan_line', 'invoice', v_invoice);
     end if;
     perform billing_internal.raise_unprocessable('no line of the invoice is a plan in billing.plans',
       pg_catalog.format('invoice %s prices: %s%s', v_invoice,
@@ -1292,7 +1728,7 @@ begin
   end if;
   v_allowance := case when v_paid > 0 or v_plan.grant_on_zero_amount then v_plan.tokens_per_period else 0 end;
   if v_allowance = 0 then
-    return pg_catalog.jsonb_build_object('user_id', v_user, 'action', 'zero_amount', 'invoice', v_invoice,
+    return pg_catalog.jsonb_build_object('account_id', v_account, 'action', 'zero_amount', 'invoice', v_invoice,
                                          'plan', v_plan.code);
   end if;
 
@@ -1301,12 +1737,16 @@ begin
     perform billing_internal.lock_stripe_object(v_payment);
     perform billing_internal.note_payment(v_payment, v_plan.currency);
   end if;
-  perform billing_internal.lock_and_settle(v_user, true);
-  select gp.grant_id into v_grant from billing.grant_purchases gp
+  perform billing_internal.lock_and_settle(v_account, true);
+  select gp.grant_id, gp.account_id into v_grant, v_owner from billing.grant_purchases gp
    where gp.stripe_subscription_id = v_sub and gp.period_end = v_period_end
    order by gp.purchased_at, gp.purchase_id limit 1;
-  if v_grant is null then
-    select * into v_ins from billing_internal.insert_grant(v_user, v_allowance,
+  if v_owner is distinct from v_account and v_owner is not null then
+    perform billing_internal.raise_unprocessable('the subscription period is credited to another account',
+      pg_catalog.format('subscription %s, period ending %s, invoice %s for account %s', v_sub, v_period_end, v_invoice,
+                        v_account));
+  elsif v_grant is null then
+    select * into v_ins from billing_internal.insert_grant(v_account, v_allowance,
       v_sub || '@' || extract(epoch from v_period_end)::bigint, 'subscription',
       case when v_plan.rollover then null else v_period_end end,
       pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'subscription', v_sub, 'plan', v_plan.code,
@@ -1315,32 +1755,30 @@ begin
     v_grant := v_ins.grant_id;
     v_created := v_ins.inserted;
   end if;
-  if (select g.user_id from billing.token_grants g where g.id = v_grant) is distinct from v_user then
-    perform billing_internal.raise_unprocessable('the subscription period is credited to another user',
-      pg_catalog.format('subscription %s, period ending %s, invoice %s for user %s', v_sub, v_period_end, v_invoice, v_user));
-  end if;
-  insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
+  insert into billing.grant_purchases (account_id, purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
                                        stripe_subscription_id, period_end, plan_id)
-  values (v_invoice, v_grant, 'invoice', v_allowance, v_paid, v_plan.currency,
+  values (v_account, v_invoice, v_grant, 'invoice', v_allowance, v_paid, v_plan.currency,
           pg_catalog.to_timestamp(coalesce((p_event ->> 'object_created')::bigint, (p_event ->> 'created')::bigint)),
           v_sub, v_period_end, v_plan.id)
-  on conflict (purchase_id) do nothing;
+  on conflict (account_id, purchase_id) do nothing;
   -- The period's tokens: the largest allowance among its invoices; its expiry that of the plan
   -- with the largest allowance (period end, unless that plan rolls over).
   select case when p.rollover then null else gp.period_end end into v_expires
     from billing.grant_purchases gp join billing.plans p on p.id = gp.plan_id
-   where gp.grant_id = v_grant order by gp.allowance desc, gp.purchased_at, gp.purchase_id limit 1;
+   where gp.account_id = v_account and gp.grant_id = v_grant
+   order by gp.allowance desc, gp.purchased_at, gp.purchase_id limit 1;
   v_added := case when v_created then v_allowance else 0 end
-             + billing_internal.extend_grant(v_grant, (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
-                                                       where gp.grant_id = v_grant), v_expires);
+             + billing_internal.extend_grant(v_account, v_grant,
+                 (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
+                   where gp.account_id = v_account and gp.grant_id = v_grant), v_expires);
   if v_payment is not null then
     insert into billing.purchase_payments (purchase_id, payment_key, amount)
     values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
     on conflict do nothing;
   end if;
-  v_adjusted := billing_internal.settle_stripe_grant(v_grant); -- refunds or disputes that came first
-  perform billing_internal.recompute_balance(v_user);
-  return pg_catalog.jsonb_build_object('user_id', v_user, 'action', case when v_added > 0 then 'granted' else 'no_allowance_added' end,
+  v_adjusted := billing_internal.settle_stripe_grant(v_account, v_grant); -- refunds or disputes that came first
+  perform billing_internal.recompute_balance(v_account);
+  return pg_catalog.jsonb_build_object('account_id', v_account, 'action', case when v_added > 0 then 'granted' else 'no_allowance_added' end,
     'grant_id', v_grant, 'tokens', v_added, 'plan', v_plan.code, 'allowance', v_allowance, 'period_end', v_period_end,
     'adjusted', v_adjusted);
 end
@@ -1365,16 +1803,15 @@ begin
   insert into billing.purchase_payments as pp (purchase_id, payment_key, amount)
   values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
   on conflict (purchase_id, payment_key) do update set amount = excluded.amount;
-  select g.id, g.user_id into v_grant
-    from billing.grant_purchases gp join billing.token_grants g on g.id = gp.grant_id
-   where gp.purchase_id = v_invoice;
+  select gp.grant_id as id, gp.account_id into v_grant
+    from billing.grant_purchases gp where gp.purchase_id = v_invoice;
   if not found then
     return pg_catalog.jsonb_build_object('action', 'linked_before_invoice', 'invoice', v_invoice, 'payment', v_payment);
   end if;
-  perform billing_internal.lock_and_settle(v_grant.user_id, true);
-  v_adjusted := billing_internal.settle_stripe_grant(v_grant.id);
-  perform billing_internal.recompute_balance(v_grant.user_id);
-  return pg_catalog.jsonb_build_object('user_id', v_grant.user_id, 'action', 'linked', 'invoice', v_invoice,
+  perform billing_internal.lock_and_settle(v_grant.account_id, true);
+  v_adjusted := billing_internal.settle_stripe_grant(v_grant.account_id, v_grant.id);
+  perform billing_internal.recompute_balance(v_grant.account_id);
+  return pg_catalog.jsonb_build_object('account_id', v_grant.account_id, 'action', 'linked', 'invoice', v_invoice,
     'payment', v_payment, 'grant_id', v_grant.id, 'adjusted', v_adjusted);
 end
 $$;
@@ -1498,7 +1935,7 @@ $$;
 create or replace function billing_internal.apply_subscription(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing_internal.event_user(p_event);
+  v_account uuid := billing_internal.event_account(p_event);
   v_created timestamptz := pg_catalog.to_timestamp((p_event ->> 'created')::bigint);
   v_status text := case when p_event ->> 'type' = 'customer.subscription.deleted' then 'canceled'
                         else p_event ->> 'status' end;
@@ -1506,18 +1943,18 @@ declare
   v_link text;
   v_applied boolean;
 begin
-  if v_user is null then
-    perform billing_internal.raise_unprocessable('subscription customer is not linked to a user', p_event ->> 'customer');
+  if v_account is null then
+    perform billing_internal.raise_unprocessable('subscription customer is not linked to a user or account', p_event ->> 'customer');
   end if;
   if billing_internal.stripe_status_rank('subscription', v_status) is null then
     perform billing_internal.raise_unprocessable('unknown subscription status', coalesce(v_status, 'NULL'));
   end if;
   select p.id into v_plan_id from billing.plans p where p.stripe_price_id = p_event ->> 'price_id';
-  v_link := billing_internal.link_customer(v_user, p_event ->> 'customer');
+  v_link := billing_internal.link_customer(v_account, p_event ->> 'customer');
 
-  insert into billing.user_subscriptions as s (stripe_subscription_id, user_id, plan_id, stripe_price_id, status,
+  insert into billing.user_subscriptions as s (stripe_subscription_id, account_id, plan_id, stripe_price_id, status,
       current_period_start, current_period_end, cancel_at_period_end, canceled_at, last_event_created, last_event_id)
-  values (p_event ->> 'object_id', v_user, v_plan_id, p_event ->> 'price_id', v_status,
+  values (p_event ->> 'object_id', v_account, v_plan_id, p_event ->> 'price_id', v_status,
       pg_catalog.to_timestamp((p_event ->> 'current_period_start')::bigint),
       pg_catalog.to_timestamp((p_event ->> 'current_period_end')::bigint),
       coalesce((p_event ->> 'cancel_at_period_end')::boolean, false),
@@ -1534,7 +1971,7 @@ begin
        > (billing_internal.stripe_status_rank('subscription', s.status) >= 100, s.last_event_created,
           billing_internal.stripe_status_rank('subscription', s.status), s.last_event_id)
   returning true into v_applied;
-  return pg_catalog.jsonb_build_object('user_id', v_user, 'subscription', p_event ->> 'object_id',
+  return pg_catalog.jsonb_build_object('account_id', v_account, 'subscription', p_event ->> 'object_id',
            'action', case when v_applied then 'updated' else 'stale' end,
            'status', case when v_applied then v_status end)
          || case when v_link = 'linked' then pg_catalog.jsonb_build_object('linked_customer', p_event ->> 'customer')
@@ -1607,7 +2044,8 @@ begin
   end;
   update billing.payment_transactions t
      set status = v_status, outcome = coalesce(v_effect, '{}'), error = v_error,
-         user_id = coalesce((v_effect ->> 'user_id')::uuid, t.user_id), processed_at = pg_catalog.clock_timestamp()
+         account_id = coalesce((v_effect ->> 'account_id')::uuid, t.account_id),
+         processed_at = pg_catalog.clock_timestamp()
    where t.stripe_event_id = p_event ->> 'id';
   if p_retry_linked and v_status = 'processed' and v_effect ? 'linked_customer' then
     for v_failed in
@@ -1711,83 +2149,83 @@ comment on function billing.reprocess_failed_events() is
   'Applies every failed Stripe event again (e.g. after a catalog fix); returns how many are no longer failed.';
 
 create or replace function billing.verify_ledger()
-returns table (invariant text, user_id uuid, detail text)
+returns table (invariant text, account_id uuid, detail text)
 language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   with live as (  -- grants with the head's authoritative remaining
     select g.*, case when b.head_grant_id = g.id then b.head_remaining else g.remaining end as live_remaining
       from billing.token_grants g
-      left join billing.balances b on b.user_id = g.user_id
+      left join billing.balances b on b.account_id = g.account_id
   ), spent as (
-    select (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
+    select u.account_id, (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
       from billing.token_usage u cross join lateral pg_catalog.generate_subscripts(u.drawn_from, 1) as i
-     group by 1
+     group by 1, 2
   ), held as (
-    select (r.drawn_from[i][1]) as grant_id, pg_catalog.sum(r.drawn_from[i][2]) as t
+    select r.account_id, (r.drawn_from[i][1]) as grant_id, pg_catalog.sum(r.drawn_from[i][2]) as t
       from billing.token_reservations r cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
      where r.status = 'held'
-     group by 1
-  ), per_user as (
-    select g.user_id, pg_catalog.sum(g.live_remaining) as remaining,
+     group by 1, 2
+  ), per_account as (
+    select g.account_id, pg_catalog.sum(g.live_remaining) as remaining,
            pg_catalog.sum(g.debt_incurred - g.debt_repaid) as debt
-      from live g group by g.user_id
+      from live g group by g.account_id
   ), holds as (
-    select r.user_id, pg_catalog.sum(r.tokens) as held
-      from billing.token_reservations r where r.status = 'held' group by r.user_id
+    select r.account_id, pg_catalog.sum(r.tokens) as held
+      from billing.token_reservations r where r.status = 'held' group by r.account_id
   )
-  select 'grant tokens do not add up', g.user_id,
+  select 'grant tokens do not add up', g.account_id,
          pg_catalog.format('grant %s: tokens %s <> remaining %s + frozen %s + expired %s + clawed back %s + debt repaid %s + spent %s + held %s',
            g.id, g.tokens, g.live_remaining, g.frozen, g.expired, g.clawed_back, g.debt_repaid, coalesce(s.t, 0), coalesce(h.t, 0))
     from live g
-    left join spent s on s.grant_id = g.id
-    left join held h on h.grant_id = g.id
+    left join spent s on s.account_id = g.account_id and s.grant_id = g.id
+    left join held h on h.account_id = g.account_id and h.grant_id = g.id
    where g.tokens <> g.live_remaining + g.frozen + g.expired + g.clawed_back + g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
   union all
-  select 'grant remaining out of range', g.user_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.live_remaining, g.tokens)
+  select 'grant remaining out of range', g.account_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.live_remaining, g.tokens)
     from live g where g.live_remaining < 0 or g.live_remaining > g.tokens
   union all
-  select 'balance does not match ledger', coalesce(b.user_id, p.user_id),
+  select 'balance does not match ledger', coalesce(b.account_id, p.account_id),
          pg_catalog.format('spendable %s vs grants %s; held %s vs reservations %s; debt %s vs grants %s',
            b.spendable, coalesce(p.remaining, 0), b.held, coalesce(hs.held, 0), b.debt, coalesce(p.debt, 0))
     from billing.balances b
-    full join per_user p on p.user_id = b.user_id
-    left join holds hs on hs.user_id = coalesce(b.user_id, p.user_id)
-   where b.user_id is null
+    full join per_account p on p.account_id = b.account_id
+    left join holds hs on hs.account_id = coalesce(b.account_id, p.account_id)
+   where b.account_id is null
       or b.spendable <> coalesce(p.remaining, 0)
       or b.held <> coalesce(hs.held, 0)
       or b.debt <> coalesce(p.debt, 0)
   union all
-  select 'negative balance', b.user_id, pg_catalog.format('spendable %s, held %s, debt %s', b.spendable, b.held, b.debt)
+  select 'negative balance', b.account_id, pg_catalog.format('spendable %s, held %s, debt %s', b.spendable, b.held, b.debt)
     from billing.balances b where b.spendable < 0 or b.held < 0 or b.debt < 0
   union all
-  select 'debt with spendable tokens', b.user_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
+  select 'debt with spendable tokens', b.account_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
     from billing.balances b where b.debt > 0 and b.spendable > 0
   union all
-  select 'head grant is not the user''s', b.user_id, pg_catalog.format('head %s', b.head_grant_id)
+  select 'head grant is not the user''s', b.account_id, pg_catalog.format('head %s', b.head_grant_id)
     from billing.balances b
    where b.head_grant_id is not null
-     and not exists (select 1 from billing.token_grants g where g.id = b.head_grant_id and g.user_id = b.user_id
+     and not exists (select 1 from billing.token_grants g where g.id = b.head_grant_id and g.account_id = b.account_id
                        and b.head_remaining <= g.remaining)
   union all
-  select 'head grant is not first in burn order', b.user_id,
+  select 'head grant is not first in burn order', b.account_id,
          pg_catalog.format('head %s, but grant %s expires sooner', b.head_grant_id, g.id)
     from billing.balances b
-    join billing.token_grants h on h.id = b.head_grant_id
-    join live g on g.user_id = b.user_id and g.id <> h.id and g.live_remaining > 0
+    join billing.token_grants h on h.account_id = b.account_id and h.id = b.head_grant_id
+    join live g on g.account_id = b.account_id and g.id <> h.id and g.live_remaining > 0
    where b.head_remaining > 0
      and billing_internal.is_live(g.expires_at)
      and (coalesce(g.expires_at, 'infinity'), g.id) < (coalesce(h.expires_at, 'infinity'), h.id)
   union all
-  select 'usage does not match its grants', u.user_id,
+  select 'usage does not match its grants', u.account_id,
          pg_catalog.format('usage %s: tokens %s, drawn %s', u.id, u.tokens,
            (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i))
     from billing.token_usage u
    where u.tokens is distinct from
          (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i)
   union all
-  select 'head tokens without a head grant', b.user_id, pg_catalog.format('head_remaining %s', b.head_remaining)
+  select 'head tokens without a head grant', b.account_id, pg_catalog.format('head_remaining %s', b.head_remaining)
     from billing.balances b where b.head_grant_id is null and b.head_remaining <> 0
   union all
-  select 'usage row breaks its column rules', u.user_id,
+  select 'usage row breaks its column rules', u.account_id,
          pg_catalog.format('usage %s: tokens %s, key length %s, metadata %s', u.id, u.tokens,
            pg_catalog.length(u.idempotency_key), pg_catalog.jsonb_typeof(u.metadata))
     from billing.token_usage u
@@ -1797,30 +2235,36 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   select 'duplicate grant reference', null::uuid, pg_catalog.format('(%s, %s) granted %s times', g.kind, g.reference, pg_catalog.count(*))
     from billing.token_grants g group by g.kind, g.reference having pg_catalog.count(*) > 1
   union all
-  select 'debt beyond spent tokens', g.user_id,
+  select 'debt beyond spent tokens', g.account_id,
          pg_catalog.format('grant %s: debt incurred %s, but only %s of its tokens were spent, held or repaid debt',
            g.id, g.debt_incurred, g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0))
     from live g
-    left join spent s on s.grant_id = g.id
-    left join held h on h.grant_id = g.id
+    left join spent s on s.account_id = g.account_id and s.grant_id = g.id
+    left join held h on h.account_id = g.account_id and h.grant_id = g.id
    where g.debt_incurred > g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
   union all
-  select 'frozen above the dispute hold', g.user_id,
+  select 'team usage without a member', u.account_id, pg_catalog.format('usage %s', u.id)
+    from billing.token_usage u join billing.accounts a on a.id = u.account_id
+   where u.user_id is null
+  union all
+  select 'frozen above the dispute hold', g.account_id,
          pg_catalog.format('grant %s: frozen %s, freeze_target %s', g.id, g.frozen, g.freeze_target)
     from billing.token_grants g where g.frozen > g.freeze_target
   union all
-  select 'grant tokens differ from its purchases', g.user_id,
+  select 'grant tokens differ from its purchases', g.account_id,
          pg_catalog.format('grant %s: tokens %s, largest purchase allowance %s', g.id, g.tokens, p.allowance)
     from billing.token_grants g
-    join (select gp.grant_id, pg_catalog.max(gp.allowance) as allowance from billing.grant_purchases gp group by 1) p
-      on p.grant_id = g.id
+    join (select gp.account_id, gp.grant_id, pg_catalog.max(gp.allowance) as allowance
+            from billing.grant_purchases gp group by 1, 2) p
+      on p.account_id = g.account_id and p.grant_id = g.id
    where g.tokens <> p.allowance
   union all
-  select 'Stripe adjustments not applied', g.user_id,
+  select 'Stripe adjustments not applied', g.account_id,
          pg_catalog.format('grant %s: clawed back %s + debt %s, freeze target %s; the Stripe facts give %s and %s',
            g.id, g.clawed_back, g.debt_incurred, g.freeze_target, g.targets[1], g.targets[2])
-    from (select g.*, billing_internal.stripe_targets(g.id) as targets from billing.token_grants g
-           where exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)) g
+    from (select g.*, billing_internal.stripe_targets(g.account_id, g.id) as targets from billing.token_grants g
+           where exists (select 1 from billing.grant_purchases gp where gp.account_id = g.account_id
+                            and gp.grant_id = g.id)) g
    where g.targets is null or g.clawed_back + g.debt_incurred <> g.targets[1] or g.freeze_target <> g.targets[2]
 $$;
 comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';
@@ -1841,16 +2285,22 @@ begin
 end
 $$;
 
-create or replace function billing.get_billing_summary() returns jsonb
+create or replace function billing.get_billing_summary(p_account_id uuid default null) returns jsonb
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
+  v_account uuid := coalesce(p_account_id, v_user);
+  v_member billing.account_members;
   v_bal billing.balances;
 begin
-  select b.* into v_bal from billing.balances b where b.user_id = v_user;
+  if v_account <> v_user then
+    v_member := billing_internal.require_member(v_account, v_user);
+  end if;
+  select b.* into v_bal from billing.balances b where b.account_id = v_account;
   return pg_catalog.jsonb_build_object(
+    'account_id', v_account,
     'user_id', v_user,
-    'balance', billing.get_balance(v_user),
+    'balance', billing.get_balance(v_user, v_account),
     'reserved', coalesce(v_bal.held, 0),
     'debt', coalesce(v_bal.debt, 0),
     'breakdown', (
@@ -1861,7 +2311,7 @@ begin
                      pg_catalog.sum(case when g.id = v_bal.head_grant_id then v_bal.head_remaining
                                          else g.remaining end)::bigint as tokens
                 from billing.token_grants g
-               where g.user_id = v_user and g.remaining > 0
+               where g.account_id = v_account and g.remaining > 0
                  and billing_internal.is_live(g.expires_at)
                group by g.kind, g.expires_at) x
        where x.tokens > 0),
@@ -1873,23 +2323,40 @@ begin
                                  then s.current_period_end end)
         from billing.user_subscriptions s
         left join billing.plans p on p.id = s.plan_id
-       where s.user_id = v_user
+       where s.account_id = v_account
        order by (s.status in ('active', 'trialing', 'past_due')) desc, s.current_period_end desc nulls last
-       limit 1));
+       limit 1),
+    'member', case when v_member.account_id is not null then billing_internal.member_limits(v_member) end);
 end
 $$;
-comment on function billing.get_billing_summary() is
-  'The signed-in user''s balance, its breakdown by grant kind and expiry, reserved tokens, debt and plan.';
+comment on function billing.get_billing_summary(uuid) is
+  'The account''s balance, its breakdown by grant kind and expiry, reserved tokens, debt and plan; for a team account also the signed-in member''s role and spend limit.';
+
+create or replace function billing_internal.member_limits(p_member billing.account_members) returns jsonb
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select pg_catalog.jsonb_build_object(
+    'role', p_member.role, 'spend_limit', p_member.spend_limit, 'spend_limit_period', p_member.spend_limit_period,
+    'spent_this_period', x.spent,
+    'remaining_limit', case when p_member.spend_limit is not null then greatest(0, p_member.spend_limit - x.spent) end,
+    'period_resets_at', case when p_member.spend_limit_period is not null
+                             then x.start + ('1 ' || p_member.spend_limit_period)::interval end)
+    from (select billing_internal.limit_period_start(p_member.spend_limit_period) as start,
+                 case when p_member.period_start is not distinct from
+                           billing_internal.limit_period_start(p_member.spend_limit_period)
+                      then p_member.period_spent else 0 end as spent) x
+$$;
 
 create or replace function billing.get_usage_history(
   p_from timestamptz default null,
   p_to timestamptz default null,
   p_bucket text default 'day',
-  p_group_by text default null
+  p_group_by text default null,
+  p_account_id uuid default null
 ) returns table (bucket timestamptz, group_key text, tokens bigint, requests bigint)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
+  v_account uuid := coalesce(p_account_id, v_user);
   v_to timestamptz := coalesce(p_to, pg_catalog.now());
   v_from timestamptz := coalesce(p_from, coalesce(p_to, pg_catalog.now()) - interval '30 days');
 begin
@@ -1900,18 +2367,23 @@ begin
   elsif p_group_by is not null and (pg_catalog.length(p_group_by) < 1 or pg_catalog.length(p_group_by) > 64) then
     raise exception using errcode = '22023', message = 'p_group_by must be a metadata key of 1 to 64 characters';
   end if;
+  if v_account <> v_user then
+    perform billing_internal.require_member(v_account, v_user);
+  end if;
+  -- Row-level security decides whose rows these are: a member's own, every member's for owners
+  -- and admins.
   return query
     select pg_catalog.date_trunc(p_bucket, u.created_at),
            case when p_group_by is null then null else u.metadata operator(pg_catalog.->>) p_group_by end,
            pg_catalog.sum(u.tokens)::bigint, pg_catalog.count(*)
       from billing.token_usage u
-     where u.user_id = v_user and u.created_at >= v_from and u.created_at < v_to
+     where u.account_id = v_account and u.created_at >= v_from and u.created_at < v_to
      group by 1, 2
      order by 1, 2;
 end
 $$;
-comment on function billing.get_usage_history(timestamptz, timestamptz, text, text) is
-  'Tokens used per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key.';
+comment on function billing.get_usage_history(timestamptz, timestamptz, text, text, uuid) is
+  'Tokens used per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key; for a team account the member''s own usage, every member''s for owners and admins.';
 
 create or replace function billing_internal.check_page(p_limit integer, p_offset integer) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
@@ -1922,46 +2394,57 @@ begin
 end
 $$;
 
-create or replace function billing.get_grant_history(p_limit integer default 50, p_offset integer default 0)
+create or replace function billing.get_grant_history(p_limit integer default 50, p_offset integer default 0,
+                                          p_account_id uuid default null)
 returns table (grant_id bigint, kind text, tokens bigint, remaining bigint, frozen bigint, expired bigint,
                clawed_back bigint, expires_at timestamptz, created_at timestamptz)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
+  v_account uuid := coalesce(p_account_id, v_user);
 begin
   perform billing_internal.check_page(p_limit, p_offset);
+  if v_account <> v_user then
+    perform billing_internal.require_member(v_account, v_user);
+  end if;
   return query
     select g.id, g.kind, g.tokens,
            case when g.id = b.head_grant_id then b.head_remaining else g.remaining end,
            g.frozen, g.expired, g.clawed_back, g.expires_at, g.created_at
       from billing.token_grants g
-      left join billing.balances b on b.user_id = g.user_id
-     where g.user_id = v_user
+      left join billing.balances b on b.account_id = g.account_id
+     where g.account_id = v_account
      order by g.id desc
      limit p_limit offset p_offset;
 end
 $$;
-comment on function billing.get_grant_history(integer, integer) is 'The signed-in user''s credits, newest first.';
+comment on function billing.get_grant_history(integer, integer, uuid) is
+  'The account''s credits (default: the signed-in user''s personal account), newest first.';
 
-create or replace function billing.get_payment_history(p_limit integer default 50, p_offset integer default 0)
+create or replace function billing.get_payment_history(p_limit integer default 50, p_offset integer default 0,
+                                            p_account_id uuid default null)
 returns table (event_id text, event_type text, event_created timestamptz, status text, action text, tokens bigint)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
+  v_account uuid := coalesce(p_account_id, v_user);
 begin
   perform billing_internal.check_page(p_limit, p_offset);
+  if v_account <> v_user and (billing_internal.require_member(v_account, v_user)).role not in ('owner', 'admin') then
+    raise exception using errcode = '42501', message = 'only owners and admins read a team account''s payments';
+  end if;
   return query
     select t.stripe_event_id, t.event_type, t.event_created, t.status,
            t.outcome operator(pg_catalog.->>) 'action',
            (t.outcome operator(pg_catalog.->>) 'tokens')::bigint
       from billing.payment_transactions t
-     where t.user_id = v_user
+     where t.account_id = v_account
      order by t.event_created desc, t.stripe_event_id
      limit p_limit offset p_offset;
 end
 $$;
-comment on function billing.get_payment_history(integer, integer) is
-  'The signed-in user''s Stripe events and what they did, newest first.';
+comment on function billing.get_payment_history(integer, integer, uuid) is
+  'The account''s Stripe events and what they did (team accounts: owners and admins), newest first.';
 
 create or replace function billing.redeem_promo_code(p_code text)
 returns table (grant_id bigint, tokens bigint, expires_at timestamptz, balance_after bigint)
@@ -1986,7 +2469,7 @@ begin
     raise exception using errcode = 'PT410', message = 'promo code expired';
   elsif v_promo.max_redemptions is not null and v_promo.redeemed_count >= v_promo.max_redemptions then
     raise exception using errcode = 'PT410', message = 'promo code fully redeemed';
-  elsif exists (select 1 from billing.promo_redemptions r where r.code = v_code and r.user_id = v_user) then
+  elsif exists (select 1 from billing.promo_redemptions r where r.account_id = v_user and r.code = v_code) then
     raise exception using errcode = 'PT409', message = 'promo code already redeemed';
   end if;
   update billing.promo_codes c set redeemed_count = c.redeemed_count + 1 where c.code = v_code;
@@ -1994,7 +2477,7 @@ begin
   perform billing_internal.lock_and_settle(v_user, true);
   select * into v_ins from billing_internal.insert_grant(v_user, v_promo.tokens, v_code || ':' || v_user::text, 'promo',
     v_expires, pg_catalog.jsonb_build_object('promo_code', v_code), null, null, null, null);
-  insert into billing.promo_redemptions (code, user_id, grant_id) values (v_code, v_user, v_ins.grant_id);
+  insert into billing.promo_redemptions (code, account_id, grant_id) values (v_code, v_user, v_ins.grant_id);
   v_row := billing_internal.recompute_balance(v_user);
   return query select v_ins.grant_id, v_promo.tokens, v_expires, v_row.spendable::bigint;
 end
@@ -2002,26 +2485,68 @@ $$;
 comment on function billing.redeem_promo_code(text) is
   'Redeems a promo code for the signed-in user: once per user, within the code''s global limit and validity.';
 
+create or replace function billing.get_accounts()
+returns table (account_id uuid, kind text, name text, role text, balance bigint, spend_limit bigint,
+               spend_limit_period text, spent_this_period bigint, remaining_limit bigint)
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_user uuid := billing_internal.current_user_id();
+begin
+  return query
+    select v_user, 'personal'::text, null::text, 'owner'::text, billing.get_balance(v_user), null::bigint,
+           null::text, null::bigint, null::bigint
+    union all
+    select * from (
+      select a.id, 'team'::text, a.name, m.role, billing.get_balance(v_user, a.id), m.spend_limit, m.spend_limit_period,
+             (l.limits operator(pg_catalog.->>) 'spent_this_period')::bigint,
+             (l.limits operator(pg_catalog.->>) 'remaining_limit')::bigint
+        from billing.account_members m
+        join billing.accounts a on a.id = m.account_id
+        cross join lateral (select billing_internal.member_limits(m) as limits) l
+       where m.user_id = v_user
+       order by a.name, a.id) teams;
+end
+$$;
+comment on function billing.get_accounts() is
+  'The signed-in user''s personal account and team accounts, with role, balance and what is left of their spend limit.';
+
 create or replace function billing_internal.setup_roles() returns text
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_role text;
   v_table text;
   v_done text[] := '{}'::text[];
-  c_user_tables constant text[] := array['stripe_customers', 'user_subscriptions', 'balances', 'token_grants',
-                                          'token_usage', 'token_reservations', 'payment_transactions',
-                                          'promo_redemptions'];
+  -- Tables `authenticated` reads, and which of their rows (always also: an admin JWT reads all):
+  -- every member of an account reads its balance, grants and subscription; a member reads their own
+  -- usage, holds and membership; owners and admins read all of an account's rows (a user owns their
+  -- personal account). Each expression starts from account_id, the leading column of every key.
+  c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
+                                          'user_subscriptions', 'stripe_customers', 'payment_transactions',
+                                          'promo_redemptions', 'token_usage', 'token_reservations'];
+  c_readers constant text[] := array[
+    'id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))'];
   c_catalog constant text[] := array['plans', 'token_packs'];
   -- what Stripe said about payments and what grants were bought with: service reads, nobody writes
   c_stripe_facts constant text[] := array['stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
                                           'purchase_payments'];
   -- user-facing functions: authenticated may call them for itself
   c_user_functions constant text[] := array[
-    'billing.get_balance(uuid)', 'billing.consume_tokens(uuid, bigint, text, jsonb)',
-    'billing.reserve_tokens(uuid, bigint, text, interval)', 'billing.commit_reservation(uuid, bigint)',
-    'billing.release_reservation(uuid)', 'billing.get_billing_summary()',
-    'billing.get_usage_history(timestamptz, timestamptz, text, text)', 'billing.get_grant_history(integer, integer)',
-    'billing.get_payment_history(integer, integer)', 'billing.redeem_promo_code(text)'];
+    'billing.get_balance(uuid, uuid)', 'billing.consume_tokens(uuid, bigint, text, jsonb, uuid)',
+    'billing.reserve_tokens(uuid, bigint, text, interval, uuid)', 'billing.commit_reservation(uuid, bigint)',
+    'billing.release_reservation(uuid)', 'billing.get_billing_summary(uuid)',
+    'billing.get_usage_history(timestamptz, timestamptz, text, text, uuid)', 'billing.get_grant_history(integer, integer, uuid)',
+    'billing.get_payment_history(integer, integer, uuid)', 'billing.redeem_promo_code(text)', 'billing.get_accounts()',
+    'billing.create_team_account(text, uuid)', 'billing.add_account_member(uuid, uuid, text, bigint, text)',
+    'billing.remove_account_member(uuid, uuid)'];
   -- The only internals an API role may execute: they run with the caller's rights, from row-level
   -- security policies and from the read functions above (SECURITY INVOKER). Everything else in
   -- billing_internal runs only inside SECURITY DEFINER functions, as the owner.
@@ -2029,9 +2554,12 @@ declare
     'billing_internal.auth_uid()', 'billing_internal.jwt_claims()', 'billing_internal.is_billing_admin()',
     'billing_internal.caller_kind()', 'billing_internal.current_user_id()', 'billing_internal.require_access(uuid)',
     'billing_internal.check_balance_reader(uuid)', 'billing_internal.spendable_now(uuid)',
-    'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)'];
+    'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)',
+    'billing_internal.require_member(uuid, uuid)', 'billing_internal.member_account_ids()',
+    'billing_internal.managed_account_ids()', 'billing_internal.limit_period_start(text)',
+    'billing_internal.member_limits(billing.account_members)'];
   c_service_functions constant text[] := array[
-    'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb)',
+    'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',
     'billing.run_maintenance(integer)',
     'billing.verify_ledger()', 'billing.verify_stripe_signature(text, text, text, integer)',
@@ -2099,11 +2627,11 @@ begin
     end loop;
   end if;
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
-    foreach v_table in array c_user_tables loop
-      execute pg_catalog.format('drop policy if exists own_rows on billing.%I', v_table);
+    for v_i in 1 .. pg_catalog.array_length(c_user_tables, 1) loop
+      execute pg_catalog.format('drop policy if exists own_rows on billing.%I', c_user_tables[v_i]);
       execute pg_catalog.format(
-        'create policy own_rows on billing.%I for select to authenticated '
-        'using (user_id = (select billing_internal.auth_uid()) or (select billing_internal.is_billing_admin()))', v_table);
+        'create policy own_rows on billing.%I for select to authenticated using ((%s) or (select billing_internal.is_billing_admin()))',
+        c_user_tables[v_i], c_readers[v_i]);
     end loop;
   end if;
   return 'privileges set for: ' || coalesce(pg_catalog.array_to_string(v_done, ', '), '');
@@ -2116,9 +2644,9 @@ comment on function billing_internal.setup_roles() is
 -- What 0.3.0's Stripe grants were bought with: a Checkout Session (grant reference cs_...) or an
 -- invoice (reference in_...; its period ends when the grant expires, or, for a plan that rolls
 -- over, at the period end of the invoice line 0.3.0 read).
-insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
+insert into billing.grant_purchases (account_id, purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
                                      stripe_subscription_id, period_end, plan_id)
-select g.reference, g.id, case g.kind when 'purchase' then 'checkout_session' else 'invoice' end, g.tokens,
+select g.account_id, g.reference, g.id, case g.kind when 'purchase' then 'checkout_session' else 'invoice' end, g.tokens,
        coalesce(g.amount_paid, 0), coalesce(g.currency, 'usd'), g.created_at,
        case when g.kind = 'subscription' then g.metadata ->> 'subscription' end,
        case when g.kind = 'subscription' then coalesce(g.expires_at,
@@ -2160,23 +2688,19 @@ $$;
 update billing.token_grants set freeze_target = frozen where frozen > 0;
 do $$
 declare
-  v_user uuid;
+  v_account uuid;
   v_grant bigint;
 begin
-  for v_user in
-    select distinct g.user_id from billing.token_grants g
-     where exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)
-     order by 1
+  for v_account in
+    select distinct gp.account_id from billing.grant_purchases gp order by 1
   loop
-    perform billing_internal.lock_and_settle(v_user, true);
+    perform billing_internal.lock_and_settle(v_account, true);
     for v_grant in
-      select g.id from billing.token_grants g
-       where g.user_id = v_user and exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)
-       order by g.id
+      select distinct gp.grant_id from billing.grant_purchases gp where gp.account_id = v_account order by 1
     loop
-      perform billing_internal.settle_stripe_grant(v_grant);
+      perform billing_internal.settle_stripe_grant(v_account, v_grant);
     end loop;
-    perform billing_internal.recompute_balance(v_user);
+    perform billing_internal.recompute_balance(v_account);
   end loop;
 end
 $$;
@@ -2203,8 +2727,12 @@ drop function billing._recompute_balance(p_user_id uuid);
 drop function billing._lock_and_settle(p_user_id uuid, p_create boolean);
 drop function billing._spendable_now(p_user_id uuid);
 drop function billing._check_balance_reader(p_user_id uuid);
+drop function billing.get_balance(p_user_id uuid);
 drop function billing._consume_replay(p_user_id uuid, p_amount bigint, p_key text);
+drop function billing.consume_tokens(p_user_id uuid, p_amount bigint, p_idempotency_key text, p_metadata jsonb);
 drop function billing._insert_grant(p_user_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb, p_payment_intent text, p_price_id text, p_amount_paid bigint, p_currency text);
+drop function billing.grant_purchase(p_user_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb);
+drop function billing.reserve_tokens(p_user_id uuid, p_amount bigint, p_idempotency_key text, p_ttl interval);
 drop function billing._lock_reservation(p_reservation_id uuid);
 drop function billing._raise_unprocessable(p_message text, p_detail text);
 drop function billing._webhook_secrets();
@@ -2217,6 +2745,10 @@ drop function billing._claw_back(p_grant_id bigint, p_target bigint);
 drop function billing._apply_refund(p_event jsonb);
 drop function billing._apply_dispute(p_event jsonb);
 drop function billing.current_user_id();
+drop function billing.get_billing_summary();
+drop function billing.get_usage_history(p_from timestamptz, p_to timestamptz, p_bucket text, p_group_by text);
 drop function billing._check_page(p_limit integer, p_offset integer);
+drop function billing.get_grant_history(p_limit integer, p_offset integer);
+drop function billing.get_payment_history(p_limit integer, p_offset integer);
 drop function billing.setup_roles();
 -- @end

@@ -10,8 +10,10 @@
 --
 -- Who may do what (README "Privileges"):
 --   anon           reads the catalog (plans, token_packs); calls nothing.
---   authenticated  reads its own rows of the user tables (an admin JWT reads all); calls the
---                  user-facing functions, which check inside that it acts only for itself.
+--   authenticated  reads the rows of its accounts (its personal account and the team accounts it is
+--                  a member of; what a member reads, owners and admins read more of: below); an
+--                  admin JWT reads all. Calls the user-facing functions, which check inside that it
+--                  acts only for itself and only on accounts it belongs to.
 --   service_role   reads every table (BYPASSRLS), manages the catalog, webhook secrets and
 --                  billing.settings, and calls every public function. The backend role (postgres) likewise.
 --   nobody         writes ledger tables directly: only the extension's functions do.
@@ -22,20 +24,37 @@ declare
   v_role text;
   v_table text;
   v_done text[] := '{}'::text[];
-  c_user_tables constant text[] := array['stripe_customers', 'user_subscriptions', 'balances', 'token_grants',
-                                          'token_usage', 'token_reservations', 'payment_transactions',
-                                          'promo_redemptions'];
+  -- Tables `authenticated` reads, and which of their rows (always also: an admin JWT reads all):
+  -- every member of an account reads its balance, grants and subscription; a member reads their own
+  -- usage, holds and membership; owners and admins read all of an account's rows (a user owns their
+  -- personal account). Each expression starts from account_id, the leading column of every key.
+  c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
+                                          'user_subscriptions', 'stripe_customers', 'payment_transactions',
+                                          'promo_redemptions', 'token_usage', 'token_reservations'];
+  c_readers constant text[] := array[
+    'id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))'];
   c_catalog constant text[] := array['plans', 'token_packs'];
   -- what Stripe said about payments and what grants were bought with: service reads, nobody writes
   c_stripe_facts constant text[] := array['stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
                                           'purchase_payments'];
   -- user-facing functions: authenticated may call them for itself
   c_user_functions constant text[] := array[
-    'billing.get_balance(uuid)', 'billing.consume_tokens(uuid, bigint, text, jsonb)',
-    'billing.reserve_tokens(uuid, bigint, text, interval)', 'billing.commit_reservation(uuid, bigint)',
-    'billing.release_reservation(uuid)', 'billing.get_billing_summary()',
-    'billing.get_usage_history(timestamptz, timestamptz, text, text)', 'billing.get_grant_history(integer, integer)',
-    'billing.get_payment_history(integer, integer)', 'billing.redeem_promo_code(text)'];
+    'billing.get_balance(uuid, uuid)', 'billing.consume_tokens(uuid, bigint, text, jsonb, uuid)',
+    'billing.reserve_tokens(uuid, bigint, text, interval, uuid)', 'billing.commit_reservation(uuid, bigint)',
+    'billing.release_reservation(uuid)', 'billing.get_billing_summary(uuid)',
+    'billing.get_usage_history(timestamptz, timestamptz, text, text, uuid)', 'billing.get_grant_history(integer, integer, uuid)',
+    'billing.get_payment_history(integer, integer, uuid)', 'billing.redeem_promo_code(text)', 'billing.get_accounts()',
+    'billing.create_team_account(text, uuid)', 'billing.add_account_member(uuid, uuid, text, bigint, text)',
+    'billing.remove_account_member(uuid, uuid)'];
   -- The only internals an API role may execute: they run with the caller's rights, from row-level
   -- security policies and from the read functions above (SECURITY INVOKER). Everything else in
   -- billing_internal runs only inside SECURITY DEFINER functions, as the owner.
@@ -43,9 +62,12 @@ declare
     'billing_internal.auth_uid()', 'billing_internal.jwt_claims()', 'billing_internal.is_billing_admin()',
     'billing_internal.caller_kind()', 'billing_internal.current_user_id()', 'billing_internal.require_access(uuid)',
     'billing_internal.check_balance_reader(uuid)', 'billing_internal.spendable_now(uuid)',
-    'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)'];
+    'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)',
+    'billing_internal.require_member(uuid, uuid)', 'billing_internal.member_account_ids()',
+    'billing_internal.managed_account_ids()', 'billing_internal.limit_period_start(text)',
+    'billing_internal.member_limits(billing.account_members)'];
   c_service_functions constant text[] := array[
-    'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb)',
+    'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',
     'billing.run_maintenance(integer)',
     'billing.verify_ledger()', 'billing.verify_stripe_signature(text, text, text, integer)',
@@ -113,11 +135,11 @@ begin
     end loop;
   end if;
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'authenticated') then
-    foreach v_table in array c_user_tables loop
-      execute pg_catalog.format('drop policy if exists own_rows on billing.%I', v_table);
+    for v_i in 1 .. pg_catalog.array_length(c_user_tables, 1) loop
+      execute pg_catalog.format('drop policy if exists own_rows on billing.%I', c_user_tables[v_i]);
       execute pg_catalog.format(
-        'create policy own_rows on billing.%I for select to authenticated '
-        'using (user_id = (select billing_internal.auth_uid()) or (select billing_internal.is_billing_admin()))', v_table);
+        'create policy own_rows on billing.%I for select to authenticated using ((%s) or (select billing_internal.is_billing_admin()))',
+        c_user_tables[v_i], c_readers[v_i]);
     end loop;
   end if;
   return 'privileges set for: ' || coalesce(pg_catalog.array_to_string(v_done, ', '), '');

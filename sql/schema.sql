@@ -5,9 +5,15 @@
 -- Ledger invariants (checked by billing.verify_ledger()):
 --   per grant:  tokens = live remaining + frozen + expired + clawed_back + debt_repaid
 --                        + spent (token_usage.drawn_from) + held (held reservations' drawn_from)
---   per user:   balances.spendable = sum(live remaining), balances.held = sum(held reservations),
+--   per account: balances.spendable = sum(live remaining), balances.held = sum(held reservations),
 --               balances.debt = sum(debt_incurred - debt_repaid); debt > 0 implies spendable = 0.
---   live remaining: balances.head_remaining for the user's head grant, token_grants.remaining otherwise.
+--   live remaining: balances.head_remaining for the account's head grant, token_grants.remaining otherwise.
+--
+-- Accounts pay, users spend. A user's personal account has id = the user's id and needs no row in
+-- billing.accounts; a team account has a row there and members in billing.account_members. Every
+-- table that holds an account's money is keyed by account_id (primary key and every unique key), and
+-- no foreign key or unique constraint crosses accounts, so the schema can be distributed by
+-- account_id (docs/scale-out.md; tests/integration/test_scale_out.py checks the catalog).
 
 -- Helpers live in billing_internal, a schema that PostgREST never exposes: schema billing holds only
 -- the tables and the functions of the public API (what a supabase-js user sees in generated types
@@ -91,14 +97,14 @@ create table billing.token_packs (
 comment on table billing.token_packs is 'One-time purchasable token packs (catalog).';
 
 create table billing.stripe_customers (
-  user_id            uuid primary key,
+  account_id         uuid primary key,
   stripe_customer_id text not null unique check (stripe_customer_id <> ''),
   created_at         timestamptz not null default now()
 );
 
 create table billing.user_subscriptions (
   stripe_subscription_id text primary key,
-  user_id                uuid not null,
+  account_id             uuid not null,
   plan_id                bigint references billing.plans (id),
   stripe_price_id        text,
   status                 text not null check (status in ('incomplete', 'incomplete_expired', 'trialing',
@@ -112,7 +118,7 @@ create table billing.user_subscriptions (
   created_at             timestamptz not null default now(),
   updated_at             timestamptz not null default now()
 );
-create index user_subscriptions_user_id on billing.user_subscriptions (user_id);
+create index user_subscriptions_account_id on billing.user_subscriptions (account_id);
 create index user_subscriptions_plan_id on billing.user_subscriptions (plan_id);
 
 -- Token counters that must never go negative. A domain rather than table CHECK constraints: the
@@ -121,10 +127,34 @@ create index user_subscriptions_plan_id on billing.user_subscriptions (plan_id);
 -- while a domain's check is compiled once per backend (typcache). Every consume writes these columns.
 create domain billing.token_count as bigint constraint token_count_nonnegative check (value >= 0);
 
--- One row per user: the O(1) balance. Every writer of a user's grants, usage or reservations locks
--- this row first, so the user's ledger changes are serialized without locking grant rows.
+create table billing.accounts (
+  id         uuid primary key default gen_random_uuid(),
+  name       text not null check (pg_catalog.length(name) between 1 and 200),
+  created_at timestamptz not null default now()
+);
+comment on table billing.accounts is 'Team accounts (a personal account, id = the user''s id, needs no row).';
+
+-- Members of team accounts. A member spends from the account within spend_limit tokens per calendar
+-- period in UTC (day; week from Monday; month); period_spent counts consumes and held reservations
+-- of the period that started at period_start (a new period starts from 0).
+create table billing.account_members (
+  account_id         uuid not null references billing.accounts (id) on delete cascade,
+  user_id            uuid not null,
+  role               text not null default 'member' check (role in ('owner', 'admin', 'member')),
+  spend_limit        bigint check (spend_limit >= 0),                           -- null: no limit
+  spend_limit_period text check (spend_limit_period in ('day', 'week', 'month')),
+  period_start       timestamptz,
+  period_spent       billing.token_count not null default 0,
+  created_at         timestamptz not null default now(),
+  primary key (account_id, user_id),
+  check (spend_limit is null or spend_limit_period is not null)
+);
+create index account_members_user on billing.account_members (user_id);
+
+-- One row per account: the O(1) balance. Every writer of an account's grants, usage or reservations
+-- locks this row first, so the account's ledger changes are serialized without locking grant rows.
 create table billing.balances (
-  user_id       uuid primary key,
+  account_id    uuid primary key,
   spendable     billing.token_count not null default 0,
   held          billing.token_count not null default 0,
   debt          billing.token_count not null default 0,
@@ -141,8 +171,8 @@ create table billing.balances (
 ) with (fillfactor = 70); -- room for HOT updates: every consume updates this row
 
 create table billing.token_grants (
-  id                    bigint generated always as identity primary key,
-  user_id               uuid not null,
+  id                    bigint generated always as identity,
+  account_id            uuid not null,
   kind                  text not null check (kind ~ '^[a-z][a-z_]{0,31}$'),
   reference             text not null check (length(reference) between 1 and 255),
   tokens                bigint not null check (tokens > 0),
@@ -164,51 +194,58 @@ create table billing.token_grants (
   -- Unspent tokens to keep frozen while disputes of the payments behind this grant are open:
   -- frozen = least(freeze_target, unspent), also when a hold drawn from the grant comes back.
   freeze_target         bigint not null default 0 check (freeze_target >= 0),
-  unique (kind, reference),
+  primary key (account_id, id),
+  unique (account_id, kind, reference),
   check (remaining + frozen + expired + clawed_back + debt_repaid <= tokens)
 ) with (fillfactor = 80); -- remaining changes on every consume; no index covers it, so updates stay HOT
 comment on table billing.token_grants is 'Every credit (the seed''s token_purchases). Idempotent on (kind, reference).';
+-- A reference names one grant across all accounts: the grant functions refuse it for another account.
+create index token_grants_reference on billing.token_grants (kind, reference);
 -- Burn-down order (soonest expiry first, never-expiring last) and per-user reads.
-create index token_grants_burn_order on billing.token_grants (user_id, expires_at, id);
+create index token_grants_burn_order on billing.token_grants (account_id, expires_at, id);
 
 -- No CHECK constraints here (see billing.token_count): only pg_billing's functions insert rows, and
 -- they validate tokens > 0, the key's length and that metadata is an object before inserting;
 -- billing.verify_ledger() reports any row that breaks those rules.
 create table billing.token_usage (
-  id              bigint generated always as identity primary key,
-  user_id         uuid not null,
+  id              bigint generated always as identity,
+  account_id      uuid not null,                -- who paid
   tokens          bigint not null,
   idempotency_key text,
   metadata        jsonb not null default '{}',
   drawn_from      bigint[] not null, -- {{grant_id, tokens}, ...}: which grants paid for it
   balance_after   bigint not null,
   reservation_id  uuid,
-  created_at      timestamptz not null default now()
+  created_at      timestamptz not null default now(),
+  user_id         uuid,                         -- the member who spent; null: the account's own user
+  primary key (account_id, created_at, id)      -- also serves usage history by time
 );
 comment on table billing.token_usage is 'Append-only debit ledger.';
-create unique index token_usage_idempotency on billing.token_usage (user_id, idempotency_key)
-  where idempotency_key is not null;
-create index token_usage_user_time on billing.token_usage (user_id, created_at);
+create unique index token_usage_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
+  nulls not distinct where idempotency_key is not null;
 
 create table billing.token_reservations (
-  id              uuid primary key default gen_random_uuid(),
-  user_id         uuid not null,
+  id              uuid not null default gen_random_uuid(),
+  account_id      uuid not null,
   tokens          bigint not null check (tokens > 0),
   idempotency_key text check (length(idempotency_key) between 1 and 255),
   status          text not null default 'held' check (status in ('held', 'committed', 'released', 'expired')),
   expires_at      timestamptz not null,
   drawn_from      bigint[] not null,
   committed_tokens bigint check (committed_tokens >= 0),
-  usage_id        bigint references billing.token_usage (id),
+  usage_id        bigint,                        -- the usage row of the commit
   metadata        jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
   created_at      timestamptz not null default now(),
-  settled_at      timestamptz
+  settled_at      timestamptz,
+  user_id         uuid,                          -- the member who holds it; null: the account's own user
+  limit_period_start timestamptz,                -- the member's spend-limit period the hold counts in
+  primary key (account_id, id)
 );
-create unique index token_reservations_idempotency on billing.token_reservations (user_id, idempotency_key)
-  where idempotency_key is not null;
-create index token_reservations_held on billing.token_reservations (user_id, expires_at) where status = 'held';
-create index token_reservations_usage_id on billing.token_reservations (usage_id) where usage_id is not null;
-create index token_reservations_user on billing.token_reservations (user_id, created_at);
+create index token_reservations_id on billing.token_reservations (id);
+create unique index token_reservations_idempotency on billing.token_reservations (account_id, user_id, idempotency_key)
+  nulls not distinct where idempotency_key is not null;
+create index token_reservations_held on billing.token_reservations (account_id, expires_at) where status = 'held';
+create index token_reservations_account on billing.token_reservations (account_id, created_at);
 
 -- The Stripe event inbox and audit trail: one row per event id, written in the same transaction
 -- as the event's effects (a failed delivery leaves no row, so Stripe's retry can succeed).
@@ -218,7 +255,7 @@ create table billing.payment_transactions (
   event_created   timestamptz not null,
   livemode        boolean,
   api_version     text,
-  user_id         uuid,
+  account_id      uuid,
   -- processed | ignored (outcome.reason says why) | stale (older than the state it would change) |
   -- failed (could not be applied yet: `error` says why; a redelivery or reprocess_failed_events()
   -- applies it again)
@@ -231,8 +268,8 @@ create table billing.payment_transactions (
   attempts        integer not null default 1,
   stripe_customer text              -- the event's customer: a new customer link retries its failed events
 );
-create index payment_transactions_user on billing.payment_transactions (user_id, event_created)
-  where user_id is not null;
+create index payment_transactions_account on billing.payment_transactions (account_id, event_created)
+  where account_id is not null;
 create index payment_transactions_failed on billing.payment_transactions (stripe_customer, event_created)
   where status = 'failed';
 
@@ -291,8 +328,9 @@ create index stripe_disputes_payment on billing.stripe_disputes (payment_key);
 -- of one period (a period's grant holds the largest allowance among them; each invoice is credited
 -- with what it added, in the order Stripe created them).
 create table billing.grant_purchases (
-  purchase_id            text primary key,  -- cs_... or in_...
-  grant_id               bigint not null references billing.token_grants (id),
+  account_id             uuid not null,
+  purchase_id            text not null,     -- cs_... or in_...
+  grant_id               bigint not null,
   kind                   text not null check (kind in ('checkout_session', 'invoice')),
   allowance              bigint not null check (allowance > 0), -- tokens it entitles the grant to
   amount                 bigint not null check (amount >= 0),   -- what it cost, minor units
@@ -300,10 +338,13 @@ create table billing.grant_purchases (
   purchased_at           timestamptz not null,                  -- the Stripe object's `created`
   stripe_subscription_id text,
   period_end             timestamptz,
-  plan_id                bigint references billing.plans (id)
+  plan_id                bigint references billing.plans (id),
+  primary key (account_id, purchase_id),
+  foreign key (account_id, grant_id) references billing.token_grants (account_id, id)
 );
-create index grant_purchases_grant on billing.grant_purchases (grant_id);
-create unique index grant_purchases_period on billing.grant_purchases (stripe_subscription_id, period_end, purchase_id)
+create index grant_purchases_grant on billing.grant_purchases (account_id, grant_id);
+create index grant_purchases_purchase on billing.grant_purchases (purchase_id);
+create index grant_purchases_period on billing.grant_purchases (stripe_subscription_id, period_end)
   where stripe_subscription_id is not null;
 create index grant_purchases_plan_id on billing.grant_purchases (plan_id) where plan_id is not null;
 
@@ -344,24 +385,17 @@ create table billing.promo_codes (
 
 create table billing.promo_redemptions (
   code        text not null references billing.promo_codes (code),
-  user_id     uuid not null,
-  grant_id    bigint not null references billing.token_grants (id),
+  account_id  uuid not null,                   -- the redeeming user's personal account
+  grant_id    bigint not null,
   redeemed_at timestamptz not null default now(),
-  primary key (code, user_id)
+  primary key (account_id, code),
+  foreign key (account_id, grant_id) references billing.token_grants (account_id, id)
 );
-create index promo_redemptions_user_id on billing.promo_redemptions (user_id);
-create index promo_redemptions_grant_id on billing.promo_redemptions (grant_id);
+create index promo_redemptions_code on billing.promo_redemptions (code);
+create index promo_redemptions_grant_id on billing.promo_redemptions (account_id, grant_id);
 
--- Stripe customer ids reference auth.users where Supabase's auth schema exists.
-do $$
-begin
-  if pg_catalog.to_regclass('auth.users') is not null then
-    alter table billing.stripe_customers
-      add constraint stripe_customers_user_id_fkey foreign key (user_id) references auth.users (id) on delete cascade;
-  end if;
-end
-$$;
-
+alter table billing.accounts enable row level security;
+alter table billing.account_members enable row level security;
 alter table billing.plans enable row level security;
 alter table billing.token_packs enable row level security;
 alter table billing.stripe_customers enable row level security;

@@ -15,12 +15,15 @@
 --   grant they affect exists yet. A grant's claw-back and freeze are recomputed from all facts of
 --   the payments behind it (billing_internal.stripe_targets), so events applied in any order, and any
 --   number of times, end in the same balances.
+-- * Tokens go to an account: a team account named by metadata.account_id (the backend sets it after
+--   checking the buyer is an owner or admin; the user in the event must be one), else the user's
+--   personal account; a Stripe customer and a subscription belong to one account.
 -- * An event that cannot be applied yet (unknown price or user, amount mismatch) is kept with
 --   status 'failed' and its error; a redelivery, a new customer link, or
 --   billing.reprocess_failed_events() applies it again.
 --
 -- Locks: the Stripe objects an event touches (invoice, then payment; billing_internal.lock_stripe_object)
--- before the user's balance row, so an invoice and its payment, or a purchase and a refund that
+-- before the account's balance row, so an invoice and its payment, or a purchase and a refund that
 -- arrive at the same time, see each other.
 --
 -- SQLSTATEs raised to the caller: PT400 bad signature, PT500 no secret configured, 22023 not a
@@ -74,46 +77,62 @@ language sql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
   end
 $$;
 
--- Resolves the user an event is about: an explicit user id (client_reference_id / metadata) wins,
--- then the linked Stripe customer, then the subscription's user.
-create function billing_internal.event_user(p_event jsonb) returns uuid
+-- Resolves the account an event pays: a team account named by metadata.account_id (a user named in
+-- the event must be its owner or admin), else the user named by client_reference_id or
+-- metadata.user_id (their personal account), else the linked Stripe customer's account, else the
+-- subscription's account.
+create function billing_internal.event_account(p_event jsonb) returns uuid
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_ref text := p_event ->> 'client_reference_id';
   v_meta text := p_event ->> 'metadata_user_id';
   v_user uuid;
+  v_account uuid;
 begin
   if v_ref is not null and v_meta is not null and v_ref <> v_meta then
     perform billing_internal.raise_unprocessable('client_reference_id and metadata.user_id disagree',
       pg_catalog.format('%s vs %s', v_ref, v_meta));
   end if;
-  if coalesce(v_ref, v_meta) is not null then
-    begin
-      return coalesce(v_ref, v_meta)::uuid;
-    exception when invalid_text_representation then
-      perform billing_internal.raise_unprocessable('user id in the event is not a uuid', coalesce(v_ref, v_meta));
-    end;
+  begin
+    v_user := coalesce(v_ref, v_meta)::uuid;
+    v_account := (p_event ->> 'metadata_account_id')::uuid;
+  exception when invalid_text_representation then
+    perform billing_internal.raise_unprocessable('a user or account id in the event is not a uuid',
+      pg_catalog.format('user %s, account %s', coalesce(v_ref, v_meta), p_event ->> 'metadata_account_id'));
+  end;
+  if v_account is not null then
+    if not exists (select 1 from billing.accounts a where a.id = v_account) then
+      perform billing_internal.raise_unprocessable('metadata.account_id is not a team account', v_account::text);
+    elsif v_user is not null and not exists (select 1 from billing.account_members m where m.account_id = v_account
+                                                and m.user_id = v_user and m.role in ('owner', 'admin')) then
+      perform billing_internal.raise_unprocessable('the user in the event is not an owner or admin of the account',
+        pg_catalog.format('user %s, account %s', v_user, v_account));
+    end if;
+    return v_account;
+  elsif v_user is not null then
+    return v_user;
   end if;
-  select c.user_id into v_user from billing.stripe_customers c where c.stripe_customer_id = p_event ->> 'customer';
-  if v_user is null then
-    select s.user_id into v_user from billing.user_subscriptions s where s.stripe_subscription_id = p_event ->> 'subscription';
+  select c.account_id into v_account from billing.stripe_customers c where c.stripe_customer_id = p_event ->> 'customer';
+  if v_account is null then
+    select s.account_id into v_account from billing.user_subscriptions s
+     where s.stripe_subscription_id = p_event ->> 'subscription';
   end if;
-  return v_user;
+  return v_account;
 end
 $$;
 
--- Links a Stripe customer to a user; an existing, different link is kept (and reported).
-create function billing_internal.link_customer(p_user_id uuid, p_customer text) returns text
+-- Links a Stripe customer to an account; an existing, different link is kept (and reported).
+create function billing_internal.link_customer(p_account_id uuid, p_customer text) returns text
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
-  if p_customer is null or p_user_id is null then
+  if p_customer is null or p_account_id is null then
     return 'none';
   end if;
-  insert into billing.stripe_customers (user_id, stripe_customer_id) values (p_user_id, p_customer)
+  insert into billing.stripe_customers (account_id, stripe_customer_id) values (p_account_id, p_customer)
   on conflict do nothing;
   if found then
     return 'linked';
-  elsif exists (select 1 from billing.stripe_customers c where c.user_id = p_user_id and c.stripe_customer_id = p_customer) then
+  elsif exists (select 1 from billing.stripe_customers c where c.account_id = p_account_id and c.stripe_customer_id = p_customer) then
     return 'already_linked';
   end if;
   return 'conflict_kept_existing';
@@ -121,7 +140,7 @@ end
 $$;
 
 -- Serializes the deliveries that touch one Stripe object (an invoice or a payment) for the rest of
--- the transaction. Lock order: invoice, then payment, then the user's balance row.
+-- the transaction. Lock order: invoice, then payment, then the account's balance row.
 create function billing_internal.lock_stripe_object(p_id text) returns void
 language sql volatile set search_path = pg_catalog, pg_temp as $$
   select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_billing.stripe'), pg_catalog.hashtext(p_id))
@@ -148,14 +167,14 @@ $$;
 -- per payment, taken = refunded (the larger of the charge's amount_refunded and the refunds known,
 -- less refunds that failed or were canceled) + lost disputes, open = disputes still open; shares
 -- of the captured amount (billing_internal.adjustment_targets, pg_billing_core::ledger).
-create function billing_internal.stripe_targets(p_grant_id bigint) returns bigint[]
+create function billing_internal.stripe_targets(p_account_id uuid, p_grant_id bigint) returns bigint[]
 language sql stable set search_path = pg_catalog, pg_temp as $$
   with purchases as (
     -- what each purchase added to the grant, in the order Stripe created them
     select p.purchase_id, p.amount,
            greatest(0, p.allowance - coalesce(pg_catalog.max(p.allowance) over (
              order by p.purchased_at, p.purchase_id rows between unbounded preceding and 1 preceding), 0)) as tokens
-      from billing.grant_purchases p where p.grant_id = p_grant_id
+      from billing.grant_purchases p where p.account_id = p_account_id and p.grant_id = p_grant_id
   ), shares as (
     select pu.tokens, pp.amount as weight,
            greatest(pu.amount, pg_catalog.sum(pp.amount) over (partition by pu.purchase_id))::bigint as purchase_weight,
@@ -183,20 +202,20 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                  pg_catalog.array_agg(s.purchase_weight) as purchase_weight, pg_catalog.array_agg(s.captured) as captured,
                  pg_catalog.array_agg(s.taken) as taken, pg_catalog.array_agg(s.open) as open
             from shares s) a
-   where g.id = p_grant_id
+   where g.account_id = p_account_id and g.id = p_grant_id
 $$;
 
--- Moves a Stripe-funded grant to its targets. The caller holds the user's balance lock.
-create function billing_internal.settle_stripe_grant(p_grant_id bigint) returns jsonb
+-- Moves a Stripe-funded grant to its targets. The caller holds the account's balance lock.
+create function billing_internal.settle_stripe_grant(p_account_id uuid, p_grant_id bigint) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_targets bigint[] := billing_internal.stripe_targets(p_grant_id);
+  v_targets bigint[] := billing_internal.stripe_targets(p_account_id, p_grant_id);
 begin
   if v_targets is null then
     raise exception using errcode = 'XX000', message = 'pg_billing ledger inconsistency',
       detail = pg_catalog.format('grant %s: Stripe facts give no adjustment targets', p_grant_id);
   end if;
-  return billing_internal.adjust_grant(p_grant_id, v_targets[1], v_targets[2]);
+  return billing_internal.adjust_grant(p_account_id, p_grant_id, v_targets[1], v_targets[2]);
 end
 $$;
 
@@ -206,24 +225,23 @@ create function billing_internal.settle_payment(p_payment_key text) returns json
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_grant record;
-  v_user uuid;
+  v_account uuid;
   v_effects jsonb := '[]'::jsonb;
 begin
   for v_grant in
-    select distinct g.id, g.user_id
+    select distinct gp.account_id, gp.grant_id
       from billing.purchase_payments pp
       join billing.grant_purchases gp on gp.purchase_id = pp.purchase_id
-      join billing.token_grants g on g.id = gp.grant_id
      where pp.payment_key = p_payment_key
-     order by g.id
+     order by gp.account_id, gp.grant_id
   loop
-    perform billing_internal.lock_and_settle(v_grant.user_id, true);
-    v_effects := v_effects || billing_internal.settle_stripe_grant(v_grant.id);
-    perform billing_internal.recompute_balance(v_grant.user_id);
-    v_user := v_grant.user_id;
+    perform billing_internal.lock_and_settle(v_grant.account_id, true);
+    v_effects := v_effects || billing_internal.settle_stripe_grant(v_grant.account_id, v_grant.grant_id);
+    perform billing_internal.recompute_balance(v_grant.account_id);
+    v_account := v_grant.account_id;
   end loop;
-  return pg_catalog.jsonb_build_object('user_id', v_user, 'payment', p_payment_key,
-    'action', case when v_user is null then 'recorded_pending' else 'adjusted' end, 'grants', v_effects);
+  return pg_catalog.jsonb_build_object('account_id', v_account, 'payment', p_payment_key,
+    'action', case when v_account is null then 'recorded_pending' else 'adjusted' end, 'grants', v_effects);
 end
 $$;
 
@@ -233,7 +251,7 @@ $$;
 create function billing_internal.apply_checkout(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing_internal.event_user(p_event);
+  v_account uuid := billing_internal.event_account(p_event);
   v_pack billing.token_packs;
   v_quantity bigint := coalesce((p_event ->> 'quantity')::bigint, 1);
   v_payment text := p_event ->> 'payment_key';
@@ -245,11 +263,11 @@ declare
   v_tokens numeric;
   v_adjusted jsonb;
 begin
-  if v_user is null then
-    perform billing_internal.raise_unprocessable('checkout session has no user', v_session);
+  if v_account is null then
+    perform billing_internal.raise_unprocessable('checkout session has no user or account', v_session);
   end if;
-  v_link := billing_internal.link_customer(v_user, p_event ->> 'customer');
-  v_base := pg_catalog.jsonb_build_object('user_id', v_user, 'customer', v_link)
+  v_link := billing_internal.link_customer(v_account, p_event ->> 'customer');
+  v_base := pg_catalog.jsonb_build_object('account_id', v_account, 'customer', v_link)
             || case when v_link = 'linked' then pg_catalog.jsonb_build_object('linked_customer', p_event ->> 'customer')
                     else '{}'::jsonb end;
   if p_event ->> 'mode' = 'subscription' then
@@ -285,21 +303,21 @@ begin
     perform billing_internal.lock_stripe_object(v_payment);
     perform billing_internal.note_payment(v_payment, v_pack.currency);
   end if;
-  perform billing_internal.lock_and_settle(v_user, true);
-  select * into v_ins from billing_internal.insert_grant(v_user, v_tokens::bigint, v_session, 'purchase', null,
+  perform billing_internal.lock_and_settle(v_account, true);
+  select * into v_ins from billing_internal.insert_grant(v_account, v_tokens::bigint, v_session, 'purchase', null,
     pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'quantity', v_quantity),
     v_payment, v_pack.stripe_price_id, v_paid, v_pack.currency);
   if v_ins.inserted then
-    insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at)
-    values (v_session, v_ins.grant_id, 'checkout_session', v_tokens::bigint, v_paid, v_pack.currency,
+    insert into billing.grant_purchases (account_id, purchase_id, grant_id, kind, allowance, amount, currency, purchased_at)
+    values (v_account, v_session, v_ins.grant_id, 'checkout_session', v_tokens::bigint, v_paid, v_pack.currency,
             pg_catalog.to_timestamp(coalesce((p_event ->> 'object_created')::bigint, (p_event ->> 'created')::bigint)));
     if v_payment is not null then
       insert into billing.purchase_payments (purchase_id, payment_key, amount) values (v_session, v_payment, v_paid)
       on conflict do nothing;
     end if;
-    v_adjusted := billing_internal.settle_stripe_grant(v_ins.grant_id); -- refunds or disputes that came first
+    v_adjusted := billing_internal.settle_stripe_grant(v_account, v_ins.grant_id); -- refunds or disputes that came first
   end if;
-  perform billing_internal.recompute_balance(v_user);
+  perform billing_internal.recompute_balance(v_account);
   return v_base || pg_catalog.jsonb_build_object('action', case when v_ins.inserted then 'granted' else 'already_granted' end,
     'grant_id', v_ins.grant_id, 'tokens', case when v_ins.inserted then v_tokens end, 'adjusted', v_adjusted);
 end
@@ -317,7 +335,8 @@ declare
   v_sub text := p_event ->> 'subscription';
   v_paid bigint := coalesce((p_event ->> 'amount_settled')::bigint, 0);
   v_payment text := p_event ->> 'payment_key';
-  v_user uuid;
+  v_account uuid;
+  v_owner uuid;
   v_line jsonb;
   v_plan_id bigint;
   v_plan billing.plans;
@@ -336,9 +355,9 @@ begin
     return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'no_allowance_for_billing_reason',
                                          'billing_reason', v_reason);
   end if;
-  v_user := billing_internal.event_user(p_event);
-  if v_user is null then
-    perform billing_internal.raise_unprocessable('invoice customer is not linked to a user', p_event ->> 'customer');
+  v_account := billing_internal.event_account(p_event);
+  if v_account is null then
+    perform billing_internal.raise_unprocessable('invoice customer is not linked to a user or account', p_event ->> 'customer');
   end if;
   select l.line, p.id into v_line, v_plan_id
     from pg_catalog.jsonb_array_elements(p_event -> 'lines') with ordinality as l(line, ord)
@@ -352,7 +371,7 @@ begin
          select 1 from pg_catalog.jsonb_array_elements(p_event -> 'lines') l(line)
           where (l.line ->> 'amount')::bigint > 0
             and not exists (select 1 from billing.plans p where p.stripe_price_id = l.line ->> 'price')) then
-      return pg_catalog.jsonb_build_object('user_id', v_user, 'action', 'no_plan_line', 'invoice', v_invoice);
+      return pg_catalog.jsonb_build_object('account_id', v_account, 'action', 'no_plan_line', 'invoice', v_invoice);
     end if;
     perform billing_internal.raise_unprocessable('no line of the invoice is a plan in billing.plans',
       pg_catalog.format('invoice %s prices: %s%s', v_invoice,
@@ -371,7 +390,7 @@ begin
   end if;
   v_allowance := case when v_paid > 0 or v_plan.grant_on_zero_amount then v_plan.tokens_per_period else 0 end;
   if v_allowance = 0 then
-    return pg_catalog.jsonb_build_object('user_id', v_user, 'action', 'zero_amount', 'invoice', v_invoice,
+    return pg_catalog.jsonb_build_object('account_id', v_account, 'action', 'zero_amount', 'invoice', v_invoice,
                                          'plan', v_plan.code);
   end if;
 
@@ -380,12 +399,16 @@ begin
     perform billing_internal.lock_stripe_object(v_payment);
     perform billing_internal.note_payment(v_payment, v_plan.currency);
   end if;
-  perform billing_internal.lock_and_settle(v_user, true);
-  select gp.grant_id into v_grant from billing.grant_purchases gp
+  perform billing_internal.lock_and_settle(v_account, true);
+  select gp.grant_id, gp.account_id into v_grant, v_owner from billing.grant_purchases gp
    where gp.stripe_subscription_id = v_sub and gp.period_end = v_period_end
    order by gp.purchased_at, gp.purchase_id limit 1;
-  if v_grant is null then
-    select * into v_ins from billing_internal.insert_grant(v_user, v_allowance,
+  if v_owner is distinct from v_account and v_owner is not null then
+    perform billing_internal.raise_unprocessable('the subscription period is credited to another account',
+      pg_catalog.format('subscription %s, period ending %s, invoice %s for account %s', v_sub, v_period_end, v_invoice,
+                        v_account));
+  elsif v_grant is null then
+    select * into v_ins from billing_internal.insert_grant(v_account, v_allowance,
       v_sub || '@' || extract(epoch from v_period_end)::bigint, 'subscription',
       case when v_plan.rollover then null else v_period_end end,
       pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'subscription', v_sub, 'plan', v_plan.code,
@@ -394,32 +417,30 @@ begin
     v_grant := v_ins.grant_id;
     v_created := v_ins.inserted;
   end if;
-  if (select g.user_id from billing.token_grants g where g.id = v_grant) is distinct from v_user then
-    perform billing_internal.raise_unprocessable('the subscription period is credited to another user',
-      pg_catalog.format('subscription %s, period ending %s, invoice %s for user %s', v_sub, v_period_end, v_invoice, v_user));
-  end if;
-  insert into billing.grant_purchases (purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
+  insert into billing.grant_purchases (account_id, purchase_id, grant_id, kind, allowance, amount, currency, purchased_at,
                                        stripe_subscription_id, period_end, plan_id)
-  values (v_invoice, v_grant, 'invoice', v_allowance, v_paid, v_plan.currency,
+  values (v_account, v_invoice, v_grant, 'invoice', v_allowance, v_paid, v_plan.currency,
           pg_catalog.to_timestamp(coalesce((p_event ->> 'object_created')::bigint, (p_event ->> 'created')::bigint)),
           v_sub, v_period_end, v_plan.id)
-  on conflict (purchase_id) do nothing;
+  on conflict (account_id, purchase_id) do nothing;
   -- The period's tokens: the largest allowance among its invoices; its expiry that of the plan
   -- with the largest allowance (period end, unless that plan rolls over).
   select case when p.rollover then null else gp.period_end end into v_expires
     from billing.grant_purchases gp join billing.plans p on p.id = gp.plan_id
-   where gp.grant_id = v_grant order by gp.allowance desc, gp.purchased_at, gp.purchase_id limit 1;
+   where gp.account_id = v_account and gp.grant_id = v_grant
+   order by gp.allowance desc, gp.purchased_at, gp.purchase_id limit 1;
   v_added := case when v_created then v_allowance else 0 end
-             + billing_internal.extend_grant(v_grant, (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
-                                                       where gp.grant_id = v_grant), v_expires);
+             + billing_internal.extend_grant(v_account, v_grant,
+                 (select pg_catalog.max(gp.allowance) from billing.grant_purchases gp
+                   where gp.account_id = v_account and gp.grant_id = v_grant), v_expires);
   if v_payment is not null then
     insert into billing.purchase_payments (purchase_id, payment_key, amount)
     values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
     on conflict do nothing;
   end if;
-  v_adjusted := billing_internal.settle_stripe_grant(v_grant); -- refunds or disputes that came first
-  perform billing_internal.recompute_balance(v_user);
-  return pg_catalog.jsonb_build_object('user_id', v_user, 'action', case when v_added > 0 then 'granted' else 'no_allowance_added' end,
+  v_adjusted := billing_internal.settle_stripe_grant(v_account, v_grant); -- refunds or disputes that came first
+  perform billing_internal.recompute_balance(v_account);
+  return pg_catalog.jsonb_build_object('account_id', v_account, 'action', case when v_added > 0 then 'granted' else 'no_allowance_added' end,
     'grant_id', v_grant, 'tokens', v_added, 'plan', v_plan.code, 'allowance', v_allowance, 'period_end', v_period_end,
     'adjusted', v_adjusted);
 end
@@ -446,16 +467,15 @@ begin
   insert into billing.purchase_payments as pp (purchase_id, payment_key, amount)
   values (v_invoice, v_payment, coalesce((p_event ->> 'amount_paid')::bigint, 0))
   on conflict (purchase_id, payment_key) do update set amount = excluded.amount;
-  select g.id, g.user_id into v_grant
-    from billing.grant_purchases gp join billing.token_grants g on g.id = gp.grant_id
-   where gp.purchase_id = v_invoice;
+  select gp.grant_id as id, gp.account_id into v_grant
+    from billing.grant_purchases gp where gp.purchase_id = v_invoice;
   if not found then
     return pg_catalog.jsonb_build_object('action', 'linked_before_invoice', 'invoice', v_invoice, 'payment', v_payment);
   end if;
-  perform billing_internal.lock_and_settle(v_grant.user_id, true);
-  v_adjusted := billing_internal.settle_stripe_grant(v_grant.id);
-  perform billing_internal.recompute_balance(v_grant.user_id);
-  return pg_catalog.jsonb_build_object('user_id', v_grant.user_id, 'action', 'linked', 'invoice', v_invoice,
+  perform billing_internal.lock_and_settle(v_grant.account_id, true);
+  v_adjusted := billing_internal.settle_stripe_grant(v_grant.account_id, v_grant.id);
+  perform billing_internal.recompute_balance(v_grant.account_id);
+  return pg_catalog.jsonb_build_object('account_id', v_grant.account_id, 'action', 'linked', 'invoice', v_invoice,
     'payment', v_payment, 'grant_id', v_grant.id, 'adjusted', v_adjusted);
 end
 $$;
@@ -590,7 +610,7 @@ $$;
 create function billing_internal.apply_subscription(p_event jsonb) returns jsonb
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_user uuid := billing_internal.event_user(p_event);
+  v_account uuid := billing_internal.event_account(p_event);
   v_created timestamptz := pg_catalog.to_timestamp((p_event ->> 'created')::bigint);
   v_status text := case when p_event ->> 'type' = 'customer.subscription.deleted' then 'canceled'
                         else p_event ->> 'status' end;
@@ -598,18 +618,18 @@ declare
   v_link text;
   v_applied boolean;
 begin
-  if v_user is null then
-    perform billing_internal.raise_unprocessable('subscription customer is not linked to a user', p_event ->> 'customer');
+  if v_account is null then
+    perform billing_internal.raise_unprocessable('subscription customer is not linked to a user or account', p_event ->> 'customer');
   end if;
   if billing_internal.stripe_status_rank('subscription', v_status) is null then
     perform billing_internal.raise_unprocessable('unknown subscription status', coalesce(v_status, 'NULL'));
   end if;
   select p.id into v_plan_id from billing.plans p where p.stripe_price_id = p_event ->> 'price_id';
-  v_link := billing_internal.link_customer(v_user, p_event ->> 'customer');
+  v_link := billing_internal.link_customer(v_account, p_event ->> 'customer');
 
-  insert into billing.user_subscriptions as s (stripe_subscription_id, user_id, plan_id, stripe_price_id, status,
+  insert into billing.user_subscriptions as s (stripe_subscription_id, account_id, plan_id, stripe_price_id, status,
       current_period_start, current_period_end, cancel_at_period_end, canceled_at, last_event_created, last_event_id)
-  values (p_event ->> 'object_id', v_user, v_plan_id, p_event ->> 'price_id', v_status,
+  values (p_event ->> 'object_id', v_account, v_plan_id, p_event ->> 'price_id', v_status,
       pg_catalog.to_timestamp((p_event ->> 'current_period_start')::bigint),
       pg_catalog.to_timestamp((p_event ->> 'current_period_end')::bigint),
       coalesce((p_event ->> 'cancel_at_period_end')::boolean, false),
@@ -626,7 +646,7 @@ begin
        > (billing_internal.stripe_status_rank('subscription', s.status) >= 100, s.last_event_created,
           billing_internal.stripe_status_rank('subscription', s.status), s.last_event_id)
   returning true into v_applied;
-  return pg_catalog.jsonb_build_object('user_id', v_user, 'subscription', p_event ->> 'object_id',
+  return pg_catalog.jsonb_build_object('account_id', v_account, 'subscription', p_event ->> 'object_id',
            'action', case when v_applied then 'updated' else 'stale' end,
            'status', case when v_applied then v_status end)
          || case when v_link = 'linked' then pg_catalog.jsonb_build_object('linked_customer', p_event ->> 'customer')
@@ -706,7 +726,8 @@ begin
   end;
   update billing.payment_transactions t
      set status = v_status, outcome = coalesce(v_effect, '{}'), error = v_error,
-         user_id = coalesce((v_effect ->> 'user_id')::uuid, t.user_id), processed_at = pg_catalog.clock_timestamp()
+         account_id = coalesce((v_effect ->> 'account_id')::uuid, t.account_id),
+         processed_at = pg_catalog.clock_timestamp()
    where t.stripe_event_id = p_event ->> 'id';
   if p_retry_linked and v_status = 'processed' and v_effect ? 'linked_customer' then
     for v_failed in

@@ -2,83 +2,83 @@
 --
 -- Every violated invariant, one row each; no rows means the ledger is consistent.
 create function billing.verify_ledger()
-returns table (invariant text, user_id uuid, detail text)
+returns table (invariant text, account_id uuid, detail text)
 language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   with live as (  -- grants with the head's authoritative remaining
     select g.*, case when b.head_grant_id = g.id then b.head_remaining else g.remaining end as live_remaining
       from billing.token_grants g
-      left join billing.balances b on b.user_id = g.user_id
+      left join billing.balances b on b.account_id = g.account_id
   ), spent as (
-    select (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
+    select u.account_id, (u.drawn_from[i][1]) as grant_id, pg_catalog.sum(u.drawn_from[i][2]) as t
       from billing.token_usage u cross join lateral pg_catalog.generate_subscripts(u.drawn_from, 1) as i
-     group by 1
+     group by 1, 2
   ), held as (
-    select (r.drawn_from[i][1]) as grant_id, pg_catalog.sum(r.drawn_from[i][2]) as t
+    select r.account_id, (r.drawn_from[i][1]) as grant_id, pg_catalog.sum(r.drawn_from[i][2]) as t
       from billing.token_reservations r cross join lateral pg_catalog.generate_subscripts(r.drawn_from, 1) as i
      where r.status = 'held'
-     group by 1
-  ), per_user as (
-    select g.user_id, pg_catalog.sum(g.live_remaining) as remaining,
+     group by 1, 2
+  ), per_account as (
+    select g.account_id, pg_catalog.sum(g.live_remaining) as remaining,
            pg_catalog.sum(g.debt_incurred - g.debt_repaid) as debt
-      from live g group by g.user_id
+      from live g group by g.account_id
   ), holds as (
-    select r.user_id, pg_catalog.sum(r.tokens) as held
-      from billing.token_reservations r where r.status = 'held' group by r.user_id
+    select r.account_id, pg_catalog.sum(r.tokens) as held
+      from billing.token_reservations r where r.status = 'held' group by r.account_id
   )
-  select 'grant tokens do not add up', g.user_id,
+  select 'grant tokens do not add up', g.account_id,
          pg_catalog.format('grant %s: tokens %s <> remaining %s + frozen %s + expired %s + clawed back %s + debt repaid %s + spent %s + held %s',
            g.id, g.tokens, g.live_remaining, g.frozen, g.expired, g.clawed_back, g.debt_repaid, coalesce(s.t, 0), coalesce(h.t, 0))
     from live g
-    left join spent s on s.grant_id = g.id
-    left join held h on h.grant_id = g.id
+    left join spent s on s.account_id = g.account_id and s.grant_id = g.id
+    left join held h on h.account_id = g.account_id and h.grant_id = g.id
    where g.tokens <> g.live_remaining + g.frozen + g.expired + g.clawed_back + g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
   union all
-  select 'grant remaining out of range', g.user_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.live_remaining, g.tokens)
+  select 'grant remaining out of range', g.account_id, pg_catalog.format('grant %s: remaining %s of %s', g.id, g.live_remaining, g.tokens)
     from live g where g.live_remaining < 0 or g.live_remaining > g.tokens
   union all
-  select 'balance does not match ledger', coalesce(b.user_id, p.user_id),
+  select 'balance does not match ledger', coalesce(b.account_id, p.account_id),
          pg_catalog.format('spendable %s vs grants %s; held %s vs reservations %s; debt %s vs grants %s',
            b.spendable, coalesce(p.remaining, 0), b.held, coalesce(hs.held, 0), b.debt, coalesce(p.debt, 0))
     from billing.balances b
-    full join per_user p on p.user_id = b.user_id
-    left join holds hs on hs.user_id = coalesce(b.user_id, p.user_id)
-   where b.user_id is null
+    full join per_account p on p.account_id = b.account_id
+    left join holds hs on hs.account_id = coalesce(b.account_id, p.account_id)
+   where b.account_id is null
       or b.spendable <> coalesce(p.remaining, 0)
       or b.held <> coalesce(hs.held, 0)
       or b.debt <> coalesce(p.debt, 0)
   union all
-  select 'negative balance', b.user_id, pg_catalog.format('spendable %s, held %s, debt %s', b.spendable, b.held, b.debt)
+  select 'negative balance', b.account_id, pg_catalog.format('spendable %s, held %s, debt %s', b.spendable, b.held, b.debt)
     from billing.balances b where b.spendable < 0 or b.held < 0 or b.debt < 0
   union all
-  select 'debt with spendable tokens', b.user_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
+  select 'debt with spendable tokens', b.account_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
     from billing.balances b where b.debt > 0 and b.spendable > 0
   union all
-  select 'head grant is not the user''s', b.user_id, pg_catalog.format('head %s', b.head_grant_id)
+  select 'head grant is not the user''s', b.account_id, pg_catalog.format('head %s', b.head_grant_id)
     from billing.balances b
    where b.head_grant_id is not null
-     and not exists (select 1 from billing.token_grants g where g.id = b.head_grant_id and g.user_id = b.user_id
+     and not exists (select 1 from billing.token_grants g where g.id = b.head_grant_id and g.account_id = b.account_id
                        and b.head_remaining <= g.remaining)
   union all
-  select 'head grant is not first in burn order', b.user_id,
+  select 'head grant is not first in burn order', b.account_id,
          pg_catalog.format('head %s, but grant %s expires sooner', b.head_grant_id, g.id)
     from billing.balances b
-    join billing.token_grants h on h.id = b.head_grant_id
-    join live g on g.user_id = b.user_id and g.id <> h.id and g.live_remaining > 0
+    join billing.token_grants h on h.account_id = b.account_id and h.id = b.head_grant_id
+    join live g on g.account_id = b.account_id and g.id <> h.id and g.live_remaining > 0
    where b.head_remaining > 0
      and billing_internal.is_live(g.expires_at)
      and (coalesce(g.expires_at, 'infinity'), g.id) < (coalesce(h.expires_at, 'infinity'), h.id)
   union all
-  select 'usage does not match its grants', u.user_id,
+  select 'usage does not match its grants', u.account_id,
          pg_catalog.format('usage %s: tokens %s, drawn %s', u.id, u.tokens,
            (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i))
     from billing.token_usage u
    where u.tokens is distinct from
          (select pg_catalog.sum(u.drawn_from[i][2]) from pg_catalog.generate_subscripts(u.drawn_from, 1) as i)
   union all
-  select 'head tokens without a head grant', b.user_id, pg_catalog.format('head_remaining %s', b.head_remaining)
+  select 'head tokens without a head grant', b.account_id, pg_catalog.format('head_remaining %s', b.head_remaining)
     from billing.balances b where b.head_grant_id is null and b.head_remaining <> 0
   union all
-  select 'usage row breaks its column rules', u.user_id,
+  select 'usage row breaks its column rules', u.account_id,
          pg_catalog.format('usage %s: tokens %s, key length %s, metadata %s', u.id, u.tokens,
            pg_catalog.length(u.idempotency_key), pg_catalog.jsonb_typeof(u.metadata))
     from billing.token_usage u
@@ -88,30 +88,36 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   select 'duplicate grant reference', null::uuid, pg_catalog.format('(%s, %s) granted %s times', g.kind, g.reference, pg_catalog.count(*))
     from billing.token_grants g group by g.kind, g.reference having pg_catalog.count(*) > 1
   union all
-  select 'debt beyond spent tokens', g.user_id,
+  select 'debt beyond spent tokens', g.account_id,
          pg_catalog.format('grant %s: debt incurred %s, but only %s of its tokens were spent, held or repaid debt',
            g.id, g.debt_incurred, g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0))
     from live g
-    left join spent s on s.grant_id = g.id
-    left join held h on h.grant_id = g.id
+    left join spent s on s.account_id = g.account_id and s.grant_id = g.id
+    left join held h on h.account_id = g.account_id and h.grant_id = g.id
    where g.debt_incurred > g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
   union all
-  select 'frozen above the dispute hold', g.user_id,
+  select 'team usage without a member', u.account_id, pg_catalog.format('usage %s', u.id)
+    from billing.token_usage u join billing.accounts a on a.id = u.account_id
+   where u.user_id is null
+  union all
+  select 'frozen above the dispute hold', g.account_id,
          pg_catalog.format('grant %s: frozen %s, freeze_target %s', g.id, g.frozen, g.freeze_target)
     from billing.token_grants g where g.frozen > g.freeze_target
   union all
-  select 'grant tokens differ from its purchases', g.user_id,
+  select 'grant tokens differ from its purchases', g.account_id,
          pg_catalog.format('grant %s: tokens %s, largest purchase allowance %s', g.id, g.tokens, p.allowance)
     from billing.token_grants g
-    join (select gp.grant_id, pg_catalog.max(gp.allowance) as allowance from billing.grant_purchases gp group by 1) p
-      on p.grant_id = g.id
+    join (select gp.account_id, gp.grant_id, pg_catalog.max(gp.allowance) as allowance
+            from billing.grant_purchases gp group by 1, 2) p
+      on p.account_id = g.account_id and p.grant_id = g.id
    where g.tokens <> p.allowance
   union all
-  select 'Stripe adjustments not applied', g.user_id,
+  select 'Stripe adjustments not applied', g.account_id,
          pg_catalog.format('grant %s: clawed back %s + debt %s, freeze target %s; the Stripe facts give %s and %s',
            g.id, g.clawed_back, g.debt_incurred, g.freeze_target, g.targets[1], g.targets[2])
-    from (select g.*, billing_internal.stripe_targets(g.id) as targets from billing.token_grants g
-           where exists (select 1 from billing.grant_purchases gp where gp.grant_id = g.id)) g
+    from (select g.*, billing_internal.stripe_targets(g.account_id, g.id) as targets from billing.token_grants g
+           where exists (select 1 from billing.grant_purchases gp where gp.account_id = g.account_id
+                            and gp.grant_id = g.id)) g
    where g.targets is null or g.clawed_back + g.debt_incurred <> g.targets[1] or g.freeze_target <> g.targets[2]
 $$;
 comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';

@@ -27,11 +27,12 @@ extension_sql_file!(
         sql_api::ledger::given_back_grant
     ]
 );
+extension_sql_file!("../sql/accounts.sql", name = "accounts", requires = ["ledger"]);
 extension_sql_file!(
     "../sql/stripe.sql",
     name = "stripe",
     requires = [
-        "ledger",
+        "accounts",
         sql_api::ledger::adjustment_targets,
         sql_api::stripe::stripe_signature_check,
         sql_api::stripe::decode_stripe_event

@@ -69,7 +69,7 @@ fn a_consume_spanning_grants_burns_soonest_expiry_first() {
                 lateral (select u.drawn_from[i][1] as gid, u.drawn_from[i][2] as t, i as ord \
                            from generate_subscripts(u.drawn_from, 1) i) d \
            join billing.token_grants g on g.id = d.gid \
-          where u.user_id = {USER}"
+          where u.account_id = {USER}"
     ));
     assert_eq!(drawn, Ok(Some("soon=5,later=7".into())));
     assert_eq!(Spi::get_one::<i64>(&format!("select billing.get_balance({USER})")), Ok(Some(103)));

@@ -9,8 +9,67 @@ export type Json =
 export type Database = {
   billing: {
     Tables: {
+      account_members: {
+        Row: {
+          account_id: string
+          created_at: string
+          period_spent: number
+          period_start: string | null
+          role: string
+          spend_limit: number | null
+          spend_limit_period: string | null
+          user_id: string
+        }
+        Insert: {
+          account_id: string
+          created_at?: string
+          period_spent?: number
+          period_start?: string | null
+          role?: string
+          spend_limit?: number | null
+          spend_limit_period?: string | null
+          user_id: string
+        }
+        Update: {
+          account_id?: string
+          created_at?: string
+          period_spent?: number
+          period_start?: string | null
+          role?: string
+          spend_limit?: number | null
+          spend_limit_period?: string | null
+          user_id?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "account_members_account_id_fkey"
+            columns: ["account_id"]
+            referencedRelation: "accounts"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      accounts: {
+        Row: {
+          created_at: string
+          id: string
+          name: string
+        }
+        Insert: {
+          created_at?: string
+          id?: string
+          name: string
+        }
+        Update: {
+          created_at?: string
+          id?: string
+          name?: string
+        }
+        Relationships: []
+      }
       balances: {
         Row: {
+          account_id: string
           debt: number
           head_grant_id: number | null
           head_remaining: number
@@ -18,9 +77,9 @@ export type Database = {
           next_event_at: string | null
           spendable: number
           updated_at: string
-          user_id: string
         }
         Insert: {
+          account_id: string
           debt?: number
           head_grant_id?: number | null
           head_remaining?: number
@@ -28,9 +87,9 @@ export type Database = {
           next_event_at?: string | null
           spendable?: number
           updated_at?: string
-          user_id: string
         }
         Update: {
+          account_id?: string
           debt?: number
           head_grant_id?: number | null
           head_remaining?: number
@@ -38,12 +97,12 @@ export type Database = {
           next_event_at?: string | null
           spendable?: number
           updated_at?: string
-          user_id?: string
         }
         Relationships: []
       }
       grant_purchases: {
         Row: {
+          account_id: string
           allowance: number
           amount: number
           currency: string
@@ -56,6 +115,7 @@ export type Database = {
           stripe_subscription_id: string | null
         }
         Insert: {
+          account_id: string
           allowance: number
           amount: number
           currency: string
@@ -68,6 +128,7 @@ export type Database = {
           stripe_subscription_id?: string | null
         }
         Update: {
+          account_id?: string
           allowance?: number
           amount?: number
           currency?: string
@@ -81,10 +142,10 @@ export type Database = {
         }
         Relationships: [
           {
-            foreignKeyName: "grant_purchases_grant_id_fkey"
-            columns: ["grant_id"]
+            foreignKeyName: "grant_purchases_account_id_grant_id_fkey"
+            columns: ["account_id", "grant_id"]
             referencedRelation: "token_grants"
-            referencedColumns: ["id"]
+            referencedColumns: ["account_id", "id"]
           },
           {
             foreignKeyName: "grant_purchases_plan_id_fkey"
@@ -96,6 +157,7 @@ export type Database = {
       }
       payment_transactions: {
         Row: {
+          account_id: string | null
           api_version: string | null
           attempts: number
           error: Json | null
@@ -109,9 +171,9 @@ export type Database = {
           status: string
           stripe_customer: string | null
           stripe_event_id: string
-          user_id: string | null
         }
         Insert: {
+          account_id?: string | null
           api_version?: string | null
           attempts?: number
           error?: Json | null
@@ -125,9 +187,9 @@ export type Database = {
           status: string
           stripe_customer?: string | null
           stripe_event_id: string
-          user_id?: string | null
         }
         Update: {
+          account_id?: string | null
           api_version?: string | null
           attempts?: number
           error?: Json | null
@@ -141,7 +203,6 @@ export type Database = {
           status?: string
           stripe_customer?: string | null
           stripe_event_id?: string
-          user_id?: string | null
         }
         Relationships: []
       }
@@ -222,35 +283,35 @@ export type Database = {
       }
       promo_redemptions: {
         Row: {
+          account_id: string
           code: string
           grant_id: number
           redeemed_at: string
-          user_id: string
         }
         Insert: {
+          account_id: string
           code: string
           grant_id: number
           redeemed_at?: string
-          user_id: string
         }
         Update: {
+          account_id?: string
           code?: string
           grant_id?: number
           redeemed_at?: string
-          user_id?: string
         }
         Relationships: [
+          {
+            foreignKeyName: "promo_redemptions_account_id_grant_id_fkey"
+            columns: ["account_id", "grant_id"]
+            referencedRelation: "token_grants"
+            referencedColumns: ["account_id", "id"]
+          },
           {
             foreignKeyName: "promo_redemptions_code_fkey"
             columns: ["code"]
             referencedRelation: "promo_codes"
             referencedColumns: ["code"]
-          },
-          {
-            foreignKeyName: "promo_redemptions_grant_id_fkey"
-            columns: ["grant_id"]
-            referencedRelation: "token_grants"
-            referencedColumns: ["id"]
           },
         ]
       }
@@ -295,19 +356,19 @@ export type Database = {
       }
       stripe_customers: {
         Row: {
+          account_id: string
           created_at: string
           stripe_customer_id: string
-          user_id: string
         }
         Insert: {
+          account_id: string
           created_at?: string
           stripe_customer_id: string
-          user_id: string
         }
         Update: {
+          account_id?: string
           created_at?: string
           stripe_customer_id?: string
-          user_id?: string
         }
         Relationships: []
       }
@@ -400,6 +461,7 @@ export type Database = {
       }
       token_grants: {
         Row: {
+          account_id: string
           amount_paid: number | null
           clawed_back: number
           created_at: string
@@ -418,9 +480,9 @@ export type Database = {
           stripe_payment_intent: string | null
           stripe_price_id: string | null
           tokens: number
-          user_id: string
         }
         Insert: {
+          account_id: string
           amount_paid?: number | null
           clawed_back?: number
           created_at?: string
@@ -439,9 +501,9 @@ export type Database = {
           stripe_payment_intent?: string | null
           stripe_price_id?: string | null
           tokens: number
-          user_id: string
         }
         Update: {
+          account_id?: string
           amount_paid?: number | null
           clawed_back?: number
           created_at?: string
@@ -460,7 +522,6 @@ export type Database = {
           stripe_payment_intent?: string | null
           stripe_price_id?: string | null
           tokens?: number
-          user_id?: string
         }
         Relationships: []
       }
@@ -499,58 +560,58 @@ export type Database = {
       }
       token_reservations: {
         Row: {
+          account_id: string
           committed_tokens: number | null
           created_at: string
           drawn_from: number[]
           expires_at: string
           id: string
           idempotency_key: string | null
+          limit_period_start: string | null
           metadata: NonNullable<Json>
           settled_at: string | null
           status: string
           tokens: number
           usage_id: number | null
-          user_id: string
+          user_id: string | null
         }
         Insert: {
+          account_id: string
           committed_tokens?: number | null
           created_at?: string
           drawn_from: number[]
           expires_at: string
           id?: string
           idempotency_key?: string | null
+          limit_period_start?: string | null
           metadata?: NonNullable<Json>
           settled_at?: string | null
           status?: string
           tokens: number
           usage_id?: number | null
-          user_id: string
+          user_id?: string | null
         }
         Update: {
+          account_id?: string
           committed_tokens?: number | null
           created_at?: string
           drawn_from?: number[]
           expires_at?: string
           id?: string
           idempotency_key?: string | null
+          limit_period_start?: string | null
           metadata?: NonNullable<Json>
           settled_at?: string | null
           status?: string
           tokens?: number
           usage_id?: number | null
-          user_id?: string
+          user_id?: string | null
         }
-        Relationships: [
-          {
-            foreignKeyName: "token_reservations_usage_id_fkey"
-            columns: ["usage_id"]
-            referencedRelation: "token_usage"
-            referencedColumns: ["id"]
-          },
-        ]
+        Relationships: []
       }
       token_usage: {
         Row: {
+          account_id: string
           balance_after: number
           created_at: string
           drawn_from: number[]
@@ -559,9 +620,10 @@ export type Database = {
           metadata: NonNullable<Json>
           reservation_id: string | null
           tokens: number
-          user_id: string
+          user_id: string | null
         }
         Insert: {
+          account_id: string
           balance_after: number
           created_at?: string
           drawn_from: number[]
@@ -570,9 +632,10 @@ export type Database = {
           metadata?: NonNullable<Json>
           reservation_id?: string | null
           tokens: number
-          user_id: string
+          user_id?: string | null
         }
         Update: {
+          account_id?: string
           balance_after?: number
           created_at?: string
           drawn_from?: number[]
@@ -581,12 +644,13 @@ export type Database = {
           metadata?: NonNullable<Json>
           reservation_id?: string | null
           tokens?: number
-          user_id?: string
+          user_id?: string | null
         }
         Relationships: []
       }
       user_subscriptions: {
         Row: {
+          account_id: string
           cancel_at_period_end: boolean
           canceled_at: string | null
           created_at: string
@@ -599,9 +663,9 @@ export type Database = {
           stripe_price_id: string | null
           stripe_subscription_id: string
           updated_at: string
-          user_id: string
         }
         Insert: {
+          account_id: string
           cancel_at_period_end?: boolean
           canceled_at?: string | null
           created_at?: string
@@ -614,9 +678,9 @@ export type Database = {
           stripe_price_id?: string | null
           stripe_subscription_id: string
           updated_at?: string
-          user_id: string
         }
         Update: {
+          account_id?: string
           cancel_at_period_end?: boolean
           canceled_at?: string | null
           created_at?: string
@@ -629,7 +693,6 @@ export type Database = {
           stripe_price_id?: string | null
           stripe_subscription_id?: string
           updated_at?: string
-          user_id?: string
         }
         Relationships: [
           {
@@ -669,6 +732,31 @@ export type Database = {
       [_ in never]: never
     }
     Functions: {
+      add_account_member: {
+        Args: {
+          p_account_id: string
+          p_role?: string
+          p_spend_limit?: number
+          p_spend_limit_period?: string
+          p_user_id: string
+        }
+        Returns: {
+          account_id: string
+          created_at: string
+          period_spent: number
+          period_start: string | null
+          role: string
+          spend_limit: number | null
+          spend_limit_period: string | null
+          user_id: string
+        }
+        SetofOptions: {
+          from: "*"
+          to: "account_members"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
       commit_reservation: {
         Args: { p_actual_amount: number; p_reservation_id: string }
         Returns: {
@@ -681,6 +769,7 @@ export type Database = {
       }
       consume_tokens: {
         Args: {
+          p_account_id?: string
           p_amount: number
           p_idempotency_key?: string
           p_metadata?: Json
@@ -693,10 +782,31 @@ export type Database = {
           usage_id: number
         }[]
       }
-      get_balance: { Args: { p_user_id: string }; Returns: number }
-      get_billing_summary: { Args: Record<PropertyKey, never>; Returns: Json }
+      create_team_account: {
+        Args: { p_name: string; p_owner?: string }
+        Returns: string
+      }
+      get_accounts: {
+        Args: Record<PropertyKey, never>
+        Returns: {
+          account_id: string
+          balance: number
+          kind: string
+          name: string
+          remaining_limit: number
+          role: string
+          spend_limit: number
+          spend_limit_period: string
+          spent_this_period: number
+        }[]
+      }
+      get_balance: {
+        Args: { p_account_id?: string; p_user_id: string }
+        Returns: number
+      }
+      get_billing_summary: { Args: { p_account_id?: string }; Returns: Json }
       get_grant_history: {
-        Args: { p_limit?: number; p_offset?: number }
+        Args: { p_account_id?: string; p_limit?: number; p_offset?: number }
         Returns: {
           clawed_back: number
           created_at: string
@@ -710,7 +820,7 @@ export type Database = {
         }[]
       }
       get_payment_history: {
-        Args: { p_limit?: number; p_offset?: number }
+        Args: { p_account_id?: string; p_limit?: number; p_offset?: number }
         Returns: {
           action: string
           event_created: string
@@ -722,6 +832,7 @@ export type Database = {
       }
       get_usage_history: {
         Args: {
+          p_account_id?: string
           p_bucket?: string
           p_from?: string
           p_group_by?: string
@@ -736,6 +847,7 @@ export type Database = {
       }
       grant_purchase: {
         Args: {
+          p_account_id?: string
           p_expires_at?: string
           p_kind?: string
           p_metadata?: Json
@@ -775,12 +887,17 @@ export type Database = {
           tokens_released: number
         }[]
       }
+      remove_account_member: {
+        Args: { p_account_id: string; p_user_id: string }
+        Returns: boolean
+      }
       reprocess_failed_events: {
         Args: Record<PropertyKey, never>
         Returns: number
       }
       reserve_tokens: {
         Args: {
+          p_account_id?: string
           p_amount: number
           p_idempotency_key: string
           p_ttl?: string
@@ -807,9 +924,9 @@ export type Database = {
       verify_ledger: {
         Args: Record<PropertyKey, never>
         Returns: {
+          account_id: string
           detail: string
           invariant: string
-          user_id: string
         }[]
       }
       verify_stripe_signature:

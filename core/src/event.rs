@@ -325,6 +325,7 @@ pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
             put("customer", first_id(obj, &[&["customer"]]));
             put("client_reference_id", first_str(obj, &[&["client_reference_id"]]));
             put("metadata_user_id", first_str(obj, &[&["metadata", "user_id"]]));
+            put("metadata_account_id", first_str(obj, &[&["metadata", "account_id"]]));
             put("price_id", first_str(obj, &[&["metadata", "price_id"]]));
             put("quantity", first_int(obj, &[&["metadata", "quantity"]]));
             put("currency", currency(obj));
@@ -354,6 +355,17 @@ pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
                         &["parent", "subscription_details", "metadata", "user_id"],
                         &["subscription_details", "metadata", "user_id"],
                         &["metadata", "user_id"],
+                    ],
+                ),
+            );
+            put(
+                "metadata_account_id",
+                first_str(
+                    obj,
+                    &[
+                        &["parent", "subscription_details", "metadata", "account_id"],
+                        &["subscription_details", "metadata", "account_id"],
+                        &["metadata", "account_id"],
                     ],
                 ),
             );
@@ -413,6 +425,7 @@ pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
             put("cancel_at_period_end", bool_at(obj, &["cancel_at_period_end"]));
             put("canceled_at", first_int(obj, &[&["canceled_at"]]));
             put("metadata_user_id", first_str(obj, &[&["metadata", "user_id"]]));
+            put("metadata_account_id", first_str(obj, &[&["metadata", "account_id"]]));
         }
         Kind::Charge => {
             let pi = first_id(obj, &[&["payment_intent"]]);
@@ -596,6 +609,33 @@ mod tests {
         assert_eq!(v["price_id"], "price_Pack1000");
         assert_eq!(v["payment_key"], "pi_TestPackA");
         assert_eq!(v["amount_subtotal"], 999);
+    }
+
+    #[test]
+    fn team_account_from_metadata_of_checkout_invoice_or_subscription() {
+        let team = "7d0c3f4e-1111-4a5b-9c0d-0123456789ab";
+        let checkout = format!(
+            r#"{{"id":"evt_1","type":"checkout.session.completed","created":1,
+                "data":{{"object":{{"id":"cs_1","object":"checkout.session","metadata":{{"account_id":"{team}"}}}}}}}}"#
+        );
+        let basil_invoice = format!(
+            r#"{{"id":"evt_2","type":"invoice.paid","created":1,"data":{{"object":{{"id":"in_1","object":"invoice",
+                "parent":{{"subscription_details":{{"metadata":{{"account_id":"{team}"}},"subscription":"sub_1"}}}}}}}}}}"#
+        );
+        let legacy_invoice = format!(
+            r#"{{"id":"evt_3","type":"invoice.paid","created":1,"data":{{"object":{{"id":"in_1","object":"invoice",
+                "subscription":"sub_1","subscription_details":{{"metadata":{{"account_id":"{team}"}}}}}}}}}}"#
+        );
+        let subscription = format!(
+            r#"{{"id":"evt_4","type":"customer.subscription.updated","created":1,
+                "data":{{"object":{{"id":"sub_1","object":"subscription","metadata":{{"account_id":"{team}"}}}}}}}}"#
+        );
+        for body in [checkout, basil_invoice, legacy_invoice, subscription] {
+            let v = decode(body.as_bytes()).expect("decodes");
+            assert_eq!(v["metadata_account_id"], team, "{body}");
+        }
+        let v = fixture(CLOVER, "01_checkout_pack_paid.json");
+        assert_eq!(v["metadata_account_id"], Value::Null);
     }
 
     #[test]

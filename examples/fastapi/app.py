@@ -28,11 +28,24 @@ STATUS = {"PT402": 402, "42501": 403, "22023": 400, "22P02": 400, "PT409": 409, 
 class CheckoutRequest(BaseModel):
     price_id: str = Field(min_length=1, max_length=255)
     quantity: int = Field(default=1, ge=1, le=100)
+    account_id: uuid.UUID | None = None  # a team account the user owns or administers; None: their own
 
 
 class ChatRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=100_000)
     max_tokens: int = Field(default=256, ge=1, le=100_000)
+    account_id: uuid.UUID | None = None  # spend from a team account the user is a member of
+
+
+class TeamRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class MemberRequest(BaseModel):
+    user_id: uuid.UUID
+    role: str = "member"
+    spend_limit: int | None = Field(default=None, ge=0)
+    spend_limit_period: str = "month"
 
 
 def fake_model_reply(prompt: str, max_tokens: int) -> list[str]:
@@ -109,6 +122,15 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
         mode = row[0]
         quantity = body.quantity if mode == "payment" else 1
         metadata = {"user_id": user["sub"], "price_id": body.price_id, "quantity": str(quantity)}
+        payer = {"user_id": user["sub"]}
+        if body.account_id:
+            # The webhook credits the team only if this user owns or administers it; asking first
+            # turns a purchase that would fail into a 403 before anyone pays.
+            accounts = await as_user(user, "select role from billing.get_accounts() where account_id = %s",
+                                     (body.account_id,))
+            if not accounts or accounts[0][0] not in ("owner", "admin"):
+                raise HTTPException(403, "only an owner or admin of the account can buy for it")
+            metadata["account_id"] = payer["account_id"] = str(body.account_id)
         params = {
             "mode": mode,
             "line_items": [{"price": body.price_id, "quantity": quantity}],
@@ -118,7 +140,7 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
             "cancel_url": f"{site_url}/billing?checkout=cancel",
         }
         if mode == "subscription":
-            params["subscription_data"] = {"metadata": {"user_id": user["sub"]}}
+            params["subscription_data"] = {"metadata": payer}
         session = await asyncio.to_thread(stripe_client.v1.checkout.sessions.create, params)
         return {"id": session.id, "url": session.url}
 
@@ -129,8 +151,8 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
         key = idempotency_key or f"chat-{uuid.uuid4()}"
         try:
             async with pool.connection() as conn:
-                cur = await conn.execute("select reservation_id from billing.reserve_tokens(%s, %s, %s)",
-                                         (user["sub"], body.max_tokens, key))
+                cur = await conn.execute("select reservation_id from billing.reserve_tokens(%s, %s, %s, %s, %s)",
+                                         (user["sub"], body.max_tokens, key, "15 minutes", body.account_id))
                 reservation = (await cur.fetchone())[0]
                 await conn.commit()
         except psycopg.Error as e:
@@ -169,20 +191,55 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
                 return await cur.fetchall()
 
     @app.get("/api/billing/subscription")
-    async def subscription(user: dict = Depends(current_user)):
+    async def subscription(user: dict = Depends(current_user), account_id: uuid.UUID | None = None):
         try:
-            return (await as_user(user, "select billing.get_billing_summary()"))[0][0]
+            return (await as_user(user, "select billing.get_billing_summary(%s)", (account_id,)))[0][0]
         except psycopg.Error as e:
             return db_error(e)
 
     @app.get("/api/billing/usage")
-    async def usage(user: dict = Depends(current_user), bucket: str = "day", group_by: str | None = None):
+    async def usage(user: dict = Depends(current_user), bucket: str = "day", group_by: str | None = None,
+                    account_id: uuid.UUID | None = None):
         try:
             rows = await as_user(user, "select bucket, group_key, tokens, requests from billing.get_usage_history("
-                                       "p_bucket => %s, p_group_by => %s)", (bucket, group_by))
+                                       "p_bucket => %s, p_group_by => %s, p_account_id => %s)",
+                                 (bucket, group_by, account_id))
         except psycopg.Error as e:
             return db_error(e)
         return [{"bucket": b.isoformat(), "group": g, "tokens": t, "requests": r} for b, g, t, r in rows]
+
+    # Team accounts: each call runs as the user, so the database decides who may do what.
+    @app.get("/api/accounts")
+    async def accounts(user: dict = Depends(current_user)):
+        try:
+            rows = await as_user(user, "select row_to_json(a) from billing.get_accounts() a")
+        except psycopg.Error as e:
+            return db_error(e)
+        return [r[0] for r in rows]
+
+    @app.post("/api/accounts")
+    async def create_team(body: TeamRequest, user: dict = Depends(current_user)):
+        try:
+            return {"account_id": (await as_user(user, "select billing.create_team_account(%s)", (body.name,)))[0][0]}
+        except psycopg.Error as e:
+            return db_error(e)
+
+    @app.put("/api/accounts/{account_id}/members")
+    async def put_member(account_id: uuid.UUID, body: MemberRequest, user: dict = Depends(current_user)):
+        try:
+            rows = await as_user(user, "select row_to_json(m) from billing.add_account_member(%s, %s, %s, %s, %s) m",
+                                 (account_id, body.user_id, body.role, body.spend_limit, body.spend_limit_period))
+        except psycopg.Error as e:
+            return db_error(e)
+        return rows[0][0]
+
+    @app.delete("/api/accounts/{account_id}/members/{member_id}")
+    async def delete_member(account_id: uuid.UUID, member_id: uuid.UUID, user: dict = Depends(current_user)):
+        try:
+            removed = (await as_user(user, "select billing.remove_account_member(%s, %s)", (account_id, member_id)))[0][0]
+        except psycopg.Error as e:
+            return db_error(e)
+        return {"removed": removed}
 
     return app
 

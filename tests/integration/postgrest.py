@@ -39,14 +39,14 @@ def _signature(conn, schema, fn):
     row = conn.execute(
         "select coalesce(p.proargnames, '{}'), "
         " array(select format_type(t, null) from unnest(p.proargtypes) t), "
-        " p.proretset or t.typtype = 'c' or p.prorettype = 'record'::regtype, p.provolatile "
+        " p.proretset or t.typtype = 'c' or p.prorettype = 'record'::regtype, p.provolatile, p.proretset "
         "from pg_proc p join pg_namespace n on n.oid = p.pronamespace join pg_type t on t.oid = p.prorettype "
         "where n.nspname = %s and p.proname = %s", (schema, fn)).fetchone()
-    names, types, composite, volatility = row
-    return list(zip(names[:len(types)], types)), composite, volatility
+    names, types, composite, volatility, returns_set = row
+    return list(zip(names[:len(types)], types)), composite, volatility, composite and not returns_set
 
 
-def build_sql(schema, fn, args, params, composite):
+def build_sql(schema, fn, args, params, composite, single=False):
     """The statement PostgREST prepares for POST /rpc/fn (body = $1::json)."""
     passed = [(n, t) for n, t in params if n in args]
     call_args = ", ".join(f'"{n}" := pgrst_body."{n}"' for n, _ in passed)
@@ -59,7 +59,9 @@ def build_sql(schema, fn, args, params, composite):
     if composite:
         source = (f'WITH pgrst_source AS (SELECT "pgrst_call".* FROM (SELECT %s::json AS json_data) pgrst_payload,'
                   f'{body} LATERAL "{schema}"."{fn}"({call_args}) pgrst_call)')
-        select = "pg_catalog.count(_postgrest_t) AS page_total, coalesce(json_agg(_postgrest_t), '[]') AS body"
+        # a single composite (not SETOF) is an object (QueryBuilder.hs asJsonF returnsSingleComposite)
+        body_f = "coalesce(json_agg(_postgrest_t)->0, 'null')" if single else "coalesce(json_agg(_postgrest_t), '[]')"
+        select = f"pg_catalog.count(_postgrest_t) AS page_total, {body_f} AS body"
     else:
         source = (f'WITH pgrst_source AS (SELECT pgrst_call.pgrst_scalar FROM (SELECT %s::json AS json_data) pgrst_payload,'
                   f'{body} LATERAL (SELECT "{schema}"."{fn}"({call_args}) pgrst_scalar) pgrst_call)')
@@ -80,7 +82,7 @@ def call(conn_factory, fn, args=None, role="authenticated", sub=None, claims=Non
         claims.setdefault("aud", "authenticated")
     conn = conn_factory()
     try:
-        params, composite, volatility = _signature(conn, schema, fn)
+        params, composite, volatility, single = _signature(conn, schema, fn)
         # READ ONLY for GET/HEAD and for POST to STABLE/IMMUTABLE functions (Plan.hs).
         read_only = method in ("GET", "HEAD") or volatility in ("s", "i")
         conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED " + ("READ ONLY" if read_only else "READ WRITE"))
@@ -94,7 +96,7 @@ def call(conn_factory, fn, args=None, role="authenticated", sub=None, claims=Non
                 "set_config('request.headers', '{\"content-type\":\"application/json\"}', true), "
                 "set_config('request.cookies', '{}', true)",
                 (timeout, role, json.dumps(claims), method, f"/rpc/{fn}"))
-            row = conn.execute(build_sql(schema, fn, args, params, composite), (json.dumps(args),)).fetchone()
+            row = conn.execute(build_sql(schema, fn, args, params, composite, single), (json.dumps(args),)).fetchone()
             conn.execute("COMMIT")
             return 200, row[2]
         except psycopg.Error as e:

@@ -84,7 +84,7 @@ class StoryDb(Db):
                         " where reference like %s order by expires_at", (sub + "@%",))
 
     def money(self, user=USER):
-        return self.one("select spendable, held, debt from billing.balances where user_id = %s", (user,)) or (0, 0, 0)
+        return self.one("select spendable, held, debt from billing.balances where account_id = %s", (user,)) or (0, 0, 0)
 
     def status(self, event_id):
         return self.one("select status from billing.payment_transactions where stripe_event_id = %s", (event_id,))[0]
@@ -92,13 +92,13 @@ class StoryDb(Db):
     def final_state(self):
         """What a story leaves behind, independent of grant ids and arrival order."""
         return {
-            "balances": self.all("select user_id, spendable, held, debt from billing.balances order by 1"),
+            "balances": self.all("select account_id, spendable, held, debt from billing.balances order by 1"),
             "grants": self.all("select kind, reference, tokens, remaining, frozen, expired, clawed_back, debt_incurred,"
                                " debt_repaid, freeze_target, expires_at from billing.token_grants order by kind, reference"),
-            "subscriptions": self.all("select stripe_subscription_id, user_id, plan_id, status, current_period_start,"
+            "subscriptions": self.all("select stripe_subscription_id, account_id, plan_id, status, current_period_start,"
                                       " current_period_end, cancel_at_period_end, canceled_at, last_event_id"
                                       " from billing.user_subscriptions order by 1"),
-            "customers": self.all("select user_id, stripe_customer_id from billing.stripe_customers order by 1"),
+            "customers": self.all("select account_id, stripe_customer_id from billing.stripe_customers order by 1"),
             "purchases": self.all("select purchase_id, kind, allowance, amount from billing.grant_purchases order by 1"),
             "refunds": self.all("select refund_id, amount, status from billing.stripe_refunds order by 1"),
             "disputes": self.all("select dispute_id, amount, status from billing.stripe_disputes order by 1"),

@@ -8,7 +8,7 @@ from conftest import sqlstate
 
 USER_TABLES = ["stripe_customers", "user_subscriptions", "balances", "token_grants", "token_usage",
                "token_reservations", "payment_transactions"]
-ALL_TABLES = USER_TABLES + ["plans", "token_packs", "webhook_secrets"]
+ALL_TABLES = USER_TABLES + ["accounts", "account_members", "plans", "token_packs", "webhook_secrets"]
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,11 @@ def two_users(db):
         db.one("select * from billing.reserve_tokens(%s, 1, 'r')", (u,))
         with db.service() as c:
             c.execute("insert into billing.stripe_customers values (%s, %s)", (u, f"cus_{u.hex}"))
-            c.execute("insert into billing.user_subscriptions (stripe_subscription_id, user_id, status,"
+            c.execute("insert into billing.user_subscriptions (stripe_subscription_id, account_id, status,"
                       " last_event_created, last_event_id) values (%s, %s, 'active', now(), 'evt_x')",
                       (f"sub_{u.hex}", u))
             c.execute("insert into billing.payment_transactions (stripe_event_id, event_type, event_created,"
-                      " status, payload, user_id) values (%s, 't', now(), 'processed', '{}', %s)",
+                      " status, payload, account_id) values (%s, 't', now(), 'processed', '{}', %s)",
                       (f"evt_{u.hex}", u))
         users.append(u)
     with db.service() as c:
@@ -42,7 +42,7 @@ def two_users(db):
 def test_user_sees_only_own_rows(db, two_users, table):
     a, b = two_users
     with db.as_role("authenticated", sub=a, read_only=True) as c:
-        owners = {r[0] for r in c.execute(f"select user_id from billing.{table}").fetchall()}
+        owners = {r[0] for r in c.execute(f"select account_id from billing.{table}").fetchall()}
     assert owners == {a}
 
 
@@ -51,7 +51,7 @@ def test_admin_claim_sees_every_row(db, two_users, table):
     a, b = two_users
     claims = {"app_metadata": {"billing_admin": True}}
     with db.as_role("authenticated", sub=a, claims=claims, read_only=True) as c:
-        owners = {r[0] for r in c.execute(f"select user_id from billing.{table}").fetchall()}
+        owners = {r[0] for r in c.execute(f"select account_id from billing.{table}").fetchall()}
     assert {a, b} <= owners
 
 
@@ -60,12 +60,13 @@ def test_admin_claim_sees_every_row(db, two_users, table):
 def test_api_roles_cannot_write_any_table(db, two_users, table, role):
     a, _ = two_users
     cols = {
-        "balances": "(user_id) values (gen_random_uuid())",
+        "balances": "(account_id) values (gen_random_uuid())",
+        "accounts": "(name) values ('mine')",
         "plans": "(code, stripe_price_id, tokens_per_period) values ('x', 'price_x', 1)",
         "token_packs": "(stripe_price_id, tokens) values ('price_y', 1)",
         "webhook_secrets": "(secret) values ('s')",
     }.get(table, "default values")
-    col = "user_id" if table in USER_TABLES else "active"
+    col = {"accounts": "name", "account_members": "role"}.get(table, "account_id" if table in USER_TABLES else "active")
     update = ("update billing.balances set spendable = 1000000 where true" if table == "balances"
               else f"update billing.{table} set {col} = {col} where true")
     for sql in [f"insert into billing.{table} {cols}", update, f"delete from billing.{table} where true"]:
@@ -79,7 +80,7 @@ def test_anon_reads_only_the_catalog(db, two_users):
     with db.as_role("anon", read_only=True) as c:
         assert c.execute("select count(*) from billing.plans").fetchone()[0] >= 1
         assert c.execute("select count(*) from billing.token_packs").fetchone()[0] >= 1
-    for table in USER_TABLES + ["webhook_secrets"]:
+    for table in USER_TABLES + ["accounts", "account_members", "webhook_secrets"]:
         with pytest.raises(psycopg.Error) as e:
             with db.as_role("anon", read_only=True) as c:
                 c.execute(f"select * from billing.{table}")
@@ -112,7 +113,7 @@ def test_user_spends_and_reads_only_for_itself(db, two_users):
 
 def test_user_cannot_commit_or_release_another_users_reservation(db, two_users):
     a, b = two_users
-    rid_b = db.one("select id from billing.token_reservations where user_id = %s and status = 'held'", (b,))[0]
+    rid_b = db.one("select id from billing.token_reservations where account_id = %s and status = 'held'", (b,))[0]
     for sql in ["select * from billing.commit_reservation(%s, 0)", "select * from billing.release_reservation(%s)"]:
         with pytest.raises(psycopg.Error) as e:
             with db.as_role("authenticated", sub=a) as c:

@@ -104,7 +104,7 @@ def test_sql_looking_keys_and_metadata_are_stored_verbatim(db):
     db.grant(user, 10)
     meta = {SQLISH: UNICODE, "model": "gpt'; --"}
     db.one("select * from billing.consume_tokens(%s, 1, %s, %s)", (user, SQLISH, json.dumps(meta)))
-    assert db.one("select idempotency_key, metadata from billing.token_usage where user_id = %s", (user,)) == (SQLISH, meta)
+    assert db.one("select idempotency_key, metadata from billing.token_usage where account_id = %s", (user,)) == (SQLISH, meta)
     assert db.one("select count(*) from billing.balances")[0] > 0
 
 

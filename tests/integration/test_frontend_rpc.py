@@ -105,7 +105,7 @@ def test_promo_code_redemption(db, rpc):
     status, rows = rpc("redeem_promo_code", {"p_code": code.lower()}, sub=u)
     assert status == 200 and rows[0]["tokens"] == 250 and rows[0]["balance_after"] == 250
     assert rows[0]["expires_at"] is not None
-    assert db.one("select kind from billing.token_grants where user_id = %s", (u,))[0] == "promo"
+    assert db.one("select kind from billing.token_grants where account_id = %s", (u,))[0] == "promo"
     assert rpc("redeem_promo_code", {"p_code": code}, sub=u)[0] == 409
     assert rpc("redeem_promo_code", {"p_code": "NO-SUCH-CODE"}, sub=u)[0] == 404
     assert rpc("redeem_promo_code", {"p_code": code}, role="anon")[0] == 401

@@ -34,7 +34,7 @@ def test_race_spends_each_token_once(db):
     assert ok[0] == 1000
     assert insufficient[0] == 1000
     assert db.balance(user) == 0
-    assert db.one("select count(*), sum(tokens) from billing.token_usage where user_id = %s", (user,)) == (1000, 1000)
+    assert db.one("select count(*), sum(tokens) from billing.token_usage where account_id = %s", (user,)) == (1000, 1000)
     assert db.ledger_problems() == []
 
 
@@ -106,7 +106,7 @@ def test_insufficient_is_pt402_with_detail_and_changes_nothing(db):
         db.one("select * from billing.consume_tokens(%s, 1)", (uuid.uuid4(),))
     assert sqlstate(e) == "PT402"
     assert db.balance(user) == 5
-    assert db.one("select count(*) from billing.token_usage where user_id = %s", (user,))[0] == 0
+    assert db.one("select count(*) from billing.token_usage where account_id = %s", (user,))[0] == 0
 
 
 def test_burn_down_spends_soonest_expiring_first(db):
@@ -118,7 +118,7 @@ def test_burn_down_spends_soonest_expiring_first(db):
     drawn = db.one("select drawn_from from billing.token_usage where id = %s", (usage[0],))[0]
     assert drawn == [[sooner, 30], [later, 10]]
     db.one("select * from billing.consume_tokens(%s, 60)", (user,))
-    rem = dict(db.all("select id, remaining from billing.token_grants where user_id = %s", (user,)))
+    rem = dict(db.all("select id, remaining from billing.token_grants where account_id = %s", (user,)))
     assert rem == {sooner: 0, later: 0, forever: 80}
     assert db.ledger_problems() == []
 
@@ -135,7 +135,7 @@ def test_expired_tokens_are_never_spendable(db):
     assert sqlstate(e) == "PT402"
     assert e.value.diag.message_detail == "requested 6, available 5"
     db.one("select * from billing.consume_tokens(%s, 5)", (user,))
-    assert db.one("select sum(expired), sum(remaining) from billing.token_grants where user_id = %s", (user,)) == (10, 0)
+    assert db.one("select sum(expired), sum(remaining) from billing.token_grants where account_id = %s", (user,)) == (10, 0)
     assert db.ledger_problems() == []
 
 
@@ -199,9 +199,9 @@ def test_maintenance_settles_due_users(db):
     db.one("select * from billing.reserve_tokens(%s, 4, null, interval '1 second')", (user,))
     time.sleep(1.2)
     assert db.one("select billing.run_maintenance()")[0] >= 1
-    row = db.one("select spendable, held, next_event_at from billing.balances where user_id = %s", (user,))
+    row = db.one("select spendable, held, next_event_at from billing.balances where account_id = %s", (user,))
     assert row == (0, 0, None)
-    assert db.one("select expired from billing.token_grants where user_id = %s", (user,))[0] == 10
+    assert db.one("select expired from billing.token_grants where account_id = %s", (user,))[0] == 10
     assert db.ledger_problems() == []
 
 
@@ -226,7 +226,7 @@ def test_concurrent_reserve_commit_consume_keep_ledger_consistent(db):
                     assert e.sqlstate == "PT402", e
 
     run_threads(12, worker)
-    used = db.one("select coalesce(sum(tokens), 0) from billing.token_usage where user_id = %s", (user,))[0]
+    used = db.one("select coalesce(sum(tokens), 0) from billing.token_usage where account_id = %s", (user,))[0]
     assert db.balance(user) == 3000 - used
     assert db.ledger_problems() == []
 
@@ -284,7 +284,7 @@ def test_balance_overflow_is_an_error_and_writes_nothing(db):
         db.grant(user, 1)
     assert sqlstate(e) == "22003"
     assert db.balance(user) == 2**63 - 1
-    assert db.one("select count(*) from billing.token_grants where user_id = %s", (user,))[0] == 1
+    assert db.one("select count(*) from billing.token_grants where account_id = %s", (user,))[0] == 1
     assert db.one("select * from billing.consume_tokens(%s, %s)", (user, 2**63 - 1))[2] == 0
     assert db.ledger_problems() == []
 
@@ -295,8 +295,8 @@ def test_verify_ledger_reports_tampering(db):
     db.grant(user, 10)
     with db.service() as c:
         c.execute("begin")
-        c.execute("update billing.balances set spendable = 11 where user_id = %s", (user,))
-        problems = c.execute("select invariant from billing.verify_ledger() where user_id = %s", (user,)).fetchall()
+        c.execute("update billing.balances set spendable = 11 where account_id = %s", (user,))
+        problems = c.execute("select invariant from billing.verify_ledger() where account_id = %s", (user,)).fetchall()
         c.execute("rollback")
     assert problems == [("balance does not match ledger",)]
 
@@ -309,7 +309,7 @@ def test_balance_counters_cannot_go_negative_even_behind_the_functions_back(db):
     for column in ("spendable", "held", "debt", "head_remaining"):
         with db.service() as c:
             with pytest.raises(psycopg.Error) as e:
-                c.execute(f"update billing.balances set {column} = {column} - 1000 where user_id = %s", (user,))
+                c.execute(f"update billing.balances set {column} = {column} - 1000 where account_id = %s", (user,))
         assert sqlstate(e) == "23514", column
     assert db.balance(user) == 10
     assert db.ledger_problems() == []
@@ -326,11 +326,11 @@ def test_verify_ledger_reports_usage_rows_that_break_the_column_rules(db):
         with db.service() as c:
             c.execute("begin")
             if column == "head":
-                c.execute("update billing.balances set head_grant_id = null where user_id = %s", (user,))
+                c.execute("update billing.balances set head_grant_id = null where account_id = %s", (user,))
             else:
-                c.execute(f"update billing.token_usage set {column} = {value} where user_id = %s", (user,))
+                c.execute(f"update billing.token_usage set {column} = {value} where account_id = %s", (user,))
             problems = {r[0] for r in c.execute(
-                "select invariant from billing.verify_ledger() where user_id = %s", (user,)).fetchall()}
+                "select invariant from billing.verify_ledger() where account_id = %s", (user,)).fetchall()}
             c.execute("rollback")
         expected = "head tokens without a head grant" if column == "head" else "usage row breaks its column rules"
         assert expected in problems, (column, problems)

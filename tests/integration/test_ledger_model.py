@@ -84,6 +84,6 @@ def test_random_operations_match_the_model(db):
                     left -= charged
                     grants[g][0] += t - charged
             assert c.execute("select billing.get_balance(%s)", (user,)).fetchone()[0] == model_balance(), (step, op)
-            problems = c.execute("select * from billing.verify_ledger() where user_id = %s", (user,)).fetchall()
+            problems = c.execute("select * from billing.verify_ledger() where account_id = %s", (user,)).fetchall()
             assert problems == [], (step, op, problems)
     assert usage_seen > 100

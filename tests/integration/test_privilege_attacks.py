@@ -69,7 +69,7 @@ def test_shadowing_objects_change_nothing(db, attacker):
             row = c.execute("select * from billing.consume_tokens(%s, 4)", (str(me),)).fetchone()
             assert row[1:] == (4, 6, False)
     assert db.balance(me) == 6 and db.balance(other) == 10
-    assert db.one("select expires_at from billing.token_grants where user_id = %s", (me,))[0] is None
+    assert db.one("select expires_at from billing.token_grants where account_id = %s", (me,))[0] is None
     assert db.ledger_problems() == []
 
 

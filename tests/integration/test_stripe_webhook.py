@@ -29,7 +29,7 @@ def test_fixture_story(version):
 
     r = d.deliver(event(version, "01"))
     assert (r["outcome"], r["effect"]["action"], bal()) == ("processed", "granted", 1000)
-    assert d.one("select stripe_customer_id from billing.stripe_customers where user_id = %s", (USER,))[0] == "cus_TestUserA"
+    assert d.one("select stripe_customer_id from billing.stripe_customers where account_id = %s", (USER,))[0] == "cus_TestUserA"
     r = d.deliver(event(version, "02"))
     assert (r["outcome"], r["effect"]["action"], bal()) == ("processed", "awaiting_payment", 1000)
     r = d.deliver(event(version, "03"))
@@ -268,7 +268,7 @@ def test_dispute_freezes_then_claws_back_or_releases(version, close, balance_aft
     assert d.balance(USER) == 0
     assert d.grant_row("cs_test_PackA", "frozen")[0] == 700
     d.deliver(event(version, close))
-    assert d.one("select spendable, debt from billing.balances where user_id = %s", (USER,)) == (balance_after, debt)
+    assert d.one("select spendable, debt from billing.balances where account_id = %s", (USER,)) == (balance_after, debt)
     assert d.grant_row("cs_test_PackA", "frozen")[0] == 0
     assert d.ledger_problems() == []
 

@@ -13,7 +13,8 @@ GENERATOR = ROOT / "tools" / "typegen" / "node_modules" / "@supabase" / "postgre
 PUBLIC_FUNCTIONS = {"consume_tokens", "get_balance", "reserve_tokens", "commit_reservation", "release_reservation",
                     "grant_purchase", "get_billing_summary", "get_usage_history", "get_grant_history",
                     "get_payment_history", "redeem_promo_code", "handle_stripe_webhook", "reprocess_failed_events",
-                    "run_maintenance", "verify_ledger", "verify_stripe_signature", "stripe_signature_rejection"}
+                    "run_maintenance", "verify_ledger", "verify_stripe_signature", "stripe_signature_rejection",
+                    "get_accounts", "create_team_account", "add_account_member", "remove_account_member"}
 
 
 def generated_types(db, schemas="billing"):

@@ -83,10 +83,10 @@ order by 1
 """
 
 DATA = {
-    "balances": "select user_id, spendable, held, debt, next_event_at from billing.balances order by 1",
-    "grants": "select id, user_id, kind, reference, tokens, remaining, frozen, expired, clawed_back, debt_incurred,"
+    "balances": "select {payer}, spendable, held, debt, next_event_at from billing.balances order by 1",
+    "grants": "select id, {payer}, kind, reference, tokens, remaining, frozen, expired, clawed_back, debt_incurred,"
               " debt_repaid, expires_at, stripe_payment_intent from billing.token_grants order by id",
-    "usage": "select id, user_id, tokens, idempotency_key, metadata, drawn_from from billing.token_usage order by id",
+    "usage": "select id, {payer}, tokens, idempotency_key, metadata, drawn_from from billing.token_usage order by id",
     "reservations": "select id, status, tokens, drawn_from from billing.token_reservations order by id",
     "inbox": "select stripe_event_id, status, outcome from billing.payment_transactions order by 1",
     "subscriptions": "select * from billing.user_subscriptions order by 1",
@@ -114,7 +114,10 @@ def fill(d):
 
 
 def snapshot(d):
-    return {k: d.all(q) for k, q in DATA.items()}
+    """The data, whichever name the payer column has (0.3.0: user_id; since 0.4.0: account_id)."""
+    payer = d.one("select attname from pg_attribute where attrelid = 'billing.balances'::regclass"
+                  " and attname in ('user_id', 'account_id')")[0]
+    return {k: d.all(q.format(payer=payer)) for k, q in DATA.items()}
 
 
 @pytest.mark.parametrize("release", [r for r in RELEASES])
@@ -138,9 +141,18 @@ def test_upgrade_from_each_release(release):
     assert old.all(FINGERPRINT) == current.all(FINGERPRINT)
     assert snapshot(old) == before
     assert old.ledger_problems() == []
-    # and the upgraded database keeps working
+    # and the upgraded database keeps working: a personal consume, and a team account that the
+    # upgraded user owns and pays for.
     assert old.one("select balance_after from billing.consume_tokens(%s, 1)", (users[1],))[0] == before["balances"][
         [b[0] for b in before["balances"]].index(users[1])][1] - 1
+    assert old.all("select distinct user_id from billing.token_usage") == [(None,)]
+    with old.service() as c:
+        team = c.execute("select billing.create_team_account('upgraded team', %s)", (users[2],)).fetchone()[0]
+        c.execute("select billing.add_account_member(%s, %s)", (team, users[0]))
+        c.execute("select billing.grant_purchase(%s, 40, 'team-up', p_account_id => %s)", (users[2], team))
+        assert c.execute("select balance_after from billing.consume_tokens(%s, 15, p_account_id => %s)",
+                         (users[0], team)).fetchone()[0] == 25
+    assert old.ledger_problems() == []
 
 
 def test_there_is_an_earlier_release_to_upgrade_from():
@@ -176,7 +188,7 @@ def test_upgrade_from_0_3_0_keeps_stripe_history_and_applies_new_events_to_it():
         c.execute("insert into billing.payment_transactions (stripe_event_id, event_type, event_created, livemode,"
                   " api_version, user_id, status, outcome, payload) values ('evt_Test006', 'invoice.paid', now(), false,"
                   " %s, %s, 'processed', '{\"action\": \"granted\"}', %s)", (CLOVER, USER, invoice))
-    before = d.money()
+    before = d.one("select spendable, held, debt from billing.balances where user_id = %s", (USER,))  # 0.3.0's column
     assert before == (100000, 0, 0)  # pack A: 500 refunded, 500 frozen by the dispute; Pro period 1
     with d.service() as c:
         c.execute("alter extension pg_billing update")

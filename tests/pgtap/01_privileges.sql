@@ -18,7 +18,7 @@ with expected(tbl, role, privs) as (values
   ('grant_purchases', 'anon', '{}'), ('grant_purchases', 'authenticated', '{}'), ('grant_purchases', 'service_role', '{SELECT}'),
   ('purchase_payments', 'anon', '{}'), ('purchase_payments', 'authenticated', '{}'), ('purchase_payments', 'service_role', '{SELECT}')
 ), user_tables(tbl) as (values ('stripe_customers'), ('user_subscriptions'), ('balances'), ('token_grants'),
-  ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'))
+  ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'), ('accounts'), ('account_members'))
 select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on billing.' || e.tbl || ': ' || e.privs)
   from (select * from expected
         union all select tbl, 'anon', '{}' from user_tables
@@ -30,7 +30,7 @@ select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on
 select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'promo_codes', 'stripe_customers',
   'user_subscriptions', 'balances', 'token_grants', 'token_usage', 'token_reservations', 'payment_transactions',
   'promo_redemptions', 'settings', 'stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
-  'purchase_payments'], 'every billing table has its privileges listed above');
+  'purchase_payments', 'accounts', 'account_members'], 'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
 
 -- The exposed schema holds the public API and nothing else: every helper is in billing_internal,
@@ -38,22 +38,27 @@ select is((select count(*)::int from pg_tables where schemaname = 'billing' and 
 select functions_are('billing', array['consume_tokens', 'get_balance', 'reserve_tokens', 'commit_reservation',
   'release_reservation', 'get_billing_summary', 'get_usage_history', 'get_grant_history', 'get_payment_history',
   'redeem_promo_code', 'grant_purchase', 'handle_stripe_webhook', 'reprocess_failed_events', 'run_maintenance',
-  'verify_ledger', 'verify_stripe_signature', 'stripe_signature_rejection'], 'schema billing holds only the public API');
+  'verify_ledger', 'verify_stripe_signature', 'stripe_signature_rejection', 'get_accounts', 'create_team_account',
+  'add_account_member', 'remove_account_member'], 'schema billing holds only the public API');
 
 -- Functions: EXECUTE per role. 'caller' = an internal helper that runs with the caller's rights
 -- (policies, SECURITY INVOKER read functions): authenticated and service_role may execute it.
 with fns(schema, fn, args, who) as (values
-  ('billing', 'consume_tokens', '{uuid,bigint,text,jsonb}', 'user'),
-  ('billing', 'get_balance', '{uuid}', 'user'),
-  ('billing', 'reserve_tokens', '{uuid,bigint,text,interval}', 'user'),
+  ('billing', 'consume_tokens', '{uuid,bigint,text,jsonb,uuid}', 'user'),
+  ('billing', 'get_balance', '{uuid,uuid}', 'user'),
+  ('billing', 'reserve_tokens', '{uuid,bigint,text,interval,uuid}', 'user'),
   ('billing', 'commit_reservation', '{uuid,bigint}', 'user'),
   ('billing', 'release_reservation', '{uuid}', 'user'),
-  ('billing', 'get_billing_summary', '{}', 'user'),
-  ('billing', 'get_usage_history', '{"timestamp with time zone","timestamp with time zone",text,text}', 'user'),
-  ('billing', 'get_grant_history', '{integer,integer}', 'user'),
-  ('billing', 'get_payment_history', '{integer,integer}', 'user'),
+  ('billing', 'get_billing_summary', '{uuid}', 'user'),
+  ('billing', 'get_usage_history', '{"timestamp with time zone","timestamp with time zone",text,text,uuid}', 'user'),
+  ('billing', 'get_grant_history', '{integer,integer,uuid}', 'user'),
+  ('billing', 'get_payment_history', '{integer,integer,uuid}', 'user'),
   ('billing', 'redeem_promo_code', '{text}', 'user'),
-  ('billing', 'grant_purchase', '{uuid,bigint,text,text,"timestamp with time zone",jsonb}', 'service'),
+  ('billing', 'get_accounts', '{}', 'user'),
+  ('billing', 'create_team_account', '{text,uuid}', 'user'),
+  ('billing', 'add_account_member', '{uuid,uuid,text,bigint,text}', 'user'),
+  ('billing', 'remove_account_member', '{uuid,uuid}', 'user'),
+  ('billing', 'grant_purchase', '{uuid,bigint,text,text,"timestamp with time zone",jsonb,uuid}', 'service'),
   ('billing', 'handle_stripe_webhook', '{text,text,text}', 'service'),
   ('billing', 'reprocess_failed_events', '{}', 'service'),
   ('billing', 'run_maintenance', '{integer}', 'service'),
@@ -70,12 +75,22 @@ with fns(schema, fn, args, who) as (values
   ('billing_internal', 'spendable_now', '{uuid}', 'caller'),
   ('billing_internal', 'is_live', '{"timestamp with time zone"}', 'caller'),
   ('billing_internal', 'check_page', '{integer,integer}', 'caller'),
+  ('billing_internal', 'require_member', '{uuid,uuid}', 'caller'),
+  ('billing_internal', 'member_account_ids', '{}', 'caller'),
+  ('billing_internal', 'managed_account_ids', '{}', 'caller'),
+  ('billing_internal', 'limit_period_start', '{text}', 'caller'),
+  ('billing_internal', 'member_limits', '{billing.account_members}', 'caller'),
+  ('billing_internal', 'charge_member', '{uuid,uuid,bigint}', 'owner'),
+  ('billing_internal', 'refund_member', '{uuid,uuid,bigint,"timestamp with time zone"}', 'owner'),
+  ('billing_internal', 'release_member_holds', '{uuid,uuid}', 'owner'),
+  ('billing_internal', 'create_account', '{text,uuid}', 'owner'),
   ('billing_internal', 'setup_roles', '{}', 'owner'),
   ('billing_internal', 'burn', '{uuid,bigint,boolean}', 'owner'),
+  ('billing_internal', 'payer', '{uuid,uuid}', 'owner'),
   ('billing_internal', 'lock_and_settle', '{uuid,boolean}', 'owner'),
-  ('billing_internal', 'adjust_grant', '{bigint,bigint,bigint}', 'owner'),
-  ('billing_internal', 'return_to_grants', '{bigint[]}', 'owner'),
-  ('billing_internal', 'settle_stripe_grant', '{bigint}', 'owner'),
+  ('billing_internal', 'adjust_grant', '{uuid,bigint,bigint,bigint}', 'owner'),
+  ('billing_internal', 'return_to_grants', '{uuid,bigint[]}', 'owner'),
+  ('billing_internal', 'settle_stripe_grant', '{uuid,bigint}', 'owner'),
   ('billing_internal', 'process_event', '{jsonb,boolean}', 'owner'),
   ('billing_internal', 'burn_allocation', '{bigint[],bigint}', 'owner'),
   ('billing_internal', 'adjustment_targets', '{bigint,bigint[],bigint[],bigint[],bigint[],bigint[],bigint[]}', 'owner'),
@@ -95,7 +110,7 @@ select function_privs_are(a.schema, a.fn, a.args::text[], a.role,
 
 -- Of the internals, API roles may execute exactly the caller helpers above; anon none of them.
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
-            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 10, 'authenticated executes 10 internal helpers');
+            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 15, 'authenticated executes 15 internal helpers');
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
             and has_function_privilege('anon', p.oid, 'EXECUTE')), 0, 'anon executes no internal helper');
 select schema_privs_are('billing_internal', 'anon', '{}'::text[], 'anon has no usage on billing_internal');

@@ -211,3 +211,49 @@ def test_usage_and_subscription_are_read_as_the_user(http, db):
     assert http.get("/api/billing/usage", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert http.get("/api/billing/usage", params={"bucket": "week"}, headers=auth(a)).status_code == 400
     assert http.get("/api/billing/subscription", headers=auth(a)).json()["balance"] == 93
+
+
+def test_a_team_buys_once_and_its_members_spend_within_their_limits(http, db, stripe_http):
+    owner, member, outsider = new_user(db), new_user(db), new_user(db)
+    r = http.post("/api/accounts", json={"name": "Acme"}, headers=auth(owner))
+    assert r.status_code == 200
+    team = r.json()["account_id"]
+    r = http.put(f"/api/accounts/{team}/members", json={"user_id": str(member), "spend_limit": 60,
+                                                        "spend_limit_period": "day"}, headers=auth(owner))
+    assert r.status_code == 200 and r.json()["spend_limit"] == 60
+    assert http.put(f"/api/accounts/{team}/members", json={"user_id": str(outsider)},
+                    headers=auth(member)).status_code == 403  # members manage no one
+
+    # the owner buys for the team; a member cannot, and nothing reaches Stripe for the refusal
+    r = http.post("/api/payments/create-checkout", json={"price_id": "price_Pack1000", "account_id": team},
+                  headers=auth(owner))
+    assert r.status_code == 200 and stripe_http.requests[-1][2]["metadata[account_id]"] == team
+    n = len(stripe_http.requests)
+    assert http.post("/api/payments/create-checkout", json={"price_id": "price_Pack1000", "account_id": team},
+                     headers=auth(member)).status_code == 403
+    assert len(stripe_http.requests) == n
+    checkout = story_event("01", owner, **{"id": f"evt_{uuid.uuid4().hex}", "data.object.id": f"cs_{uuid.uuid4().hex}",
+                                          "data.object.payment_intent": f"pi_{uuid.uuid4().hex}",
+                                          "data.object.metadata.account_id": team})
+    assert post_webhook(http, checkout).json()["effect"]["account_id"] == team
+    assert balance(db, owner) == 0
+
+    # the member spends from the team until their daily limit; an outsider cannot spend from it
+    r = http.post("/api/chat", json={"prompt": "hi", "max_tokens": 50, "account_id": team}, headers=auth(member))
+    assert r.status_code == 200
+    spent = len(r.text.split())  # the hold was 50; what was not streamed went back to the member's limit
+    r = http.post("/api/chat", json={"prompt": "hi", "max_tokens": 61 - spent, "account_id": team}, headers=auth(member))
+    assert r.status_code == 402 and r.json()["details"].startswith("member limit")
+    assert http.post("/api/chat", json={"prompt": "hi", "max_tokens": 5, "account_id": team},
+                     headers=auth(outsider)).status_code == 403
+    accounts = http.get("/api/accounts", headers=auth(member)).json()
+    assert [(a["kind"], a["balance"], a["spent_this_period"]) for a in accounts] == \
+        [("personal", 0, None), ("team", 1000 - spent, spent)]
+    assert http.get("/api/billing/subscription", params={"account_id": team}, headers=auth(member)).json()["balance"] \
+        == 1000 - spent
+
+    # removed, the member spends nothing more
+    assert http.delete(f"/api/accounts/{team}/members/{member}", headers=auth(owner)).json() == {"removed": True}
+    assert http.post("/api/chat", json={"prompt": "hi", "max_tokens": 5, "account_id": team},
+                     headers=auth(member)).status_code == 403
+    assert db.execute("select count(*) from billing.verify_ledger()").fetchone()[0] == 0
