@@ -143,6 +143,23 @@ def main():
                ("team consume vs one hot personal account",
                 m["pg_billing consume_tokens(p_account_id)"] / m["pg_billing, one hot personal account"], None)]
 
+    # one rate limit on the consumer's plan, against no limits configured at all (billing.rate_limits
+    # empty): runs interleaved, the limit inserted before and deleted after each limited run
+    results = {"no limits configured": [], "one active limit (tokens per hour)": []}
+    for _ in range(b.reps):
+        results["no limits configured"].append(b.pgbench("consume_ours.sql"))
+        with b.conn() as c:
+            c.execute("insert into billing.rate_limits (plan_code, metric, window_seconds, max_amount)"
+                      " values ('bench-limited', 'tokens', 3600, 1000000000000000)")
+        results["one active limit (tokens per hour)"].append(b.pgbench("consume_limited.sql"))
+        with b.conn() as c:
+            c.execute("delete from billing.rate_limits")
+    for label, values in results.items():
+        b.record("consume, 10k users, rate limits, sync commit", label, values)
+    ratios.append(("consume with one active limit vs no limits configured",
+                   statistics.median(results["one active limit (tokens per hour)"])
+                   / statistics.median(results["no limits configured"]), 0.85))
+
     # 5a. reads
     m = b.compare("reads", [("get_balance", "get_balance.sql"), ("primary-key lookup", "pk_lookup.sql")])
     ratios.append(("get_balance vs PK lookup", m["get_balance"] / m["primary-key lookup"], 0.80))

@@ -94,6 +94,16 @@ begin
   insert into bench.usage (user_id, tokens) values (p_account, p_amount);
   return v - p_amount;
 end $$;
+-- Users 30001..40000 subscribe to plan 'bench-limited'; bench/run.py gives that plan one rate limit
+-- (far above what a run uses) for the runs that measure a consume under a limit.
+insert into billing.plans (code, stripe_price_id, tokens_per_period) values ('bench-limited', 'price_bench_limited', 1);
+insert into billing.user_subscriptions (stripe_subscription_id, account_id, plan_id, status, last_event_created,
+                                        last_event_id)
+select 'sub_bench_' || n, bench.uid(n), (select id from billing.plans where code = 'bench-limited'), 'active', now(),
+       'evt_bench'
+  from generate_series(30001, 40000) n;
+select count(*) from (select billing.grant_purchase(bench.uid(n), 1000000000000, 'bench-' || n)
+                        from generate_series(30001, 40000) n) g;
 -- Signature baseline: Stripe's scheme in SQL on pgcrypto's hmac(), as people write it.
 create extension if not exists pgcrypto;
 create function bench.verify_stripe_signature_sql(p_payload text, p_header text, p_secret text, p_tolerance int default 300)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make lint: rustfmt, clippy, plpgsql_check over every PL/pgSQL function (what `supabase db lint`
-# runs), the current upgrade script regenerated and compared, and every path the docs name exists.
+# runs), every SQL-language function parsed, the current upgrade script regenerated and compared,
+# and every path the docs name exists.
 # Needs the extension installed and the cluster running (make install start).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,6 +36,15 @@ if [ -n "$findings" ]; then
   exit 1
 fi
 echo "   $checked functions, no errors or warnings"
+
+# The install script runs with check_function_bodies off, so a SQL-language body is first parsed
+# when called: parse every one now, with the validator CREATE FUNCTION would have run.
+echo "== every SQL-language function of billing and billing_internal parses and plans"
+sql_checked=$("${PSQL[@]}" -d pg_billing_lint -At -c "
+  set check_function_bodies = on;
+  select count(pg_catalog.fmgr_sql_validator(p.oid)) from pg_proc p join pg_language l on l.oid = p.prolang
+   where l.lanname = 'sql' and p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)")
+echo "   $sql_checked functions"
 
 echo "== the current upgrade script is what scripts/gen-upgrade.py writes"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

@@ -24,7 +24,7 @@ begin
       raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
     end if;
     return p_user_id;
-  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id) then
+  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id and a.kind = 'team') then
     raise exception using errcode = '22023', message = 'p_account_id is not a team account',
       detail = p_account_id::text;
   end if;
@@ -117,8 +117,8 @@ declare
 begin
   if p_account_id is null then
     raise exception using errcode = '22023', message = 'p_account_id must not be NULL';
-  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id) then
-    raise exception using errcode = 'PT404', message = 'account not found';
+  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id and a.kind = 'team') then
+    raise exception using errcode = 'PT404', message = 'team account not found';
   elsif billing_internal.caller_kind() = 'service' then
     return 'owner';
   end if;
@@ -141,7 +141,7 @@ begin
   elsif p_owner is null then
     raise exception using errcode = '22023', message = 'p_owner must not be NULL';
   end if;
-  insert into billing.accounts (name) values (pg_catalog.btrim(p_name)) returning id into v_id;
+  insert into billing.accounts (kind, name) values ('team', pg_catalog.btrim(p_name)) returning id into v_id;
   insert into billing.account_members (account_id, user_id, role) values (v_id, p_owner, 'owner');
   return v_id;
 end

@@ -91,7 +91,8 @@ create function billing.get_usage_history(
   p_bucket text default 'day',
   p_group_by text default null,
   p_account_id uuid default null
-) returns table (bucket timestamptz, group_key text, tokens bigint, requests bigint)
+) returns table (bucket timestamptz, group_key text, tokens bigint, requests bigint, input_tokens bigint,
+               output_tokens bigint, cached_input_tokens bigint)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
@@ -110,11 +111,18 @@ begin
     perform billing_internal.require_member(v_account, v_user);
   end if;
   -- Row-level security decides whose rows these are: a member's own, every member's for owners
-  -- and admins.
+  -- and admins. LLM token counts are those record_llm_usage and commit_llm_usage write (numbers
+  -- under input_tokens, output_tokens, cached_input_tokens in the metadata).
   return query
     select pg_catalog.date_trunc(p_bucket, u.created_at),
            case when p_group_by is null then null else u.metadata operator(pg_catalog.->>) p_group_by end,
-           pg_catalog.sum(u.tokens)::bigint, pg_catalog.count(*)
+           pg_catalog.sum(u.tokens)::bigint, pg_catalog.count(*),
+           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'input_tokens') = 'number'
+                                   then (u.metadata ->> 'input_tokens')::numeric end), 9223372036854775807)::bigint,
+           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'output_tokens') = 'number'
+                                   then (u.metadata ->> 'output_tokens')::numeric end), 9223372036854775807)::bigint,
+           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'cached_input_tokens') = 'number'
+                                   then (u.metadata ->> 'cached_input_tokens')::numeric end), 9223372036854775807)::bigint
       from billing.token_usage u
      where u.account_id = v_account and u.created_at >= v_from and u.created_at < v_to
      group by 1, 2
@@ -122,7 +130,7 @@ begin
 end
 $$;
 comment on function billing.get_usage_history(timestamptz, timestamptz, text, text, uuid) is
-  'Tokens used per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key; for a team account the member''s own usage, every member''s for owners and admins.';
+  'Credits used (tokens), calls and LLM token counts per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key such as model; for a team account the member''s own usage, every member''s for owners and admins.';
 
 -- Paging arguments of the history functions: 22023 unless 1 <= p_limit <= 500 and p_offset >= 0.
 create function billing_internal.check_page(p_limit integer, p_offset integer) returns void
@@ -240,7 +248,7 @@ begin
            null::text, null::bigint, null::bigint
     union all
     select * from (
-      select a.id, 'team'::text, a.name, m.role, billing.get_balance(v_user, a.id), m.spend_limit, m.spend_limit_period,
+      select a.id, a.kind, a.name, m.role, billing.get_balance(v_user, a.id), m.spend_limit, m.spend_limit_period,
              (l.limits operator(pg_catalog.->>) 'spent_this_period')::bigint,
              (l.limits operator(pg_catalog.->>) 'remaining_limit')::bigint
         from billing.account_members m

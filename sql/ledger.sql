@@ -355,11 +355,12 @@ begin
     return v_row; -- spendable, held and debt are exact; the caller recomputes the head when done
   end if;
   for v_hold in
-    select r.id, r.drawn_from, r.user_id, r.tokens, r.limit_period_start from billing.token_reservations r
+    select r.id, r.drawn_from, r.user_id, r.tokens, r.limit_period_start, r.rate_windows from billing.token_reservations r
      where r.account_id = p_account_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
   loop
     perform billing_internal.return_to_grants(p_account_id, v_hold.drawn_from);
     perform billing_internal.refund_member(p_account_id, v_hold.user_id, v_hold.tokens, v_hold.limit_period_start);
+    perform billing_internal.return_rate_limits(p_account_id, v_hold.rate_windows, v_hold.tokens, 1);
     update billing.token_reservations r set status = 'expired', settled_at = pg_catalog.now()
      where r.account_id = p_account_id and r.id = v_hold.id;
   end loop;
@@ -521,6 +522,9 @@ begin
       from debit d
     returning id, token_usage.balance_after into usage_id, balance_after;
     if found then
+      if exists (select 1 from billing.rate_limits) then
+        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
+      end if;
       tokens_charged := p_amount;
       replayed := false;
       return next;
@@ -543,6 +547,9 @@ begin
     select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
 
     if v_id is not null then
+      if exists (select 1 from billing.rate_limits) then
+        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
+      end if;
       usage_id := v_id;
       tokens_charged := p_amount;
       balance_after := v_after;
@@ -574,6 +581,7 @@ begin
   insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
+  perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
@@ -619,6 +627,7 @@ begin
   insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
+  perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
@@ -701,14 +710,12 @@ $$;
 comment on function billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid) is
   'Credits tokens once per (kind, reference) to the account (default: p_user_id''s personal account); repeats return the same grant.';
 
-create function billing.reserve_tokens(
-  p_user_id uuid,
-  p_amount bigint,
-  p_idempotency_key text,
-  p_ttl interval default '15 minutes',
-  p_account_id uuid default null
-) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+-- Holds p_amount of the account for p_user_id: reserve_tokens, and reserve_llm_usage with the
+-- prices it keeps in p_metadata.
+create function billing_internal.hold(p_user_id uuid, p_amount bigint, p_idempotency_key text, p_ttl interval,
+                                      p_account_id uuid, p_metadata jsonb)
+returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_account uuid := coalesce(p_account_id, p_user_id);
   v_member uuid;  -- a team member; null for the user's own (personal) account
@@ -716,6 +723,7 @@ declare
   v_row billing.balances;
   v_prev billing.token_reservations;
   v_res billing.token_reservations;
+  v_windows bigint[];
 begin
   perform billing_internal.require_access(p_user_id);
   if p_user_id is null then
@@ -754,14 +762,26 @@ begin
     perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
   end if;
 
+  v_windows := billing_internal.take_rate_limits(v_account, p_amount, 1);  -- corrected at commit or release
   insert into billing.token_reservations (account_id, user_id, tokens, idempotency_key, expires_at, drawn_from,
-                                          limit_period_start)
+                                          limit_period_start, rate_windows, metadata)
   values (v_account, v_member, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl,
-          billing_internal.burn(v_account, p_amount, false), v_period)
+          billing_internal.burn(v_account, p_amount, false), v_period, v_windows, p_metadata)
   returning * into v_res;
   v_row := billing_internal.recompute_balance(v_account);
   return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable::bigint, false;
 end
+$$;
+
+create function billing.reserve_tokens(
+  p_user_id uuid,
+  p_amount bigint,
+  p_idempotency_key text,
+  p_ttl interval default '15 minutes',
+  p_account_id uuid default null
+) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
+language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
+  select * from billing_internal.hold(p_user_id, p_amount, p_idempotency_key, p_ttl, p_account_id, '{}'::jsonb)
 $$;
 comment on function billing.reserve_tokens(uuid, bigint, text, interval, uuid) is
   'Holds tokens of the account (default: p_user_id''s personal account) for a streaming request; expired holds are released lazily or by billing.run_maintenance().';
@@ -793,9 +813,11 @@ begin
 end
 $$;
 
-create function billing.commit_reservation(p_reservation_id uuid, p_actual_amount bigint)
+-- Charges p_actual_amount of a held reservation and releases the rest: commit_reservation, and
+-- commit_llm_usage with the usage row's metadata (NULL: the reservation's).
+create function billing_internal.commit_hold(p_reservation_id uuid, p_actual_amount bigint, p_metadata jsonb)
 returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_res billing.token_reservations;
   v_charged bigint[] := '{}'::bigint[];
@@ -840,17 +862,25 @@ begin
   end if;
   perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens - p_actual_amount,
                                          v_res.limit_period_start);
+  perform billing_internal.return_rate_limits(v_res.account_id, v_res.rate_windows, v_res.tokens - p_actual_amount, 0);
   update billing.token_reservations r set status = 'committed', committed_tokens = p_actual_amount,
          settled_at = pg_catalog.now() where r.account_id = v_res.account_id and r.id = v_res.id;
   v_row := billing_internal.recompute_balance(v_res.account_id);
   if p_actual_amount > 0 then
     insert into billing.token_usage (account_id, user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
-    values (v_res.account_id, v_res.user_id, p_actual_amount, v_res.metadata, v_charged, v_row.spendable, v_res.id)
+    values (v_res.account_id, v_res.user_id, p_actual_amount, coalesce(p_metadata, v_res.metadata), v_charged,
+            v_row.spendable, v_res.id)
     returning id into v_usage;
     update billing.token_reservations r set usage_id = v_usage where r.account_id = v_res.account_id and r.id = v_res.id;
   end if;
   return query select v_usage, p_actual_amount, v_res.tokens - p_actual_amount, v_row.spendable::bigint, false;
 end
+$$;
+
+create function billing.commit_reservation(p_reservation_id uuid, p_actual_amount bigint)
+returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, balance_after bigint, replayed boolean)
+language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
+  select * from billing_internal.commit_hold(p_reservation_id, p_actual_amount, null)
 $$;
 comment on function billing.commit_reservation(uuid, bigint) is
   'Charges the actual amount (<= held) of a reservation and releases the rest.';
@@ -873,6 +903,7 @@ begin
   end if;
   perform billing_internal.return_to_grants(v_res.account_id, v_res.drawn_from);
   perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens, v_res.limit_period_start);
+  perform billing_internal.return_rate_limits(v_res.account_id, v_res.rate_windows, v_res.tokens, 1);
   update billing.token_reservations r set status = 'released', settled_at = pg_catalog.now()
    where r.account_id = v_res.account_id and r.id = v_res.id;
   v_row := billing_internal.recompute_balance(v_res.account_id);
@@ -890,10 +921,11 @@ declare
   v_released bigint := 0;
 begin
   for v_hold in
-    select r.id, r.drawn_from, r.tokens from billing.token_reservations r
+    select r.id, r.drawn_from, r.tokens, r.rate_windows from billing.token_reservations r
      where r.account_id = p_account_id and r.user_id = p_user_id and r.status = 'held'
   loop
     perform billing_internal.return_to_grants(p_account_id, v_hold.drawn_from);
+    perform billing_internal.return_rate_limits(p_account_id, v_hold.rate_windows, v_hold.tokens, 1);
     update billing.token_reservations r set status = 'released', settled_at = pg_catalog.now()
      where r.account_id = p_account_id and r.id = v_hold.id;
     v_released := v_released + v_hold.tokens;

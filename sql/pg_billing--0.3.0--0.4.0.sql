@@ -1,4 +1,5 @@
--- pg_billing 0.3.0 -> 0.4.0: Stripe money rules (README "Webhooks", docs/stripe.md).
+-- pg_billing 0.3.0 -> 0.4.0: Stripe money rules (README "Webhooks", docs/stripe.md), team accounts,
+-- rate limits and LLM prices.
 -- Hand-written, except the two `@generated` regions, which scripts/gen-upgrade.py rewrites (the
 -- functions new or changed since 0.3.0, and the privileges). tests/integration/test_upgrade.py
 -- proves the result equals a fresh install and keeps the data.
@@ -21,6 +22,9 @@
 --   spent. Rebuilding those keys rewrites the indexes of token_grants, token_usage and
 --   token_reservations (docs/dba.md: upgrade cost). stripe_customers no longer references
 --   auth.users: a team account is not a user.
+-- * rate limits per plan (rate_limits, rate_limit_usage; token_reservations.rate_windows) and LLM
+--   prices per model (model_prices), with llm_cost, record_llm_usage, reserve_llm_usage and
+--   commit_llm_usage; get_usage_history returns LLM token counts.
 
 create schema billing_internal;
 comment on schema billing_internal is 'pg_billing internals: never exposed through PostgREST; call the functions in schema billing.';
@@ -40,10 +44,11 @@ create index payment_transactions_failed on billing.payment_transactions (stripe
 -- Team accounts, and every payer column renamed to account_id.
 create table billing.accounts (
   id         uuid primary key default gen_random_uuid(),
+  kind       text not null default 'team' check (kind in ('personal', 'team')),
   name       text not null check (pg_catalog.length(name) between 1 and 200),
   created_at timestamptz not null default now()
 );
-comment on table billing.accounts is 'Team accounts (a personal account, id = the user''s id, needs no row).';
+comment on table billing.accounts is 'Accounts that pay: team accounts (a personal account, id = the user''s id, needs no row).';
 create table billing.account_members (
   account_id         uuid not null references billing.accounts (id) on delete cascade,
   user_id            uuid not null,
@@ -94,6 +99,7 @@ alter table billing.token_reservations rename column user_id to account_id;
 alter table billing.token_reservations
   add column user_id uuid,
   add column limit_period_start timestamptz,
+  add column rate_windows bigint[],
   drop constraint token_reservations_pkey,
   add primary key (account_id, id);
 drop index billing.token_reservations_idempotency;
@@ -175,12 +181,43 @@ create table billing.purchase_payments (
 );
 create index purchase_payments_payment on billing.purchase_payments (payment_key);
 
+create table billing.rate_limits (
+  id             bigint generated always as identity primary key,
+  plan_code      text references billing.plans (code) on update cascade,
+  metric         text not null check (metric in ('requests', 'tokens')),
+  window_seconds integer not null check (window_seconds between 1 and 31622400),
+  max_amount     bigint not null check (max_amount >= 0),
+  created_at     timestamptz not null default now(),
+  unique nulls not distinct (plan_code, metric, window_seconds)
+);
+comment on table billing.rate_limits is 'Rate limits per plan (plan_code NULL: accounts without an active plan), per fixed UTC window.';
+create table billing.rate_limit_usage (
+  account_id   uuid not null,
+  limit_id     bigint not null references billing.rate_limits (id) on delete cascade,
+  window_start timestamptz not null,
+  used         billing.token_count not null,
+  primary key (account_id, limit_id)
+);
+create index rate_limit_usage_limit_id on billing.rate_limit_usage (limit_id);
+create table billing.model_prices (
+  model                    text not null check (pg_catalog.length(model) between 1 and 200),
+  input_per_million        bigint not null check (input_per_million >= 0),
+  output_per_million       bigint not null check (output_per_million >= 0),
+  cached_input_per_million bigint not null default 0 check (cached_input_per_million >= 0),
+  valid_from               timestamptz not null default now(),
+  primary key (model, valid_from)
+);
+comment on table billing.model_prices is 'Credits per million LLM tokens per model, versioned by valid_from.';
+
 alter table billing.settings enable row level security;
 alter table billing.stripe_payments enable row level security;
 alter table billing.stripe_refunds enable row level security;
 alter table billing.stripe_disputes enable row level security;
 alter table billing.grant_purchases enable row level security;
 alter table billing.purchase_payments enable row level security;
+alter table billing.rate_limits enable row level security;
+alter table billing.rate_limit_usage enable row level security;
+alter table billing.model_prices enable row level security;
 
 do $$
 declare
@@ -196,6 +233,7 @@ end
 $$;
 
 -- @rust burn_allocation adjustment_targets adjusted_grant given_back_grant decode_stripe_event stripe_signature_check
+-- @rust llm_cost_of
 -- 0.3.0's Rust helpers: the claw-back ones are replaced (billing_internal.adjustment_targets,
 -- adjusted_grant), the others move to billing_internal.
 drop function billing._refund_share(bigint, bigint, bigint);
@@ -286,7 +324,20 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'stripe_signature_check_wrapper';
 
--- SQL functions new or changed in 0.4.0 (83 of 83)
+CREATE  FUNCTION billing_internal."llm_cost_of"(
+	"p_input_per_million" bigint, /* i64 */
+	"p_output_per_million" bigint, /* i64 */
+	"p_cached_input_per_million" bigint, /* i64 */
+	"p_input_tokens" bigint, /* i64 */
+	"p_output_tokens" bigint, /* i64 */
+	"p_cached_input_tokens" bigint /* i64 */
+) RETURNS bigint /* Option < i64 > */
+IMMUTABLE STRICT PARALLEL SAFE  
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'llm_cost_of_wrapper';
+
+-- SQL functions new or changed in 0.4.0 (96 of 96)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -632,11 +683,12 @@ begin
     return v_row; -- spendable, held and debt are exact; the caller recomputes the head when done
   end if;
   for v_hold in
-    select r.id, r.drawn_from, r.user_id, r.tokens, r.limit_period_start from billing.token_reservations r
+    select r.id, r.drawn_from, r.user_id, r.tokens, r.limit_period_start, r.rate_windows from billing.token_reservations r
      where r.account_id = p_account_id and r.status = 'held' and r.expires_at <= pg_catalog.now()
   loop
     perform billing_internal.return_to_grants(p_account_id, v_hold.drawn_from);
     perform billing_internal.refund_member(p_account_id, v_hold.user_id, v_hold.tokens, v_hold.limit_period_start);
+    perform billing_internal.return_rate_limits(p_account_id, v_hold.rate_windows, v_hold.tokens, 1);
     update billing.token_reservations r set status = 'expired', settled_at = pg_catalog.now()
      where r.account_id = p_account_id and r.id = v_hold.id;
   end loop;
@@ -782,6 +834,9 @@ begin
       from debit d
     returning id, token_usage.balance_after into usage_id, balance_after;
     if found then
+      if exists (select 1 from billing.rate_limits) then
+        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
+      end if;
       tokens_charged := p_amount;
       replayed := false;
       return next;
@@ -804,6 +859,9 @@ begin
     select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
 
     if v_id is not null then
+      if exists (select 1 from billing.rate_limits) then
+        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
+      end if;
       usage_id := v_id;
       tokens_charged := p_amount;
       balance_after := v_after;
@@ -835,6 +893,7 @@ begin
   insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
+  perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
@@ -876,6 +935,7 @@ begin
   insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
+  perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
@@ -956,14 +1016,10 @@ $$;
 comment on function billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid) is
   'Credits tokens once per (kind, reference) to the account (default: p_user_id''s personal account); repeats return the same grant.';
 
-create or replace function billing.reserve_tokens(
-  p_user_id uuid,
-  p_amount bigint,
-  p_idempotency_key text,
-  p_ttl interval default '15 minutes',
-  p_account_id uuid default null
-) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+create or replace function billing_internal.hold(p_user_id uuid, p_amount bigint, p_idempotency_key text, p_ttl interval,
+                                      p_account_id uuid, p_metadata jsonb)
+returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_account uuid := coalesce(p_account_id, p_user_id);
   v_member uuid;  -- a team member; null for the user's own (personal) account
@@ -971,6 +1027,7 @@ declare
   v_row billing.balances;
   v_prev billing.token_reservations;
   v_res billing.token_reservations;
+  v_windows bigint[];
 begin
   perform billing_internal.require_access(p_user_id);
   if p_user_id is null then
@@ -1009,14 +1066,26 @@ begin
     perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
   end if;
 
+  v_windows := billing_internal.take_rate_limits(v_account, p_amount, 1);  -- corrected at commit or release
   insert into billing.token_reservations (account_id, user_id, tokens, idempotency_key, expires_at, drawn_from,
-                                          limit_period_start)
+                                          limit_period_start, rate_windows, metadata)
   values (v_account, v_member, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl,
-          billing_internal.burn(v_account, p_amount, false), v_period)
+          billing_internal.burn(v_account, p_amount, false), v_period, v_windows, p_metadata)
   returning * into v_res;
   v_row := billing_internal.recompute_balance(v_account);
   return query select v_res.id, v_res.tokens, v_res.expires_at, v_row.spendable::bigint, false;
 end
+$$;
+
+create or replace function billing.reserve_tokens(
+  p_user_id uuid,
+  p_amount bigint,
+  p_idempotency_key text,
+  p_ttl interval default '15 minutes',
+  p_account_id uuid default null
+) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
+language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
+  select * from billing_internal.hold(p_user_id, p_amount, p_idempotency_key, p_ttl, p_account_id, '{}'::jsonb)
 $$;
 comment on function billing.reserve_tokens(uuid, bigint, text, interval, uuid) is
   'Holds tokens of the account (default: p_user_id''s personal account) for a streaming request; expired holds are released lazily or by billing.run_maintenance().';
@@ -1046,9 +1115,9 @@ begin
 end
 $$;
 
-create or replace function billing.commit_reservation(p_reservation_id uuid, p_actual_amount bigint)
+create or replace function billing_internal.commit_hold(p_reservation_id uuid, p_actual_amount bigint, p_metadata jsonb)
 returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, balance_after bigint, replayed boolean)
-language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_res billing.token_reservations;
   v_charged bigint[] := '{}'::bigint[];
@@ -1093,17 +1162,25 @@ begin
   end if;
   perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens - p_actual_amount,
                                          v_res.limit_period_start);
+  perform billing_internal.return_rate_limits(v_res.account_id, v_res.rate_windows, v_res.tokens - p_actual_amount, 0);
   update billing.token_reservations r set status = 'committed', committed_tokens = p_actual_amount,
          settled_at = pg_catalog.now() where r.account_id = v_res.account_id and r.id = v_res.id;
   v_row := billing_internal.recompute_balance(v_res.account_id);
   if p_actual_amount > 0 then
     insert into billing.token_usage (account_id, user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
-    values (v_res.account_id, v_res.user_id, p_actual_amount, v_res.metadata, v_charged, v_row.spendable, v_res.id)
+    values (v_res.account_id, v_res.user_id, p_actual_amount, coalesce(p_metadata, v_res.metadata), v_charged,
+            v_row.spendable, v_res.id)
     returning id into v_usage;
     update billing.token_reservations r set usage_id = v_usage where r.account_id = v_res.account_id and r.id = v_res.id;
   end if;
   return query select v_usage, p_actual_amount, v_res.tokens - p_actual_amount, v_row.spendable::bigint, false;
 end
+$$;
+
+create or replace function billing.commit_reservation(p_reservation_id uuid, p_actual_amount bigint)
+returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, balance_after bigint, replayed boolean)
+language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
+  select * from billing_internal.commit_hold(p_reservation_id, p_actual_amount, null)
 $$;
 comment on function billing.commit_reservation(uuid, bigint) is
   'Charges the actual amount (<= held) of a reservation and releases the rest.';
@@ -1126,6 +1203,7 @@ begin
   end if;
   perform billing_internal.return_to_grants(v_res.account_id, v_res.drawn_from);
   perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens, v_res.limit_period_start);
+  perform billing_internal.return_rate_limits(v_res.account_id, v_res.rate_windows, v_res.tokens, 1);
   update billing.token_reservations r set status = 'released', settled_at = pg_catalog.now()
    where r.account_id = v_res.account_id and r.id = v_res.id;
   v_row := billing_internal.recompute_balance(v_res.account_id);
@@ -1141,10 +1219,11 @@ declare
   v_released bigint := 0;
 begin
   for v_hold in
-    select r.id, r.drawn_from, r.tokens from billing.token_reservations r
+    select r.id, r.drawn_from, r.tokens, r.rate_windows from billing.token_reservations r
      where r.account_id = p_account_id and r.user_id = p_user_id and r.status = 'held'
   loop
     perform billing_internal.return_to_grants(p_account_id, v_hold.drawn_from);
+    perform billing_internal.return_rate_limits(p_account_id, v_hold.rate_windows, v_hold.tokens, 1);
     update billing.token_reservations r set status = 'released', settled_at = pg_catalog.now()
      where r.account_id = p_account_id and r.id = v_hold.id;
     v_released := v_released + v_hold.tokens;
@@ -1185,7 +1264,7 @@ begin
       raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
     end if;
     return p_user_id;
-  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id) then
+  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id and a.kind = 'team') then
     raise exception using errcode = '22023', message = 'p_account_id is not a team account',
       detail = p_account_id::text;
   end if;
@@ -1265,8 +1344,8 @@ declare
 begin
   if p_account_id is null then
     raise exception using errcode = '22023', message = 'p_account_id must not be NULL';
-  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id) then
-    raise exception using errcode = 'PT404', message = 'account not found';
+  elsif not exists (select 1 from billing.accounts a where a.id = p_account_id and a.kind = 'team') then
+    raise exception using errcode = 'PT404', message = 'team account not found';
   elsif billing_internal.caller_kind() = 'service' then
     return 'owner';
   end if;
@@ -1289,7 +1368,7 @@ begin
   elsif p_owner is null then
     raise exception using errcode = '22023', message = 'p_owner must not be NULL';
   end if;
-  insert into billing.accounts (name) values (pg_catalog.btrim(p_name)) returning id into v_id;
+  insert into billing.accounts (kind, name) values ('team', pg_catalog.btrim(p_name)) returning id into v_id;
   insert into billing.account_members (account_id, user_id, role) values (v_id, p_owner, 'owner');
   return v_id;
 end
@@ -1394,6 +1473,232 @@ begin
 end
 $$;
 
+create or replace function billing_internal.rate_window_start(p_window_seconds integer, p_at timestamptz) returns timestamptz
+language sql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
+  select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', p_at) / p_window_seconds) * p_window_seconds)::double precision)
+$$;
+
+create or replace function billing_internal.account_plan(p_account_id uuid) returns text
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select p.code from billing.user_subscriptions s join billing.plans p on p.id = s.plan_id
+   where s.account_id = p_account_id and s.status in ('active', 'trialing', 'past_due')
+   order by s.current_period_end desc nulls last, s.stripe_subscription_id
+   limit 1
+$$;
+
+create or replace function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer)
+returns bigint[]
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_windows bigint[];
+  v_breached bigint;
+  v_used_before bigint;
+  v_limit billing.rate_limits;
+  v_amount bigint;
+  v_ends timestamptz;
+begin
+  with applicable as (
+    select l.id, l.window_seconds, l.max_amount,
+           case l.metric when 'tokens' then p_tokens else p_requests end as amount,
+           billing_internal.rate_window_start(l.window_seconds, pg_catalog.now()) as window_start
+      from billing.rate_limits l
+     where l.plan_code is not distinct from (select billing_internal.account_plan(p_account_id))
+  ), counted as (
+    insert into billing.rate_limit_usage as u (account_id, limit_id, window_start, used)
+    select p_account_id, a.id, a.window_start, a.amount from applicable a where a.amount > 0
+    on conflict (account_id, limit_id) do update
+       set used = case when u.window_start = excluded.window_start then u.used else 0 end + excluded.used,
+           window_start = excluded.window_start
+    returning u.limit_id, u.used
+  )
+  select pg_catalog.array_agg(array[a.id, pg_catalog.date_part('epoch', a.window_start)::bigint] order by a.id),
+         (pg_catalog.array_agg(a.id order by a.window_start + pg_catalog.make_interval(secs => a.window_seconds) desc, a.id)
+            filter (where c.used > a.max_amount))[1],
+         (pg_catalog.array_agg(c.used - a.amount order by a.window_start + pg_catalog.make_interval(secs => a.window_seconds) desc, a.id)
+            filter (where c.used > a.max_amount))[1]
+    into v_windows, v_breached, v_used_before
+    from applicable a join counted c on c.limit_id = a.id;
+  if v_breached is not null then
+    select l.* into v_limit from billing.rate_limits l where l.id = v_breached;
+    v_amount := case v_limit.metric when 'tokens' then p_tokens else p_requests end;
+    v_ends := billing_internal.rate_window_start(v_limit.window_seconds, pg_catalog.now())
+              + pg_catalog.make_interval(secs => v_limit.window_seconds);
+    if v_amount > v_limit.max_amount then
+      raise exception using errcode = 'PT429', message = 'rate limit reached',
+        detail = pg_catalog.format('limit %s per %ss: used %s of %s; this call needs %s, more than the limit',
+                                   v_limit.metric, v_limit.window_seconds, v_used_before, v_limit.max_amount, v_amount),
+        hint = 'Ask for less in one call, or move to a plan with a higher limit.';
+    end if;
+    raise exception using errcode = 'PT429', message = 'rate limit reached',
+      detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_limit.metric,
+                                 v_limit.window_seconds, v_used_before, v_limit.max_amount,
+                                 greatest(1, pg_catalog.ceil(pg_catalog.date_part('epoch', v_ends - pg_catalog.clock_timestamp())))::bigint),
+      hint = pg_catalog.format('The window ends at %s.', v_ends);
+  end if;
+  return v_windows;
+end
+$$;
+
+create or replace function billing_internal.return_rate_limits(p_account_id uuid, p_windows bigint[], p_tokens bigint,
+                                                    p_requests integer) returns void
+language sql set search_path = pg_catalog, pg_temp as $$
+  update billing.rate_limit_usage u
+     set used = greatest(0, u.used - case l.metric when 'tokens' then p_tokens else p_requests end)
+    from billing.rate_limits l, pg_catalog.generate_subscripts(p_windows, 1) as i
+   where pg_catalog.cardinality(p_windows) > 0
+     and u.account_id = p_account_id and u.limit_id = p_windows[i][1] and l.id = u.limit_id
+     and u.window_start = pg_catalog.to_timestamp(p_windows[i][2]::double precision)
+$$;
+
+create or replace function billing_internal.model_price(p_model text, p_at timestamptz) returns billing.model_prices
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_price billing.model_prices;
+begin
+  if p_model is null then
+    raise exception using errcode = '22023', message = 'p_model must not be NULL';
+  end if;
+  select m.* into v_price from billing.model_prices m
+   where m.model = p_model and m.valid_from <= p_at order by m.valid_from desc limit 1;
+  if not found then
+    raise exception using errcode = '22023', message = 'unknown model: no price in force',
+      detail = pg_catalog.format('model %L at %s', p_model, p_at),
+      hint = 'Add the model to billing.model_prices; a model without a price is never charged 0.';
+  end if;
+  return v_price;
+end
+$$;
+
+create or replace function billing_internal.priced(p_price billing.model_prices, p_input_tokens bigint, p_output_tokens bigint,
+                                        p_cached_input_tokens bigint) returns bigint
+language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
+declare
+  v_cost bigint;
+begin
+  if p_input_tokens is null or p_output_tokens is null or p_cached_input_tokens is null
+     or p_input_tokens < 0 or p_output_tokens < 0 or p_cached_input_tokens < 0 then
+    raise exception using errcode = '22023', message = 'token counts must be >= 0 and not NULL',
+      detail = pg_catalog.format('input %s, output %s, cached input %s', p_input_tokens, p_output_tokens,
+                                 p_cached_input_tokens);
+  elsif p_cached_input_tokens > p_input_tokens then
+    raise exception using errcode = '22023', message = 'cached input tokens are part of the input tokens',
+      detail = pg_catalog.format('input %s, cached input %s', p_input_tokens, p_cached_input_tokens),
+      hint = 'Pass every input token in p_input_tokens (OpenAI''s prompt_tokens) and the cached part in p_cached_input_tokens.';
+  end if;
+  v_cost := billing_internal.llm_cost_of(p_price.input_per_million, p_price.output_per_million,
+                                         p_price.cached_input_per_million, p_input_tokens, p_output_tokens,
+                                         p_cached_input_tokens);
+  if v_cost is null then
+    raise exception using errcode = '22003', message = 'LLM cost out of range (above 2^63-1 credits)';
+  end if;
+  return v_cost;
+end
+$$;
+
+create or replace function billing.llm_cost(p_model text, p_input_tokens bigint, p_output_tokens bigint,
+                                 p_cached_input_tokens bigint default 0) returns bigint
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select billing_internal.priced(billing_internal.model_price(p_model, pg_catalog.now()), p_input_tokens,
+                                 p_output_tokens, p_cached_input_tokens)
+$$;
+comment on function billing.llm_cost(text, bigint, bigint, bigint) is
+  'Credits an LLM call costs at the model''s price in force (ceil, integer arithmetic); 22023 for an unknown model.';
+
+create or replace function billing_internal.llm_metadata(p_metadata jsonb, p_model text, p_input_tokens bigint,
+                                              p_output_tokens bigint, p_cached_input_tokens bigint) returns jsonb
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+  select case when pg_catalog.jsonb_typeof(p_metadata) = 'object' then p_metadata else '{}'::jsonb end
+         operator(pg_catalog.||) pg_catalog.jsonb_build_object('model', p_model, 'input_tokens', p_input_tokens,
+           'output_tokens', p_output_tokens, 'cached_input_tokens', p_cached_input_tokens)
+$$;
+
+create or replace function billing.record_llm_usage(
+  p_user_id uuid,
+  p_model text,
+  p_input_tokens bigint,
+  p_output_tokens bigint,
+  p_cached_input_tokens bigint default 0,
+  p_idempotency_key text default null,
+  p_metadata jsonb default '{}',
+  p_account_id uuid default null
+) returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_cost bigint;
+begin
+  if p_metadata is not null and pg_catalog.jsonb_typeof(p_metadata) <> 'object' then
+    perform billing_internal.check_metadata(p_metadata);
+  end if;
+  v_cost := billing_internal.priced(billing_internal.model_price(p_model, pg_catalog.now()), p_input_tokens,
+                                    p_output_tokens, coalesce(p_cached_input_tokens, 0));
+  if v_cost = 0 then
+    perform billing_internal.require_access(p_user_id);
+    return query select null::bigint, 0::bigint, billing.get_balance(p_user_id, p_account_id), false;
+    return;
+  end if;
+  return query select * from billing.consume_tokens(p_user_id, v_cost, p_idempotency_key,
+    billing_internal.llm_metadata(p_metadata, p_model, p_input_tokens, p_output_tokens,
+                                  coalesce(p_cached_input_tokens, 0)), p_account_id);
+end
+$$;
+comment on function billing.record_llm_usage(uuid, text, bigint, bigint, bigint, text, jsonb, uuid) is
+  'Charges an LLM call at its model''s price (like consume_tokens) and records the model and token counts.';
+
+create or replace function billing.reserve_llm_usage(
+  p_user_id uuid,
+  p_model text,
+  p_input_tokens bigint,
+  p_max_output_tokens bigint,
+  p_idempotency_key text,
+  p_ttl interval default '15 minutes',
+  p_account_id uuid default null
+) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_price billing.model_prices := billing_internal.model_price(p_model, pg_catalog.now());
+  v_cost bigint := billing_internal.priced(v_price, p_input_tokens, p_max_output_tokens, 0);
+begin
+  return query select * from billing_internal.hold(p_user_id, greatest(v_cost, 1), p_idempotency_key, p_ttl,
+    p_account_id, pg_catalog.jsonb_build_object('llm_price', pg_catalog.to_jsonb(v_price),
+                                                 'input_tokens', p_input_tokens));
+end
+$$;
+comment on function billing.reserve_llm_usage(uuid, text, bigint, bigint, text, interval, uuid) is
+  'Holds the cost of an LLM call (input tokens and the most output it may produce) at the model''s price now.';
+
+create or replace function billing.commit_llm_usage(p_reservation_id uuid, p_input_tokens bigint, p_output_tokens bigint,
+                                         p_cached_input_tokens bigint default 0)
+returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, balance_after bigint, replayed boolean)
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_res billing.token_reservations := billing_internal.lock_reservation(p_reservation_id);
+  v_price billing.model_prices;
+  v_cost bigint;
+  v_meta jsonb;
+  v_commit record;
+  v_excess record;
+begin
+  if not v_res.metadata ? 'llm_price' then
+    raise exception using errcode = '22023', message = 'not a reservation made by reserve_llm_usage';
+  end if;
+  v_price := pg_catalog.jsonb_populate_record(null::billing.model_prices, v_res.metadata -> 'llm_price');
+  v_cost := billing_internal.priced(v_price, p_input_tokens, p_output_tokens, coalesce(p_cached_input_tokens, 0));
+  v_meta := billing_internal.llm_metadata('{}', v_price.model, p_input_tokens, p_output_tokens,
+                                          coalesce(p_cached_input_tokens, 0));
+  select * into v_commit from billing_internal.commit_hold(p_reservation_id, least(v_cost, v_res.tokens), v_meta);
+  if v_cost <= v_res.tokens then
+    return query select v_commit.usage_id, v_cost, v_commit.tokens_released, v_commit.balance_after, v_commit.replayed;
+    return;
+  end if;
+  select * into v_excess from billing.consume_tokens(coalesce(v_res.user_id, v_res.account_id), v_cost - v_res.tokens,
+    'llm-excess:' || p_reservation_id::text, v_meta || '{"excess_of_hold": true}'::jsonb,
+    case when v_res.user_id is not null then v_res.account_id end);
+  return query select v_commit.usage_id, v_cost, 0::bigint, v_excess.balance_after, v_commit.replayed and v_excess.replayed;
+end
+$$;
+comment on function billing.commit_llm_usage(uuid, bigint, bigint, bigint) is
+  'Charges an LLM reservation for the tokens used, at the prices it kept; releases the rest.';
+
 create or replace function billing_internal.raise_unprocessable(p_message text, p_detail text) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
@@ -1457,7 +1762,7 @@ begin
       pg_catalog.format('user %s, account %s', coalesce(v_ref, v_meta), p_event ->> 'metadata_account_id'));
   end;
   if v_account is not null then
-    if not exists (select 1 from billing.accounts a where a.id = v_account) then
+    if not exists (select 1 from billing.accounts a where a.id = v_account and a.kind = 'team') then
       perform billing_internal.raise_unprocessable('metadata.account_id is not a team account', v_account::text);
     elsif v_user is not null and not exists (select 1 from billing.account_members m where m.account_id = v_account
                                                 and m.user_id = v_user and m.role in ('owner', 'admin')) then
@@ -2244,7 +2549,7 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
    where g.debt_incurred > g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
   union all
   select 'team usage without a member', u.account_id, pg_catalog.format('usage %s', u.id)
-    from billing.token_usage u join billing.accounts a on a.id = u.account_id
+    from billing.token_usage u join billing.accounts a on a.id = u.account_id and a.kind = 'team'
    where u.user_id is null
   union all
   select 'frozen above the dispute hold', g.account_id,
@@ -2352,7 +2657,8 @@ create or replace function billing.get_usage_history(
   p_bucket text default 'day',
   p_group_by text default null,
   p_account_id uuid default null
-) returns table (bucket timestamptz, group_key text, tokens bigint, requests bigint)
+) returns table (bucket timestamptz, group_key text, tokens bigint, requests bigint, input_tokens bigint,
+               output_tokens bigint, cached_input_tokens bigint)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
@@ -2371,11 +2677,18 @@ begin
     perform billing_internal.require_member(v_account, v_user);
   end if;
   -- Row-level security decides whose rows these are: a member's own, every member's for owners
-  -- and admins.
+  -- and admins. LLM token counts are those record_llm_usage and commit_llm_usage write (numbers
+  -- under input_tokens, output_tokens, cached_input_tokens in the metadata).
   return query
     select pg_catalog.date_trunc(p_bucket, u.created_at),
            case when p_group_by is null then null else u.metadata operator(pg_catalog.->>) p_group_by end,
-           pg_catalog.sum(u.tokens)::bigint, pg_catalog.count(*)
+           pg_catalog.sum(u.tokens)::bigint, pg_catalog.count(*),
+           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'input_tokens') = 'number'
+                                   then (u.metadata ->> 'input_tokens')::numeric end), 9223372036854775807)::bigint,
+           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'output_tokens') = 'number'
+                                   then (u.metadata ->> 'output_tokens')::numeric end), 9223372036854775807)::bigint,
+           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'cached_input_tokens') = 'number'
+                                   then (u.metadata ->> 'cached_input_tokens')::numeric end), 9223372036854775807)::bigint
       from billing.token_usage u
      where u.account_id = v_account and u.created_at >= v_from and u.created_at < v_to
      group by 1, 2
@@ -2383,7 +2696,7 @@ begin
 end
 $$;
 comment on function billing.get_usage_history(timestamptz, timestamptz, text, text, uuid) is
-  'Tokens used per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key; for a team account the member''s own usage, every member''s for owners and admins.';
+  'Credits used (tokens), calls and LLM token counts per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key such as model; for a team account the member''s own usage, every member''s for owners and admins.';
 
 create or replace function billing_internal.check_page(p_limit integer, p_offset integer) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
@@ -2497,7 +2810,7 @@ begin
            null::text, null::bigint, null::bigint
     union all
     select * from (
-      select a.id, 'team'::text, a.name, m.role, billing.get_balance(v_user, a.id), m.spend_limit, m.spend_limit_period,
+      select a.id, a.kind, a.name, m.role, billing.get_balance(v_user, a.id), m.spend_limit, m.spend_limit_period,
              (l.limits operator(pg_catalog.->>) 'spent_this_period')::bigint,
              (l.limits operator(pg_catalog.->>) 'remaining_limit')::bigint
         from billing.account_members m
@@ -2517,15 +2830,18 @@ declare
   v_table text;
   v_done text[] := '{}'::text[];
   -- Tables `authenticated` reads, and which of their rows (always also: an admin JWT reads all):
-  -- every member of an account reads its balance, grants and subscription; a member reads their own
-  -- usage, holds and membership; owners and admins read all of an account's rows (a user owns their
-  -- personal account). Each expression starts from account_id, the leading column of every key.
+  -- every member of an account reads its balance, grants, subscription and rate-limit use; a member
+  -- reads their own usage, holds and membership; owners and admins read all of an account's rows (a
+  -- user owns their personal account). Each expression starts from account_id, the leading column
+  -- of every key.
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
-                                          'user_subscriptions', 'stripe_customers', 'payment_transactions',
-                                          'promo_redemptions', 'token_usage', 'token_reservations'];
+                                          'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
+                                          'payment_transactions', 'promo_redemptions', 'token_usage',
+                                          'token_reservations'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
@@ -2534,7 +2850,7 @@ declare
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))'];
-  c_catalog constant text[] := array['plans', 'token_packs'];
+  c_catalog constant text[] := array['plans', 'token_packs', 'rate_limits', 'model_prices'];
   -- what Stripe said about payments and what grants were bought with: service reads, nobody writes
   c_stripe_facts constant text[] := array['stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
                                           'purchase_payments'];
@@ -2546,7 +2862,10 @@ declare
     'billing.get_usage_history(timestamptz, timestamptz, text, text, uuid)', 'billing.get_grant_history(integer, integer, uuid)',
     'billing.get_payment_history(integer, integer, uuid)', 'billing.redeem_promo_code(text)', 'billing.get_accounts()',
     'billing.create_team_account(text, uuid)', 'billing.add_account_member(uuid, uuid, text, bigint, text)',
-    'billing.remove_account_member(uuid, uuid)'];
+    'billing.remove_account_member(uuid, uuid)', 'billing.llm_cost(text, bigint, bigint, bigint)',
+    'billing.record_llm_usage(uuid, text, bigint, bigint, bigint, text, jsonb, uuid)',
+    'billing.reserve_llm_usage(uuid, text, bigint, bigint, text, interval, uuid)',
+    'billing.commit_llm_usage(uuid, bigint, bigint, bigint)'];
   -- The only internals an API role may execute: they run with the caller's rights, from row-level
   -- security policies and from the read functions above (SECURITY INVOKER). Everything else in
   -- billing_internal runs only inside SECURITY DEFINER functions, as the owner.
@@ -2557,7 +2876,9 @@ declare
     'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)',
     'billing_internal.require_member(uuid, uuid)', 'billing_internal.member_account_ids()',
     'billing_internal.managed_account_ids()', 'billing_internal.limit_period_start(text)',
-    'billing_internal.member_limits(billing.account_members)'];
+    'billing_internal.member_limits(billing.account_members)', 'billing_internal.model_price(text, timestamptz)',
+    'billing_internal.priced(billing.model_prices, bigint, bigint, bigint)',
+    'billing_internal.llm_cost_of(bigint, bigint, bigint, bigint, bigint, bigint)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',

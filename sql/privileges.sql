@@ -9,7 +9,7 @@
 -- a DBA after creating the roles: `select billing_internal.setup_roles();`.
 --
 -- Who may do what (README "Privileges"):
---   anon           reads the catalog (plans, token_packs); calls nothing.
+--   anon           reads the catalog (plans, token_packs, rate_limits, model_prices); calls nothing.
 --   authenticated  reads the rows of its accounts (its personal account and the team accounts it is
 --                  a member of; what a member reads, owners and admins read more of: below); an
 --                  admin JWT reads all. Calls the user-facing functions, which check inside that it
@@ -25,15 +25,18 @@ declare
   v_table text;
   v_done text[] := '{}'::text[];
   -- Tables `authenticated` reads, and which of their rows (always also: an admin JWT reads all):
-  -- every member of an account reads its balance, grants and subscription; a member reads their own
-  -- usage, holds and membership; owners and admins read all of an account's rows (a user owns their
-  -- personal account). Each expression starts from account_id, the leading column of every key.
+  -- every member of an account reads its balance, grants, subscription and rate-limit use; a member
+  -- reads their own usage, holds and membership; owners and admins read all of an account's rows (a
+  -- user owns their personal account). Each expression starts from account_id, the leading column
+  -- of every key.
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
-                                          'user_subscriptions', 'stripe_customers', 'payment_transactions',
-                                          'promo_redemptions', 'token_usage', 'token_reservations'];
+                                          'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
+                                          'payment_transactions', 'promo_redemptions', 'token_usage',
+                                          'token_reservations'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
@@ -42,7 +45,7 @@ declare
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))'];
-  c_catalog constant text[] := array['plans', 'token_packs'];
+  c_catalog constant text[] := array['plans', 'token_packs', 'rate_limits', 'model_prices'];
   -- what Stripe said about payments and what grants were bought with: service reads, nobody writes
   c_stripe_facts constant text[] := array['stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
                                           'purchase_payments'];
@@ -54,7 +57,10 @@ declare
     'billing.get_usage_history(timestamptz, timestamptz, text, text, uuid)', 'billing.get_grant_history(integer, integer, uuid)',
     'billing.get_payment_history(integer, integer, uuid)', 'billing.redeem_promo_code(text)', 'billing.get_accounts()',
     'billing.create_team_account(text, uuid)', 'billing.add_account_member(uuid, uuid, text, bigint, text)',
-    'billing.remove_account_member(uuid, uuid)'];
+    'billing.remove_account_member(uuid, uuid)', 'billing.llm_cost(text, bigint, bigint, bigint)',
+    'billing.record_llm_usage(uuid, text, bigint, bigint, bigint, text, jsonb, uuid)',
+    'billing.reserve_llm_usage(uuid, text, bigint, bigint, text, interval, uuid)',
+    'billing.commit_llm_usage(uuid, bigint, bigint, bigint)'];
   -- The only internals an API role may execute: they run with the caller's rights, from row-level
   -- security policies and from the read functions above (SECURITY INVOKER). Everything else in
   -- billing_internal runs only inside SECURITY DEFINER functions, as the owner.
@@ -65,7 +71,9 @@ declare
     'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)',
     'billing_internal.require_member(uuid, uuid)', 'billing_internal.member_account_ids()',
     'billing_internal.managed_account_ids()', 'billing_internal.limit_period_start(text)',
-    'billing_internal.member_limits(billing.account_members)'];
+    'billing_internal.member_limits(billing.account_members)', 'billing_internal.model_price(text, timestamptz)',
+    'billing_internal.priced(billing.model_prices, bigint, bigint, bigint)',
+    'billing_internal.llm_cost_of(bigint, bigint, bigint, bigint, bigint, bigint)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',

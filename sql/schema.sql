@@ -127,12 +127,16 @@ create index user_subscriptions_plan_id on billing.user_subscriptions (plan_id);
 -- while a domain's check is compiled once per backend (typcache). Every consume writes these columns.
 create domain billing.token_count as bigint constraint token_count_nonnegative check (value >= 0);
 
+-- Accounts that pay. A user's personal account has id = the user's id and exists without a row;
+-- pg_billing creates team rows only ('personal' is accepted for a row a DBA adds for reporting, and
+-- is not a team: nobody joins it).
 create table billing.accounts (
   id         uuid primary key default gen_random_uuid(),
+  kind       text not null default 'team' check (kind in ('personal', 'team')),
   name       text not null check (pg_catalog.length(name) between 1 and 200),
   created_at timestamptz not null default now()
 );
-comment on table billing.accounts is 'Team accounts (a personal account, id = the user''s id, needs no row).';
+comment on table billing.accounts is 'Accounts that pay: team accounts (a personal account, id = the user''s id, needs no row).';
 
 -- Members of team accounts. A member spends from the account within spend_limit tokens per calendar
 -- period in UTC (day; week from Monday; month); period_spent counts consumes and held reservations
@@ -239,6 +243,7 @@ create table billing.token_reservations (
   settled_at      timestamptz,
   user_id         uuid,                          -- the member who holds it; null: the account's own user
   limit_period_start timestamptz,                -- the member's spend-limit period the hold counts in
+  rate_windows    bigint[],                      -- {{limit_id, window start (epoch s)}, ...} it counted in
   primary key (account_id, id)
 );
 create index token_reservations_id on billing.token_reservations (id);
@@ -394,6 +399,43 @@ create table billing.promo_redemptions (
 create index promo_redemptions_code on billing.promo_redemptions (code);
 create index promo_redemptions_grant_id on billing.promo_redemptions (account_id, grant_id);
 
+-- Rate limits per plan (plan_code NULL: accounts without an active plan). Fixed windows aligned to
+-- the Unix epoch in UTC: a window of W seconds starts at every multiple of W (3600: each clock
+-- hour). 'requests' counts calls, 'tokens' counts credits debited; a reservation counts when made
+-- and is corrected at commit, release or expiry (README "Limits").
+create table billing.rate_limits (
+  id             bigint generated always as identity primary key,
+  plan_code      text references billing.plans (code) on update cascade,
+  metric         text not null check (metric in ('requests', 'tokens')),
+  window_seconds integer not null check (window_seconds between 1 and 31622400),
+  max_amount     bigint not null check (max_amount >= 0),
+  created_at     timestamptz not null default now(),
+  unique nulls not distinct (plan_code, metric, window_seconds)
+);
+comment on table billing.rate_limits is 'Rate limits per plan (plan_code NULL: accounts without an active plan), per fixed UTC window.';
+
+-- What each account used of each limit in its current window (a row is reset when its window ends).
+create table billing.rate_limit_usage (
+  account_id   uuid not null,
+  limit_id     bigint not null references billing.rate_limits (id) on delete cascade,
+  window_start timestamptz not null,
+  used         billing.token_count not null,
+  primary key (account_id, limit_id)
+);
+create index rate_limit_usage_limit_id on billing.rate_limit_usage (limit_id);
+
+-- LLM prices: credits per million tokens of each kind, in force from valid_from until the model's
+-- next row. A price change never alters a reservation made before it (it keeps its prices).
+create table billing.model_prices (
+  model                    text not null check (pg_catalog.length(model) between 1 and 200),
+  input_per_million        bigint not null check (input_per_million >= 0),
+  output_per_million       bigint not null check (output_per_million >= 0),
+  cached_input_per_million bigint not null default 0 check (cached_input_per_million >= 0),
+  valid_from               timestamptz not null default now(),
+  primary key (model, valid_from)
+);
+comment on table billing.model_prices is 'Credits per million LLM tokens per model, versioned by valid_from.';
+
 alter table billing.accounts enable row level security;
 alter table billing.account_members enable row level security;
 alter table billing.plans enable row level security;
@@ -414,6 +456,9 @@ alter table billing.stripe_refunds enable row level security;
 alter table billing.stripe_disputes enable row level security;
 alter table billing.grant_purchases enable row level security;
 alter table billing.purchase_payments enable row level security;
+alter table billing.rate_limits enable row level security;
+alter table billing.rate_limit_usage enable row level security;
+alter table billing.model_prices enable row level security;
 
 -- pg_dump saves only CREATE EXTENSION for an extension's tables unless they are registered: every
 -- table here holds data a backup must keep (the ledger, the inbox, the catalog a DBA filled in).

@@ -101,7 +101,7 @@ begin
       pg_catalog.format('user %s, account %s', coalesce(v_ref, v_meta), p_event ->> 'metadata_account_id'));
   end;
   if v_account is not null then
-    if not exists (select 1 from billing.accounts a where a.id = v_account) then
+    if not exists (select 1 from billing.accounts a where a.id = v_account and a.kind = 'team') then
       perform billing_internal.raise_unprocessable('metadata.account_id is not a team account', v_account::text);
     elsif v_user is not null and not exists (select 1 from billing.account_members m where m.account_id = v_account
                                                 and m.user_id = v_user and m.role in ('owner', 'admin')) then

@@ -97,7 +97,7 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
    where g.debt_incurred > g.debt_repaid + coalesce(s.t, 0) + coalesce(h.t, 0)
   union all
   select 'team usage without a member', u.account_id, pg_catalog.format('usage %s', u.id)
-    from billing.token_usage u join billing.accounts a on a.id = u.account_id
+    from billing.token_usage u join billing.accounts a on a.id = u.account_id and a.kind = 'team'
    where u.user_id is null
   union all
   select 'frozen above the dispute hold', g.account_id,

@@ -1,7 +1,7 @@
 //! pg_billing: wiring only. The ledger, policies and grants are SQL files under `sql/` (readable by a
 //! DBA, with PL/pgSQL where a custom SQLSTATE such as PT402 must be raised); Stripe signature
-//! verification, event decoding and the ledger's burn-down/claw-back arithmetic are pure Rust in
-//! `pg_billing_core`, exposed by `sql_api`.
+//! verification, event decoding, the ledger's burn-down/claw-back arithmetic and LLM pricing are pure
+//! Rust in `pg_billing_core`, exposed by `sql_api`.
 
 use pgrx::prelude::*;
 
@@ -29,10 +29,15 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/accounts.sql", name = "accounts", requires = ["ledger"]);
 extension_sql_file!(
+    "../sql/limits.sql",
+    name = "limits",
+    requires = ["accounts", sql_api::pricing::llm_cost_of]
+);
+extension_sql_file!(
     "../sql/stripe.sql",
     name = "stripe",
     requires = [
-        "accounts",
+        "limits",
         sql_api::ledger::adjustment_targets,
         sql_api::stripe::stripe_signature_check,
         sql_api::stripe::decode_stripe_event

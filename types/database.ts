@@ -53,16 +53,19 @@ export type Database = {
         Row: {
           created_at: string
           id: string
+          kind: string
           name: string
         }
         Insert: {
           created_at?: string
           id?: string
+          kind?: string
           name: string
         }
         Update: {
           created_at?: string
           id?: string
+          kind?: string
           name?: string
         }
         Relationships: []
@@ -154,6 +157,30 @@ export type Database = {
             referencedColumns: ["id"]
           },
         ]
+      }
+      model_prices: {
+        Row: {
+          cached_input_per_million: number
+          input_per_million: number
+          model: string
+          output_per_million: number
+          valid_from: string
+        }
+        Insert: {
+          cached_input_per_million?: number
+          input_per_million: number
+          model: string
+          output_per_million: number
+          valid_from?: string
+        }
+        Update: {
+          cached_input_per_million?: number
+          input_per_million?: number
+          model?: string
+          output_per_million?: number
+          valid_from?: string
+        }
+        Relationships: []
       }
       payment_transactions: {
         Row: {
@@ -332,6 +359,68 @@ export type Database = {
           purchase_id?: string
         }
         Relationships: []
+      }
+      rate_limit_usage: {
+        Row: {
+          account_id: string
+          limit_id: number
+          used: number
+          window_start: string
+        }
+        Insert: {
+          account_id: string
+          limit_id: number
+          used: number
+          window_start: string
+        }
+        Update: {
+          account_id?: string
+          limit_id?: number
+          used?: number
+          window_start?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "rate_limit_usage_limit_id_fkey"
+            columns: ["limit_id"]
+            referencedRelation: "rate_limits"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      rate_limits: {
+        Row: {
+          created_at: string
+          id: number
+          max_amount: number
+          metric: string
+          plan_code: string | null
+          window_seconds: number
+        }
+        Insert: {
+          created_at?: string
+          id?: never
+          max_amount: number
+          metric: string
+          plan_code?: string | null
+          window_seconds: number
+        }
+        Update: {
+          created_at?: string
+          id?: never
+          max_amount?: number
+          metric?: string
+          plan_code?: string | null
+          window_seconds?: number
+        }
+        Relationships: [
+          {
+            foreignKeyName: "rate_limits_plan_code_fkey"
+            columns: ["plan_code"]
+            referencedRelation: "plans"
+            referencedColumns: ["code"]
+          },
+        ]
       }
       settings: {
         Row: {
@@ -569,6 +658,7 @@ export type Database = {
           idempotency_key: string | null
           limit_period_start: string | null
           metadata: NonNullable<Json>
+          rate_windows: number[] | null
           settled_at: string | null
           status: string
           tokens: number
@@ -585,6 +675,7 @@ export type Database = {
           idempotency_key?: string | null
           limit_period_start?: string | null
           metadata?: NonNullable<Json>
+          rate_windows?: number[] | null
           settled_at?: string | null
           status?: string
           tokens: number
@@ -601,6 +692,7 @@ export type Database = {
           idempotency_key?: string | null
           limit_period_start?: string | null
           metadata?: NonNullable<Json>
+          rate_windows?: number[] | null
           settled_at?: string | null
           status?: string
           tokens?: number
@@ -757,6 +849,21 @@ export type Database = {
           isSetofReturn: false
         }
       }
+      commit_llm_usage: {
+        Args: {
+          p_cached_input_tokens?: number
+          p_input_tokens: number
+          p_output_tokens: number
+          p_reservation_id: string
+        }
+        Returns: {
+          balance_after: number
+          replayed: boolean
+          tokens_charged: number
+          tokens_released: number
+          usage_id: number
+        }[]
+      }
       commit_reservation: {
         Args: { p_actual_amount: number; p_reservation_id: string }
         Returns: {
@@ -840,7 +947,10 @@ export type Database = {
         }
         Returns: {
           bucket: string
+          cached_input_tokens: number
           group_key: string
+          input_tokens: number
+          output_tokens: number
           requests: number
           tokens: number
         }[]
@@ -870,6 +980,33 @@ export type Database = {
         }
         Returns: Json
       }
+      llm_cost: {
+        Args: {
+          p_cached_input_tokens?: number
+          p_input_tokens: number
+          p_model: string
+          p_output_tokens: number
+        }
+        Returns: number
+      }
+      record_llm_usage: {
+        Args: {
+          p_account_id?: string
+          p_cached_input_tokens?: number
+          p_idempotency_key?: string
+          p_input_tokens: number
+          p_metadata?: Json
+          p_model: string
+          p_output_tokens: number
+          p_user_id: string
+        }
+        Returns: {
+          balance_after: number
+          replayed: boolean
+          tokens_charged: number
+          usage_id: number
+        }[]
+      }
       redeem_promo_code: {
         Args: { p_code: string }
         Returns: {
@@ -894,6 +1031,24 @@ export type Database = {
       reprocess_failed_events: {
         Args: Record<PropertyKey, never>
         Returns: number
+      }
+      reserve_llm_usage: {
+        Args: {
+          p_account_id?: string
+          p_idempotency_key: string
+          p_input_tokens: number
+          p_max_output_tokens: number
+          p_model: string
+          p_ttl?: string
+          p_user_id: string
+        }
+        Returns: {
+          balance_after: number
+          expires_at: string
+          replayed: boolean
+          reservation_id: string
+          tokens_held: number
+        }[]
       }
       reserve_tokens: {
         Args: {

@@ -1,7 +1,8 @@
 //! Pure logic of pg_billing, free of pgrx so it is unit-tested with `cargo test` and fuzzed
-//! with `cargo fuzz`: Stripe signature verification, Stripe event decoding, and the ledger's
-//! burn-down and claw-back arithmetic.
+//! with `cargo fuzz`: Stripe signature verification, Stripe event decoding, the ledger's
+//! burn-down and claw-back arithmetic, and LLM usage pricing.
 
 pub mod event;
 pub mod ledger;
+pub mod pricing;
 pub mod signature;

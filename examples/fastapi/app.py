@@ -10,6 +10,7 @@ transaction with transaction-local settings only.
 import asyncio
 import json
 import os
+import re
 import uuid
 from contextlib import asynccontextmanager
 
@@ -22,7 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 # SQLSTATE -> HTTP status for the errors the backend passes on (README "Errors").
-STATUS = {"PT402": 402, "42501": 403, "22023": 400, "22P02": 400, "PT409": 409, "PT404": 404, "PT410": 410}
+STATUS = {"PT402": 402, "PT429": 429, "42501": 403, "22023": 400, "22P02": 400, "PT409": 409, "PT404": 404,
+          "PT410": 410}
 
 
 class CheckoutRequest(BaseModel):
@@ -33,6 +35,7 @@ class CheckoutRequest(BaseModel):
 
 class ChatRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=100_000)
+    model: str = Field(default="echo-1", min_length=1, max_length=200)  # priced in billing.model_prices
     max_tokens: int = Field(default=256, ge=1, le=100_000)
     account_id: uuid.UUID | None = None  # spend from a team account the user is a member of
 
@@ -80,8 +83,12 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
 
     def db_error(e: psycopg.Error) -> JSONResponse:
         status = STATUS.get(e.sqlstate or "", 500)
+        headers = {}
+        retry = re.search(r"retry after (\d+)s", e.diag.message_detail or "") if e.sqlstate == "PT429" else None
+        if retry:
+            headers["Retry-After"] = retry.group(1)
         return JSONResponse({"code": e.sqlstate, "message": e.diag.message_primary, "details": e.diag.message_detail,
-                             "hint": e.diag.message_hint}, status_code=status)
+                             "hint": e.diag.message_hint}, status_code=status, headers=headers)
 
     @app.post("/api/payments/webhook")
     async def stripe_webhook(request: Request, stripe_signature: str = Header(default="")):
@@ -147,12 +154,15 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
     @app.post("/api/chat")
     async def chat(body: ChatRequest, request: Request, user: dict = Depends(current_user),
                    idempotency_key: str | None = Header(default=None)):
-        """Metered chat: hold the request's maximum, stream, charge what was produced."""
+        """Metered chat: hold the cost of the prompt and the most output it may produce at the model's
+        price, stream, then charge the tokens really used (at the price the hold kept)."""
         key = idempotency_key or f"chat-{uuid.uuid4()}"
+        input_tokens = len(body.prompt.split())  # stands in for the model's tokenizer
         try:
             async with pool.connection() as conn:
-                cur = await conn.execute("select reservation_id from billing.reserve_tokens(%s, %s, %s, %s, %s)",
-                                         (user["sub"], body.max_tokens, key, "15 minutes", body.account_id))
+                cur = await conn.execute("select reservation_id from billing.reserve_llm_usage(%s, %s, %s, %s, %s, %s, %s)",
+                                         (user["sub"], body.model, input_tokens, body.max_tokens, key, "15 minutes",
+                                          body.account_id))
                 reservation = (await cur.fetchone())[0]
                 await conn.commit()
         except psycopg.Error as e:
@@ -175,7 +185,8 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
             finally:
                 # shield: on a client disconnect this runs while the request task is being cancelled
                 if done:
-                    await asyncio.shield(settle("select billing.commit_reservation(%s, %s)", (reservation, produced)))
+                    await asyncio.shield(settle("select billing.commit_llm_usage(%s, %s, %s)",
+                                                (reservation, input_tokens, produced)))
                 else:
                     await asyncio.shield(settle("select billing.release_reservation(%s)", (reservation,)))
 
@@ -201,12 +212,14 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
     async def usage(user: dict = Depends(current_user), bucket: str = "day", group_by: str | None = None,
                     account_id: uuid.UUID | None = None):
         try:
-            rows = await as_user(user, "select bucket, group_key, tokens, requests from billing.get_usage_history("
+            rows = await as_user(user, "select bucket, group_key, tokens, requests, input_tokens, output_tokens,"
+                                       " cached_input_tokens from billing.get_usage_history("
                                        "p_bucket => %s, p_group_by => %s, p_account_id => %s)",
                                  (bucket, group_by, account_id))
         except psycopg.Error as e:
             return db_error(e)
-        return [{"bucket": b.isoformat(), "group": g, "tokens": t, "requests": r} for b, g, t, r in rows]
+        return [{"bucket": b.isoformat(), "group": g, "tokens": t, "requests": r, "input_tokens": i, "output_tokens": o,
+                 "cached_input_tokens": c} for b, g, t, r, i, o, c in rows]
 
     # Team accounts: each call runs as the user, so the database decides who may do what.
     @app.get("/api/accounts")

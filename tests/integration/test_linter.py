@@ -8,7 +8,8 @@ README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 # SECURITY DEFINER functions that `authenticated` may call, each listed in the README with why.
 DEFINER_FOR_USERS = {"consume_tokens", "reserve_tokens", "commit_reservation", "release_reservation",
                      "redeem_promo_code", "create_team_account", "add_account_member", "remove_account_member",
-                     "member_account_ids", "managed_account_ids"}
+                     "member_account_ids", "managed_account_ids", "record_llm_usage", "reserve_llm_usage",
+                     "commit_llm_usage"}
 # Functions without a SET clause: the hot read get_balance (a SET costs a GUC save/restore per call)
 # and _is_live, which the planner inlines only without one. They must qualify every name, operator
 # and type themselves, and must not be SECURITY DEFINER (README "Privileges").
@@ -115,7 +116,7 @@ def test_policy_columns_are_indexed(db):
     """Every column a per-account policy starts from leads an index (Supabase RLS guidance)."""
     policies = db.all("select p.tablename, substring(p.qual from '^\\(*(\\w+)') from pg_policies p"
                       " where p.schemaname = 'billing' and p.policyname = 'own_rows'")
-    assert len(policies) == 10
+    assert len(policies) == 11
     for table, column in policies:
         assert db.one("select exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid"
                       " and a.attnum = i.indkey[0] where i.indrelid = ('billing.' || %s)::regclass and a.attname = %s)",

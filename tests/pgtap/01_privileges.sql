@@ -7,6 +7,10 @@ with expected(tbl, role, privs) as (values
   ('plans', 'anon', '{SELECT}'), ('token_packs', 'anon', '{SELECT}'),
   ('plans', 'authenticated', '{SELECT}'), ('token_packs', 'authenticated', '{SELECT}'),
   ('plans', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'), ('token_packs', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
+  ('rate_limits', 'anon', '{SELECT}'), ('rate_limits', 'authenticated', '{SELECT}'),
+  ('rate_limits', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
+  ('model_prices', 'anon', '{SELECT}'), ('model_prices', 'authenticated', '{SELECT}'),
+  ('model_prices', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
   ('webhook_secrets', 'anon', '{}'), ('webhook_secrets', 'authenticated', '{}'),
   ('webhook_secrets', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
   ('promo_codes', 'anon', '{}'), ('promo_codes', 'authenticated', '{}'),
@@ -18,7 +22,8 @@ with expected(tbl, role, privs) as (values
   ('grant_purchases', 'anon', '{}'), ('grant_purchases', 'authenticated', '{}'), ('grant_purchases', 'service_role', '{SELECT}'),
   ('purchase_payments', 'anon', '{}'), ('purchase_payments', 'authenticated', '{}'), ('purchase_payments', 'service_role', '{SELECT}')
 ), user_tables(tbl) as (values ('stripe_customers'), ('user_subscriptions'), ('balances'), ('token_grants'),
-  ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'), ('accounts'), ('account_members'))
+  ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'), ('accounts'), ('account_members'),
+  ('rate_limit_usage'))
 select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on billing.' || e.tbl || ': ' || e.privs)
   from (select * from expected
         union all select tbl, 'anon', '{}' from user_tables
@@ -30,7 +35,8 @@ select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on
 select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'promo_codes', 'stripe_customers',
   'user_subscriptions', 'balances', 'token_grants', 'token_usage', 'token_reservations', 'payment_transactions',
   'promo_redemptions', 'settings', 'stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
-  'purchase_payments', 'accounts', 'account_members'], 'every billing table has its privileges listed above');
+  'purchase_payments', 'accounts', 'account_members', 'rate_limits', 'rate_limit_usage', 'model_prices'],
+  'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
 
 -- The exposed schema holds the public API and nothing else: every helper is in billing_internal,
@@ -39,7 +45,8 @@ select functions_are('billing', array['consume_tokens', 'get_balance', 'reserve_
   'release_reservation', 'get_billing_summary', 'get_usage_history', 'get_grant_history', 'get_payment_history',
   'redeem_promo_code', 'grant_purchase', 'handle_stripe_webhook', 'reprocess_failed_events', 'run_maintenance',
   'verify_ledger', 'verify_stripe_signature', 'stripe_signature_rejection', 'get_accounts', 'create_team_account',
-  'add_account_member', 'remove_account_member'], 'schema billing holds only the public API');
+  'add_account_member', 'remove_account_member', 'llm_cost', 'record_llm_usage', 'reserve_llm_usage',
+  'commit_llm_usage'], 'schema billing holds only the public API');
 
 -- Functions: EXECUTE per role. 'caller' = an internal helper that runs with the caller's rights
 -- (policies, SECURITY INVOKER read functions): authenticated and service_role may execute it.
@@ -58,6 +65,10 @@ with fns(schema, fn, args, who) as (values
   ('billing', 'create_team_account', '{text,uuid}', 'user'),
   ('billing', 'add_account_member', '{uuid,uuid,text,bigint,text}', 'user'),
   ('billing', 'remove_account_member', '{uuid,uuid}', 'user'),
+  ('billing', 'llm_cost', '{text,bigint,bigint,bigint}', 'user'),
+  ('billing', 'record_llm_usage', '{uuid,text,bigint,bigint,bigint,text,jsonb,uuid}', 'user'),
+  ('billing', 'reserve_llm_usage', '{uuid,text,bigint,bigint,text,interval,uuid}', 'user'),
+  ('billing', 'commit_llm_usage', '{uuid,bigint,bigint,bigint}', 'user'),
   ('billing', 'grant_purchase', '{uuid,bigint,text,text,"timestamp with time zone",jsonb,uuid}', 'service'),
   ('billing', 'handle_stripe_webhook', '{text,text,text}', 'service'),
   ('billing', 'reprocess_failed_events', '{}', 'service'),
@@ -80,6 +91,13 @@ with fns(schema, fn, args, who) as (values
   ('billing_internal', 'managed_account_ids', '{}', 'caller'),
   ('billing_internal', 'limit_period_start', '{text}', 'caller'),
   ('billing_internal', 'member_limits', '{billing.account_members}', 'caller'),
+  ('billing_internal', 'model_price', '{text,"timestamp with time zone"}', 'caller'),
+  ('billing_internal', 'priced', '{billing.model_prices,bigint,bigint,bigint}', 'caller'),
+  ('billing_internal', 'llm_cost_of', '{bigint,bigint,bigint,bigint,bigint,bigint}', 'caller'),
+  ('billing_internal', 'take_rate_limits', '{uuid,bigint,integer}', 'owner'),
+  ('billing_internal', 'return_rate_limits', '{uuid,bigint[],bigint,integer}', 'owner'),
+  ('billing_internal', 'hold', '{uuid,bigint,text,interval,uuid,jsonb}', 'owner'),
+  ('billing_internal', 'commit_hold', '{uuid,bigint,jsonb}', 'owner'),
   ('billing_internal', 'charge_member', '{uuid,uuid,bigint}', 'owner'),
   ('billing_internal', 'refund_member', '{uuid,uuid,bigint,"timestamp with time zone"}', 'owner'),
   ('billing_internal', 'release_member_holds', '{uuid,uuid}', 'owner'),
@@ -110,7 +128,7 @@ select function_privs_are(a.schema, a.fn, a.args::text[], a.role,
 
 -- Of the internals, API roles may execute exactly the caller helpers above; anon none of them.
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
-            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 15, 'authenticated executes 15 internal helpers');
+            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 18, 'authenticated executes 18 internal helpers');
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
             and has_function_privilege('anon', p.oid, 'EXECUTE')), 0, 'anon executes no internal helper');
 select schema_privs_are('billing_internal', 'anon', '{}'::text[], 'anon has no usage on billing_internal');

@@ -61,6 +61,9 @@ def database():
         c.execute("insert into billing.plans (code, stripe_price_id, tokens_per_period, price_amount)"
                   " values ('pro', 'price_ProMonthly', 100000, 2000)")
         c.execute("insert into billing.settings (stripe_livemode) values (false)")  # the fixtures are test mode
+        # the chat endpoint's model: 1 credit per input token, 2 per output token
+        c.execute("insert into billing.model_prices (model, input_per_million, output_per_million, valid_from)"
+                  " values ('echo-1', 1000000, 2000000, now() - interval '1 day')")
     return DB
 
 

@@ -161,16 +161,23 @@ def test_create_checkout_sends_exact_parameters(http, db, stripe_http):
 
 
 def test_metered_chat_charges_what_was_streamed(http, db):
+    """echo-1 costs 1 credit per input token and 2 per output token (conftest)."""
     u = new_user(db)
-    db.execute("select billing.grant_purchase(%s, 100, %s)", (u, f"chat-{u}"))
+    db.execute("select billing.grant_purchase(%s, 200, %s)", (u, f"chat-{u}"))
     r = http.post("/api/chat", json={"prompt": "hello there", "max_tokens": 50}, headers=auth(u))
     assert r.status_code == 200
     produced = len(r.text.split())
     assert 0 < produced <= 50
+    cost = 2 + 2 * produced
     rid = r.headers["X-Reservation-Id"]
-    assert db.execute("select status, committed_tokens from billing.token_reservations where id = %s", (rid,)).fetchone() \
-        == ("committed", produced)
-    assert balance(db, u) == 100 - produced
+    assert db.execute("select status, tokens, committed_tokens from billing.token_reservations where id = %s",
+                      (rid,)).fetchone() == ("committed", 2 + 2 * 50, cost)  # held: the prompt and 50 output tokens
+    assert db.execute("select metadata from billing.token_usage where reservation_id = %s", (rid,)).fetchone()[0] == \
+        {"model": "echo-1", "input_tokens": 2, "output_tokens": produced, "cached_input_tokens": 0}
+    assert balance(db, u) == 200 - cost
+    rows = http.get("/api/billing/usage", params={"group_by": "model"}, headers=auth(u)).json()
+    assert [(r["group"], r["tokens"], r["input_tokens"], r["output_tokens"]) for r in rows] == \
+        [("echo-1", cost, 2, produced)]
 
 
 def test_metered_chat_without_enough_tokens_is_402(http, db):
@@ -178,19 +185,39 @@ def test_metered_chat_without_enough_tokens_is_402(http, db):
     db.execute("select billing.grant_purchase(%s, 10, %s)", (u, f"chat-{u}"))
     r = http.post("/api/chat", json={"prompt": "hi", "max_tokens": 50}, headers=auth(u))
     assert r.status_code == 402
-    assert r.json()["details"] == "requested 50, available 10"
+    assert r.json()["details"] == "requested 101, available 10"  # 1 input + 50 output at 2 credits
     assert balance(db, u) == 10
+    r = http.post("/api/chat", json={"prompt": "hi", "model": "nobody-priced-this"}, headers=auth(u))
+    assert r.status_code == 400 and r.json()["message"] == "unknown model: no price in force"
+
+
+def test_chat_over_the_plans_rate_limit_is_429_with_retry_after(http, db):
+    u = new_user(db)
+    db.execute("select billing.grant_purchase(%s, 1000, %s)", (u, f"chat-{u}"))
+    db.execute("insert into billing.plans (code, stripe_price_id, tokens_per_period) values ('limited', 'price_limited', 1)"
+               " on conflict do nothing")
+    db.execute("insert into billing.rate_limits (plan_code, metric, window_seconds, max_amount)"
+               " values ('limited', 'requests', 3600, 2) on conflict do nothing")
+    db.execute("insert into billing.user_subscriptions (stripe_subscription_id, account_id, plan_id, status,"
+               " last_event_created, last_event_id) select %s, %s, id, 'active', now(), 'evt_limited'"
+               " from billing.plans where code = 'limited'", (f"sub_{u.hex}", u))
+    for _ in range(2):
+        assert http.post("/api/chat", json={"prompt": "hi", "max_tokens": 5}, headers=auth(u)).status_code == 200
+    r = http.post("/api/chat", json={"prompt": "hi", "max_tokens": 5}, headers=auth(u))
+    assert r.status_code == 429
+    assert r.json()["details"].startswith("limit requests per 3600s: used 2 of 2; retry after ")
+    assert 1 <= int(r.headers["Retry-After"]) <= 3600
 
 
 def test_client_disconnect_mid_stream_releases_the_hold(server, db):
     u = new_user(db)
     db.execute("select billing.grant_purchase(%s, 1000, %s)", (u, f"chat-{u}"))
     with httpx.Client(base_url=server, timeout=30) as c:
-        with c.stream("POST", "/api/chat", json={"prompt": "a long question " * 20, "max_tokens": 500},
+        with c.stream("POST", "/api/chat", json={"prompt": "a long question " * 20, "max_tokens": 300},
                       headers=auth(u)) as r:
             rid = r.headers["X-Reservation-Id"]
             next(r.iter_raw())  # first words arrive, then the client goes away
-            assert balance(db, u) == 500
+            assert balance(db, u) == 1000 - (60 + 2 * 300)
     for _ in range(100):
         status = db.execute("select status from billing.token_reservations where id = %s", (rid,)).fetchone()[0]
         if status != "held":
@@ -218,9 +245,9 @@ def test_a_team_buys_once_and_its_members_spend_within_their_limits(http, db, st
     r = http.post("/api/accounts", json={"name": "Acme"}, headers=auth(owner))
     assert r.status_code == 200
     team = r.json()["account_id"]
-    r = http.put(f"/api/accounts/{team}/members", json={"user_id": str(member), "spend_limit": 60,
+    r = http.put(f"/api/accounts/{team}/members", json={"user_id": str(member), "spend_limit": 200,
                                                         "spend_limit_period": "day"}, headers=auth(owner))
-    assert r.status_code == 200 and r.json()["spend_limit"] == 60
+    assert r.status_code == 200 and r.json()["spend_limit"] == 200
     assert http.put(f"/api/accounts/{team}/members", json={"user_id": str(outsider)},
                     headers=auth(member)).status_code == 403  # members manage no one
 
@@ -241,8 +268,9 @@ def test_a_team_buys_once_and_its_members_spend_within_their_limits(http, db, st
     # the member spends from the team until their daily limit; an outsider cannot spend from it
     r = http.post("/api/chat", json={"prompt": "hi", "max_tokens": 50, "account_id": team}, headers=auth(member))
     assert r.status_code == 200
-    spent = len(r.text.split())  # the hold was 50; what was not streamed went back to the member's limit
-    r = http.post("/api/chat", json={"prompt": "hi", "max_tokens": 61 - spent, "account_id": team}, headers=auth(member))
+    spent = 1 + 2 * len(r.text.split())  # the hold was 101; what was not used went back to the member's limit
+    r = http.post("/api/chat", json={"prompt": "hi", "max_tokens": (200 - spent) // 2 + 1, "account_id": team},
+                  headers=auth(member))
     assert r.status_code == 402 and r.json()["details"].startswith("member limit")
     assert http.post("/api/chat", json={"prompt": "hi", "max_tokens": 5, "account_id": team},
                      headers=auth(outsider)).status_code == 403
