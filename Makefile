@@ -9,7 +9,7 @@ CLUSTER_DIR = $(shell bash scripts/cluster.sh dir)
 PSQL = PGOPTIONS=--client-min-messages=warning psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -v ON_ERROR_STOP=1 -X -q
 DEMO_DB ?= pg_billing_demo
 
-.PHONY: help setup build install start stop run demo test lint types test-unit test-pg test-integration test-pgtap test-example bench clean
+.PHONY: help setup build install start stop run demo test lint types test-unit test-pg test-integration test-pgtap test-example bench bench-ab clean
 
 help:
 	@echo "make run    set up, start a local cluster, install pg_billing, run the demo"
@@ -106,6 +106,11 @@ bench: setup
 	  -f sql/supabase-compat.sql -c "create extension pg_billing"
 	.venv/bin/python bench/run.py --host $(BENCH_DIR)/sock --port $(BENCH_PORT)
 	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh stop
+
+# A/B: this tree (or HEAD_REF=<git ref>) against another commit (BASE=<git ref>), both release builds on one cluster, runs
+# interleaved; results in bench/results/ab-latest.md. About 15 minutes (the base's first build).
+bench-ab: setup
+	BASE=$(BASE) HEAD_REF=$(HEAD_REF) PG_CONFIG=$(PG_CONFIG) PG_BILLING_PORT=$(BENCH_PORT) bash scripts/bench-ab.sh
 
 clean: stop
 	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh stop

@@ -160,6 +160,12 @@ def main():
                    statistics.median(results["one active limit (tokens per hour)"])
                    / statistics.median(results["no limits configured"]), 0.85))
 
+    m = b.compare("consume, 10k users, balance alerts configured, sync commit",
+                  [("alerts configured (low balance, depleted)", "consume_alerts.sql"),
+                   ("no alerts configured", "consume_ours.sql")])
+    ratios.append(("consume with alerts configured vs without",
+                   m["alerts configured (low balance, depleted)"] / m["no alerts configured"], 0.90))
+
     # 5a. reads
     m = b.compare("reads", [("get_balance", "get_balance.sql"), ("primary-key lookup", "pk_lookup.sql")])
     ratios.append(("get_balance vs PK lookup", m["get_balance"] / m["primary-key lookup"], 0.80))

@@ -104,6 +104,12 @@ select 'sub_bench_' || n, bench.uid(n), (select id from billing.plans where code
   from generate_series(30001, 40000) n;
 select count(*) from (select billing.grant_purchase(bench.uid(n), 1000000000000, 'bench-' || n)
                         from generate_series(30001, 40000) n) g;
+-- Users 40001..50000 have balance alerts configured (low at 1,000 tokens, depleted): the cost of
+-- watching a balance that does not cross.
+select count(*) from (select billing.grant_purchase(bench.uid(n), 1000000000000, 'bench-' || n)
+                        from generate_series(40001, 50000) n) g;
+insert into billing.account_settings (account_id, low_balance_threshold)
+select bench.uid(n), 1000 from generate_series(40001, 50000) n;
 -- Signature baseline: Stripe's scheme in SQL on pgcrypto's hmac(), as people write it.
 create extension if not exists pgcrypto;
 create function bench.verify_stripe_signature_sql(p_payload text, p_header text, p_secret text, p_tolerance int default 300)

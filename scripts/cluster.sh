@@ -33,8 +33,22 @@ shared_buffers = 256MB
 fsync = on
 CONF
     fi
+    # Settings that may change between versions of this script live in their own file, rewritten
+    # on every start; a running server whose file changed is restarted (shared_preload_libraries).
+    # pg_cron runs jobs in background workers, from database postgres (cron.schedule_in_database).
+    conf=$(printf '%s\n' "shared_preload_libraries = 'pg_cron'" "cron.database_name = 'postgres'" \
+      "cron.use_background_workers = on" "max_worker_processes = 24")
+    grep -q "include_if_exists = 'pg_billing.conf'" "$DATA/postgresql.conf" 2>/dev/null \
+      || echo "include_if_exists = 'pg_billing.conf'" | as_postgres tee -a "$DATA/postgresql.conf" >/dev/null
+    changed=0
+    if [ "$(as_postgres cat "$DATA/pg_billing.conf" 2>/dev/null)" != "$conf" ]; then
+      echo "$conf" | as_postgres tee "$DATA/pg_billing.conf" >/dev/null
+      changed=1
+    fi
     as_postgres mkdir -p "$SOCK"
-    if ! as_postgres "$PGBIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+    if as_postgres "$PGBIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+      [ $changed = 1 ] && as_postgres "$PGBIN/pg_ctl" -D "$DATA" -l "$DIR/postgres.log" -w -t 60 -m fast restart >/dev/null
+    else
       as_postgres "$PGBIN/pg_ctl" -D "$DATA" -l "$DIR/postgres.log" -w -t 60 start >/dev/null
     fi
     echo "cluster running: port $PORT, socket $SOCK"

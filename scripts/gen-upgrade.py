@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SKIP = {"supabase-compat.sql"}  # not part of the extension
 # The order CREATE EXTENSION runs the files in (src/lib.rs): SQL-language bodies are checked when
 # they are created, so a function comes after those it calls.
-INSTALL_ORDER = ["schema.sql", "ledger.sql", "accounts.sql", "limits.sql", "stripe.sql", "verify.sql", "frontend.sql", "privileges.sql"]
+INSTALL_ORDER = ["schema.sql", "ledger.sql", "accounts.sql", "limits.sql", "outbox.sql", "stripe.sql", "verify.sql", "frontend.sql", "privileges.sql"]
 FUNCTION = re.compile(r"^create (?:or replace )?function (billing(?:_internal)?\.\w+)\(", re.M)
 REGION = re.compile(r"^-- @generated (\w+)\n.*?^-- @end\n", re.M | re.S)
 

@@ -24,8 +24,10 @@ PGOPTIONS=--client-min-messages=warning "${PSQL[@]}" -d pg_billing_lint -f sql/s
 findings=$("${PSQL[@]}" -d pg_billing_lint -At -F ' | ' -c "
   select p.oid::regprocedure, r.level, r.lineno, r.message
     from pg_proc p join pg_language l on l.oid = p.prolang and l.lanname = 'plpgsql'
-   cross join lateral plpgsql_check_function_tb(p.oid, fatal_errors => false, extra_warnings => true,
-                                                performance_warnings => false, all_warnings => true) r
+   cross join lateral plpgsql_check_function_tb(p.oid,
+                        relid => coalesce((select t.tgrelid from pg_trigger t where t.tgfoid = p.oid limit 1), 0),
+                        fatal_errors => false, extra_warnings => true, performance_warnings => false,
+                        all_warnings => true) r
    where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)
      and r.level in ('error', 'warning', 'warning extra')
    order by 1, 3")

@@ -954,8 +954,69 @@ begin
     perform billing_internal.recompute_balance(v_account);
     v_count := v_count + 1;
   end loop;
+  perform billing_internal.purge_outbox(interval '30 days', greatest(coalesce(p_limit, 10000), 0));
   return v_count;
 end
 $$;
 comment on function billing.run_maintenance(integer) is
-  'Expires grants and holds that are due; schedule with pg_cron, e.g. every minute.';
+  'Expires grants and holds that are due and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
+
+-- Alert levels (balances.alert_below / alert_above) of an account, unless they are those already.
+create function billing_internal.set_alert_levels(p_account_id uuid, p_levels bigint[]) returns void
+language sql set search_path = pg_catalog, pg_temp as $$
+  update billing.balances b set alert_below = p_levels[1], alert_above = p_levels[2]
+   where b.account_id = p_account_id
+     and (b.alert_below is distinct from p_levels[1] or b.alert_above is distinct from p_levels[2])
+$$;
+
+-- At commit of a transaction that left an account's balance across one of its alert levels
+-- (constraint trigger balances_alerts, deferred): the automations (sql/outbox.sql) see the balance
+-- as the transaction ends, under the balance lock the transaction holds. SECURITY DEFINER: a
+-- deferred trigger runs as whoever commits, here a caller of consume_tokens.
+create function billing_internal.balance_alerts() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_levels bigint[];
+begin
+  v_levels := billing_internal.run_automations(new.account_id,
+                (select b.spendable from billing.balances b where b.account_id = new.account_id));
+  if v_levels is not null then
+    perform billing_internal.set_alert_levels(new.account_id, v_levels);
+  end if;
+  return null;
+end
+$$;
+create constraint trigger balances_alerts after update on billing.balances
+  deferrable initially deferred for each row
+  when (new.spendable < new.alert_below or new.spendable >= new.alert_above)
+  execute function billing_internal.balance_alerts();
+
+-- Settings of an account's automations changed: the alerts are armed against the balance as it is
+-- (a balance already below a threshold is not a crossing: no event), and the account's alert
+-- levels follow at once (its balance row is created if it has none yet). BEFORE the row is
+-- written, so it stores the armed flags.
+create function billing_internal.settings_changed() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_spendable bigint;
+begin
+  if tg_op = 'DELETE' then
+    perform billing_internal.set_alert_levels(old.account_id, array[null, null]::bigint[]);
+    return old;
+  end if;
+  insert into billing.balances (account_id) values (new.account_id) on conflict (account_id) do nothing;
+  select b.spendable into v_spendable from billing.balances b where b.account_id = new.account_id;
+  if tg_op = 'INSERT' or new.low_balance_threshold is distinct from old.low_balance_threshold then
+    new.low_balance_armed := new.low_balance_threshold is not null and v_spendable >= new.low_balance_threshold;
+  end if;
+  if tg_op = 'INSERT' then
+    new.depleted_armed := v_spendable > 0;
+  end if;
+  perform billing_internal.set_alert_levels(new.account_id, billing_internal.alert_levels(new));
+  return new;
+end
+$$;
+create trigger account_settings_levels
+  before insert or delete or update of low_balance_threshold, auto_topup_price_id, auto_topup_threshold,
+                                       auto_topup_monthly_limit, topup_disabled_at on billing.account_settings
+  for each row execute function billing_internal.settings_changed();

@@ -1,5 +1,5 @@
 -- pg_billing 0.3.0 -> 0.4.0: Stripe money rules (README "Webhooks", docs/stripe.md), team accounts,
--- rate limits and LLM prices.
+-- rate limits and LLM prices, the outbox and its automations.
 -- Hand-written, except the two `@generated` regions, which scripts/gen-upgrade.py rewrites (the
 -- functions new or changed since 0.3.0, and the privileges). tests/integration/test_upgrade.py
 -- proves the result equals a fresh install and keeps the data.
@@ -25,6 +25,9 @@
 -- * rate limits per plan (rate_limits, rate_limit_usage; token_reservations.rate_windows) and LLM
 --   prices per model (model_prices), with llm_cost, record_llm_usage, reserve_llm_usage and
 --   commit_llm_usage; get_usage_history returns LLM token counts.
+-- * the outbox (billing.outbox, claim_outbox / ack_outbox / nack_outbox) and per-account
+--   automations (billing.account_settings: balance.low, balance.depleted, auto top-up;
+--   balances.alert_below / alert_above and the constraint trigger balances_alerts).
 
 create schema billing_internal;
 comment on schema billing_internal is 'pg_billing internals: never exposed through PostgREST; call the functions in schema billing.';
@@ -70,6 +73,7 @@ alter table billing.stripe_customers rename column user_id to account_id;
 alter table billing.user_subscriptions rename column user_id to account_id;
 alter index billing.user_subscriptions_user_id rename to user_subscriptions_account_id;
 alter table billing.balances rename column user_id to account_id;
+alter table billing.balances add column alert_below bigint, add column alert_above bigint;
 alter table billing.payment_transactions rename column user_id to account_id;
 alter index billing.payment_transactions_user rename to payment_transactions_account;
 
@@ -157,7 +161,7 @@ create table billing.grant_purchases (
   account_id             uuid not null,
   purchase_id            text not null,
   grant_id               bigint not null,
-  kind                   text not null check (kind in ('checkout_session', 'invoice')),
+  kind                   text not null check (kind in ('checkout_session', 'invoice', 'payment_intent')),
   allowance              bigint not null check (allowance > 0),
   amount                 bigint not null check (amount >= 0),
   currency               text not null,
@@ -208,6 +212,45 @@ create table billing.model_prices (
   primary key (model, valid_from)
 );
 comment on table billing.model_prices is 'Credits per million LLM tokens per model, versioned by valid_from.';
+create table billing.account_settings (
+  account_id               uuid primary key,
+  low_balance_threshold    bigint check (low_balance_threshold > 0),
+  auto_topup_price_id      text references billing.token_packs (stripe_price_id) on update cascade,
+  auto_topup_threshold     bigint check (auto_topup_threshold > 0),
+  auto_topup_cooldown      interval not null default '1 hour' check (auto_topup_cooldown >= interval '0'),
+  auto_topup_monthly_limit integer not null default 5 check (auto_topup_monthly_limit >= 0),
+  low_balance_armed        boolean not null default true,
+  depleted_armed           boolean not null default true,
+  alerts_sent              bigint not null default 0,
+  topup_requests           bigint not null default 0,
+  topup_requested_at       timestamptz,
+  topup_month_start        timestamptz,
+  topup_month_count        integer not null default 0,
+  topup_failures           integer not null default 0,
+  topup_disabled_at        timestamptz,
+  updated_at               timestamptz not null default now(),
+  check ((auto_topup_price_id is null) = (auto_topup_threshold is null))
+);
+create index account_settings_topup_price on billing.account_settings (auto_topup_price_id)
+  where auto_topup_price_id is not null;
+create table billing.outbox (
+  id           bigint generated always as identity,
+  account_id   uuid not null,
+  event_type   text not null check (event_type in ('purchase.completed', 'subscription.changed', 'payment.failed',
+                 'refund.applied', 'balance.low', 'balance.depleted', 'topup.requested', 'topup.disabled')),
+  dedupe_key   text not null,
+  payload      jsonb not null,
+  created_at   timestamptz not null default now(),
+  available_at timestamptz not null default now(),
+  attempts     integer not null default 0,
+  last_error   text,
+  acked_at     timestamptz,
+  primary key (account_id, id),
+  unique (account_id, dedupe_key)
+);
+create index outbox_claimable on billing.outbox (available_at, id) where acked_at is null;
+create index outbox_id on billing.outbox (id);
+create index outbox_acked on billing.outbox (acked_at) where acked_at is not null;
 
 alter table billing.settings enable row level security;
 alter table billing.stripe_payments enable row level security;
@@ -218,6 +261,8 @@ alter table billing.purchase_payments enable row level security;
 alter table billing.rate_limits enable row level security;
 alter table billing.rate_limit_usage enable row level security;
 alter table billing.model_prices enable row level security;
+alter table billing.account_settings enable row level security;
+alter table billing.outbox enable row level security;
 
 do $$
 declare
@@ -337,7 +382,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'llm_cost_of_wrapper';
 
--- SQL functions new or changed in 0.4.0 (96 of 96)
+-- SQL functions new or changed in 0.4.0 (112 of 112)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -1250,11 +1295,55 @@ begin
     perform billing_internal.recompute_balance(v_account);
     v_count := v_count + 1;
   end loop;
+  perform billing_internal.purge_outbox(interval '30 days', greatest(coalesce(p_limit, 10000), 0));
   return v_count;
 end
 $$;
 comment on function billing.run_maintenance(integer) is
-  'Expires grants and holds that are due; schedule with pg_cron, e.g. every minute.';
+  'Expires grants and holds that are due and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
+
+create or replace function billing_internal.set_alert_levels(p_account_id uuid, p_levels bigint[]) returns void
+language sql set search_path = pg_catalog, pg_temp as $$
+  update billing.balances b set alert_below = p_levels[1], alert_above = p_levels[2]
+   where b.account_id = p_account_id
+     and (b.alert_below is distinct from p_levels[1] or b.alert_above is distinct from p_levels[2])
+$$;
+
+create or replace function billing_internal.balance_alerts() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_levels bigint[];
+begin
+  v_levels := billing_internal.run_automations(new.account_id,
+                (select b.spendable from billing.balances b where b.account_id = new.account_id));
+  if v_levels is not null then
+    perform billing_internal.set_alert_levels(new.account_id, v_levels);
+  end if;
+  return null;
+end
+$$;
+
+create or replace function billing_internal.settings_changed() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_spendable bigint;
+begin
+  if tg_op = 'DELETE' then
+    perform billing_internal.set_alert_levels(old.account_id, array[null, null]::bigint[]);
+    return old;
+  end if;
+  insert into billing.balances (account_id) values (new.account_id) on conflict (account_id) do nothing;
+  select b.spendable into v_spendable from billing.balances b where b.account_id = new.account_id;
+  if tg_op = 'INSERT' or new.low_balance_threshold is distinct from old.low_balance_threshold then
+    new.low_balance_armed := new.low_balance_threshold is not null and v_spendable >= new.low_balance_threshold;
+  end if;
+  if tg_op = 'INSERT' then
+    new.depleted_armed := v_spendable > 0;
+  end if;
+  perform billing_internal.set_alert_levels(new.account_id, billing_internal.alert_levels(new));
+  return new;
+end
+$$;
 
 create or replace function billing_internal.payer(p_user_id uuid, p_account_id uuid) returns uuid
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
@@ -1699,6 +1788,272 @@ $$;
 comment on function billing.commit_llm_usage(uuid, bigint, bigint, bigint) is
   'Charges an LLM reservation for the tokens used, at the prices it kept; releases the rest.';
 
+create or replace function billing_internal.no_account() returns uuid
+language sql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
+  select '00000000-0000-0000-0000-000000000000'::uuid
+$$;
+
+create or replace function billing_internal.emit(p_account_id uuid, p_event_type text, p_dedupe_key text, p_payload jsonb)
+returns boolean
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_account uuid := coalesce(p_account_id, billing_internal.no_account());
+begin
+  insert into billing.outbox (account_id, event_type, dedupe_key, payload)
+  values (v_account, p_event_type, p_dedupe_key,
+          pg_catalog.jsonb_build_object('event_type', p_event_type, 'dedupe_key', p_dedupe_key, 'account_id', v_account)
+          operator(pg_catalog.||) coalesce(p_payload, '{}'::jsonb))
+  on conflict (account_id, dedupe_key) do nothing;
+  return found;
+end
+$$;
+
+create or replace function billing_internal.notify_outbox() returns trigger
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  perform pg_catalog.pg_notify('billing_outbox', '');  -- one per transaction: PostgreSQL folds duplicates
+  return null;
+end
+$$;
+
+create or replace function billing_internal.alert_levels(p_settings billing.account_settings) returns bigint[]
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+  select array[
+    greatest(case when p_settings.low_balance_threshold is not null and p_settings.low_balance_armed
+                  then p_settings.low_balance_threshold end,
+             case when p_settings.depleted_armed then 1 end,
+             case when p_settings.auto_topup_price_id is not null and p_settings.topup_disabled_at is null
+                       and p_settings.auto_topup_monthly_limit > 0 then p_settings.auto_topup_threshold end),
+    least(case when p_settings.low_balance_threshold is not null and not p_settings.low_balance_armed
+               then p_settings.low_balance_threshold end,
+          case when not p_settings.depleted_armed then 1 end)]
+$$;
+
+create or replace function billing_internal.run_automations(p_account_id uuid, p_spendable bigint) returns bigint[]
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_settings billing.account_settings;
+  v_before billing.account_settings;
+  v_month timestamptz := pg_catalog.date_trunc('month', pg_catalog.now() at time zone 'UTC') at time zone 'UTC';
+  v_pack billing.token_packs;
+  v_key text;
+begin
+  -- SKIP LOCKED: a settings row being changed right now (its change sets the levels itself) is not
+  -- waited for, so no lock order can deadlock; the automations run again at the next change.
+  select s.* into v_settings from billing.account_settings s where s.account_id = p_account_id for update skip locked;
+  if not found then
+    return case when exists (select 1 from billing.account_settings s where s.account_id = p_account_id)
+                then null else array[null, null]::bigint[] end;
+  end if;
+  v_before := v_settings;
+  -- re-arm what the balance rose back to
+  if v_settings.low_balance_threshold is not null and not v_settings.low_balance_armed
+     and p_spendable >= v_settings.low_balance_threshold then
+    v_settings.low_balance_armed := true;
+  end if;
+  if not v_settings.depleted_armed and p_spendable > 0 then
+    v_settings.depleted_armed := true;
+  end if;
+  -- crossings
+  if v_settings.low_balance_armed and p_spendable < v_settings.low_balance_threshold then
+    v_settings.alerts_sent := v_settings.alerts_sent + 1;
+    perform billing_internal.emit(p_account_id, 'balance.low',
+      pg_catalog.format('balance.low:%s:%s', p_account_id, v_settings.alerts_sent),
+      pg_catalog.jsonb_build_object('balance', p_spendable, 'threshold', v_settings.low_balance_threshold));
+    v_settings.low_balance_armed := false;
+  end if;
+  if v_settings.depleted_armed and p_spendable <= 0 then
+    v_settings.alerts_sent := v_settings.alerts_sent + 1;
+    perform billing_internal.emit(p_account_id, 'balance.depleted',
+      pg_catalog.format('balance.depleted:%s:%s', p_account_id, v_settings.alerts_sent),
+      pg_catalog.jsonb_build_object('balance', p_spendable));
+    v_settings.depleted_armed := false;
+  end if;
+  -- auto top-up: below its threshold, after the cooldown, within the month's limit
+  if v_settings.auto_topup_price_id is not null and v_settings.topup_disabled_at is null
+     and p_spendable < v_settings.auto_topup_threshold
+     and (v_settings.topup_requested_at is null
+          or pg_catalog.now() >= v_settings.topup_requested_at + v_settings.auto_topup_cooldown) then
+    if v_settings.topup_month_start is distinct from v_month then
+      v_settings.topup_month_start := v_month;
+      v_settings.topup_month_count := 0;
+    end if;
+    if v_settings.topup_month_count < v_settings.auto_topup_monthly_limit then
+      select p.* into v_pack from billing.token_packs p where p.stripe_price_id = v_settings.auto_topup_price_id;
+      v_settings.topup_requests := v_settings.topup_requests + 1;
+      v_settings.topup_month_count := v_settings.topup_month_count + 1;
+      v_settings.topup_requested_at := pg_catalog.now();
+      v_key := pg_catalog.format('topup.requested:%s:%s', p_account_id, v_settings.topup_requests);
+      -- metadata: what the PaymentIntent must carry for its webhook to grant the pack to this account
+      perform billing_internal.emit(p_account_id, 'topup.requested', v_key, pg_catalog.jsonb_build_object(
+        'request_id', v_key, 'balance', p_spendable, 'price_id', v_pack.stripe_price_id, 'quantity', 1,
+        'tokens', v_pack.tokens, 'amount', v_pack.price_amount, 'currency', v_pack.currency,
+        'customer', (select c.stripe_customer_id from billing.stripe_customers c where c.account_id = p_account_id),
+        'metadata', pg_catalog.jsonb_build_object('pg_billing_topup', v_key, 'price_id', v_pack.stripe_price_id,
+          'quantity', '1',
+          case when exists (select 1 from billing.accounts a where a.id = p_account_id and a.kind = 'team')
+               then 'account_id' else 'user_id' end, p_account_id)));
+    end if;
+  end if;
+  if v_settings is distinct from v_before then
+    v_settings.updated_at := pg_catalog.now();
+    update billing.account_settings s set
+      low_balance_armed = v_settings.low_balance_armed, depleted_armed = v_settings.depleted_armed,
+      alerts_sent = v_settings.alerts_sent, topup_requests = v_settings.topup_requests,
+      topup_requested_at = v_settings.topup_requested_at, topup_month_start = v_settings.topup_month_start,
+      topup_month_count = v_settings.topup_month_count, updated_at = v_settings.updated_at
+     where s.account_id = p_account_id;
+  end if;
+  return billing_internal.alert_levels(v_settings);
+end
+$$;
+
+create or replace function billing_internal.topup_payment_outcome(p_account_id uuid, p_succeeded boolean, p_payment text,
+                                                       p_reason text) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_settings billing.account_settings;
+begin
+  perform 1 from billing.balances b where b.account_id = p_account_id for update;  -- the balance first, as everywhere
+  select s.* into v_settings from billing.account_settings s where s.account_id = p_account_id for update;
+  if not found then
+    return;
+  elsif p_succeeded then
+    update billing.account_settings s set topup_failures = 0, updated_at = pg_catalog.now()
+     where s.account_id = p_account_id and s.topup_failures <> 0;
+    return;
+  end if;
+  update billing.account_settings s set topup_failures = s.topup_failures + 1, updated_at = pg_catalog.now(),
+         topup_disabled_at = case when s.topup_failures + 1 >= 3 then coalesce(s.topup_disabled_at, pg_catalog.now())
+                                  else s.topup_disabled_at end
+   where s.account_id = p_account_id
+  returning s.* into v_settings;
+  if v_settings.topup_failures >= 3 and v_settings.auto_topup_price_id is not null then
+    perform billing_internal.emit(p_account_id, 'topup.disabled',
+      pg_catalog.format('topup.disabled:%s:%s', p_account_id, v_settings.topup_requests),
+      pg_catalog.jsonb_build_object('failures', v_settings.topup_failures, 'last_payment', p_payment,
+                                    'reason', p_reason));
+  end if;
+end
+$$;
+
+create or replace function billing_internal.emit_stripe_events(p_event jsonb, p_effect jsonb) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_account uuid := (p_effect ->> 'account_id')::uuid;
+  v_kind text := p_event ->> 'kind';
+  v_action text := p_effect ->> 'action';
+  v_clawed bigint;
+  v_frozen bigint;
+begin
+  if v_action = 'granted' and v_kind in ('checkout', 'invoice_paid', 'payment_intent') then
+    perform billing_internal.emit(v_account, 'purchase.completed', 'purchase.completed:' || (p_event ->> 'object_id'),
+      pg_catalog.jsonb_build_object('purchase_id', p_event ->> 'object_id',
+        'kind', case v_kind when 'checkout' then 'checkout_session' when 'invoice_paid' then 'invoice'
+                            else 'payment_intent' end,
+        'tokens', p_effect -> 'tokens', 'grant_id', p_effect -> 'grant_id',
+        'amount', coalesce(p_event -> 'amount_total', p_event -> 'amount_paid', p_event -> 'amount_received'),
+        'currency', p_event -> 'currency', 'customer', p_event -> 'customer',
+        'subscription', p_event -> 'subscription', 'topup', p_event -> 'topup',
+        'stripe_event_id', p_event -> 'id'));
+  elsif v_kind = 'subscription' and v_action = 'updated' then
+    perform billing_internal.emit(v_account, 'subscription.changed', 'subscription.changed:' || (p_event ->> 'id'),
+      pg_catalog.jsonb_build_object('subscription', p_event -> 'object_id', 'status', p_effect -> 'status',
+        'price_id', p_event -> 'price_id',
+        'plan', (select pg_catalog.to_jsonb(p.code) from billing.plans p where p.stripe_price_id = p_event ->> 'price_id'),
+        'cancel_at_period_end', p_event -> 'cancel_at_period_end',
+        'current_period_end', p_event -> 'current_period_end', 'stripe_event_id', p_event -> 'id'));
+  elsif (v_kind = 'checkout' and v_action = 'payment_failed')
+        or (v_kind = 'payment_intent' and p_event ->> 'type' = 'payment_intent.payment_failed')
+        or v_kind = 'invoice_failed' then
+    perform billing_internal.emit(v_account, 'payment.failed', 'payment.failed:' || (p_event ->> 'id'),
+      pg_catalog.jsonb_build_object('object_id', p_event -> 'object_id', 'type', p_event -> 'type',
+        'amount', coalesce(p_event -> 'amount_due', p_event -> 'amount', p_event -> 'amount_total'),
+        'currency', p_event -> 'currency', 'customer', p_event -> 'customer',
+        'subscription', p_event -> 'subscription', 'topup', p_event -> 'topup',
+        'reason', coalesce(p_event -> 'failure_message', p_event -> 'failure_code'),
+        'stripe_event_id', p_event -> 'id'));
+  elsif v_kind in ('charge', 'refund', 'dispute') and v_action = 'adjusted' then
+    select coalesce(pg_catalog.sum((g ->> 'clawed_back')::bigint), 0), coalesce(pg_catalog.sum((g ->> 'frozen')::bigint), 0)
+      into v_clawed, v_frozen
+      from pg_catalog.jsonb_array_elements(p_effect -> 'grants') g;
+    if v_clawed <> 0 or v_frozen <> 0 then
+      perform billing_internal.emit(v_account, 'refund.applied', 'refund.applied:' || (p_event ->> 'id'),
+        pg_catalog.jsonb_build_object('cause', case v_kind when 'dispute' then 'dispute' else 'refund' end,
+          'payment', p_event -> 'payment_key', 'object_id', p_event -> 'object_id', 'status', p_event -> 'status',
+          'tokens_clawed_back', v_clawed, 'tokens_frozen', v_frozen, 'grants', p_effect -> 'grants',
+          'stripe_event_id', p_event -> 'id'));
+    end if;
+  end if;
+end
+$$;
+
+create or replace function billing.claim_outbox(p_limit integer default 100, p_visibility interval default '1 minute')
+returns setof billing.outbox
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+begin
+  perform billing_internal.require_service();
+  if p_limit is null or p_limit < 1 or p_limit > 10000 then
+    raise exception using errcode = '22023', message = 'p_limit must be 1 to 10000';
+  elsif p_visibility is null or p_visibility <= interval '0' then
+    raise exception using errcode = '22023', message = 'p_visibility must be positive';
+  end if;
+  return query
+    update billing.outbox o
+       set available_at = pg_catalog.clock_timestamp() + p_visibility, attempts = o.attempts + 1
+     where (o.account_id, o.id) in (
+             select c.account_id, c.id from billing.outbox c
+              where c.acked_at is null and c.available_at <= pg_catalog.clock_timestamp()
+              order by c.available_at, c.id
+              limit p_limit
+                for update skip locked)
+    returning o.*;
+end
+$$;
+comment on function billing.claim_outbox(integer, interval) is
+  'Service: claims due outbox events (SKIP LOCKED), hidden from other consumers for p_visibility.';
+
+create or replace function billing.ack_outbox(p_ids bigint[]) returns integer
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_count integer;
+begin
+  perform billing_internal.require_service();
+  update billing.outbox o set acked_at = pg_catalog.clock_timestamp()
+   where o.id = any (p_ids) and o.acked_at is null;
+  get diagnostics v_count = row_count;
+  return v_count;
+end
+$$;
+comment on function billing.ack_outbox(bigint[]) is 'Service: marks outbox events done.';
+
+create or replace function billing.nack_outbox(p_id bigint, p_error text, p_retry_in interval default '1 minute')
+returns boolean
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+begin
+  perform billing_internal.require_service();
+  if p_retry_in is null or p_retry_in < interval '0' then
+    raise exception using errcode = '22023', message = 'p_retry_in must be >= 0';
+  end if;
+  update billing.outbox o set available_at = pg_catalog.clock_timestamp() + p_retry_in,
+         last_error = pg_catalog.left(p_error, 2000)
+   where o.id = p_id and o.acked_at is null;
+  return found;
+end
+$$;
+comment on function billing.nack_outbox(bigint, text, interval) is
+  'Service: gives an outbox event back, claimable again after p_retry_in, with its error.';
+
+create or replace function billing_internal.purge_outbox(p_keep interval, p_limit integer) returns integer
+language sql set search_path = pg_catalog, pg_temp as $$
+  with gone as (
+    delete from billing.outbox o
+     where (o.account_id, o.id) in (select x.account_id, x.id from billing.outbox x
+                                     where x.acked_at < pg_catalog.now() - p_keep limit p_limit)
+    returning 1)
+  select pg_catalog.count(*)::integer from gone
+$$;
+
 create or replace function billing_internal.raise_unprocessable(p_message text, p_detail text) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
 begin
@@ -1967,6 +2322,75 @@ begin
   perform billing_internal.recompute_balance(v_account);
   return v_base || pg_catalog.jsonb_build_object('action', case when v_ins.inserted then 'granted' else 'already_granted' end,
     'grant_id', v_ins.grant_id, 'tokens', case when v_ins.inserted then v_tokens end, 'adjusted', v_adjusted);
+end
+$$;
+
+create or replace function billing_internal.apply_payment_intent(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_account uuid;
+  v_pack billing.token_packs;
+  v_quantity bigint := coalesce((p_event ->> 'quantity')::bigint, 1);
+  v_payment text := p_event ->> 'object_id';
+  v_paid bigint := coalesce((p_event ->> 'amount_received')::bigint, 0);
+  v_ins record;
+  v_tokens numeric;
+  v_adjusted jsonb;
+begin
+  if p_event ->> 'topup' is null then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'not_a_top_up');
+  end if;
+  v_account := billing_internal.event_account(p_event);
+  if v_account is null then
+    perform billing_internal.raise_unprocessable('top-up payment has no user or account', v_payment);
+  end if;
+  if p_event ->> 'type' = 'payment_intent.payment_failed' then
+    perform billing_internal.topup_payment_outcome(v_account, false, v_payment,
+      coalesce(p_event ->> 'failure_code', p_event ->> 'failure_message'));
+    return pg_catalog.jsonb_build_object('account_id', v_account, 'action', 'payment_failed', 'payment', v_payment);
+  end if;
+  select p.* into v_pack from billing.token_packs p where p.stripe_price_id = p_event ->> 'price_id';
+  if not found then
+    perform billing_internal.raise_unprocessable('price is not a token pack in billing.token_packs',
+      coalesce(p_event ->> 'price_id', 'metadata.price_id missing'));
+  elsif v_pack.currency is distinct from p_event ->> 'currency' then
+    perform billing_internal.raise_unprocessable('currency does not match the token pack',
+      pg_catalog.format('pack %s, payment %s', v_pack.currency, p_event ->> 'currency'));
+  elsif v_quantity < 1 or v_quantity > 1000 then
+    perform billing_internal.raise_unprocessable('quantity out of range (1 to 1000)', v_quantity::text);
+  elsif v_paid::numeric is distinct from v_pack.price_amount::numeric * v_quantity then
+    perform billing_internal.raise_unprocessable('amount does not match the catalog',
+      pg_catalog.format('payment amount_received %s, catalog %s x %s = %s', v_paid, v_pack.price_amount, v_quantity,
+                        v_pack.price_amount::numeric * v_quantity));
+  end if;
+  v_tokens := v_pack.tokens::numeric * v_quantity;
+  perform billing_internal.lock_stripe_object(v_payment);
+  perform billing_internal.note_payment(v_payment, v_pack.currency);
+  perform billing_internal.lock_and_settle(v_account, true);
+  select * into v_ins from billing_internal.insert_grant(v_account, v_tokens::bigint, v_payment, 'purchase', null,
+    pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'quantity', v_quantity, 'topup', p_event ->> 'topup'),
+    v_payment, v_pack.stripe_price_id, v_paid, v_pack.currency);
+  if v_ins.inserted then
+    insert into billing.grant_purchases (account_id, purchase_id, grant_id, kind, allowance, amount, currency, purchased_at)
+    values (v_account, v_payment, v_ins.grant_id, 'payment_intent', v_tokens::bigint, v_paid, v_pack.currency,
+            pg_catalog.to_timestamp(coalesce((p_event ->> 'object_created')::bigint, (p_event ->> 'created')::bigint)));
+    insert into billing.purchase_payments (purchase_id, payment_key, amount) values (v_payment, v_payment, v_paid)
+    on conflict do nothing;
+    v_adjusted := billing_internal.settle_stripe_grant(v_account, v_ins.grant_id);
+  end if;
+  perform billing_internal.recompute_balance(v_account);
+  perform billing_internal.topup_payment_outcome(v_account, true, v_payment, null);
+  return pg_catalog.jsonb_build_object('account_id', v_account,
+    'action', case when v_ins.inserted then 'granted' else 'already_granted' end,
+    'grant_id', v_ins.grant_id, 'tokens', case when v_ins.inserted then v_tokens end, 'adjusted', v_adjusted);
+end
+$$;
+
+create or replace function billing_internal.apply_invoice_failed(p_event jsonb) returns jsonb
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+  return pg_catalog.jsonb_build_object('account_id', billing_internal.event_account(p_event), 'action', 'payment_failed',
+    'invoice', p_event ->> 'object_id', 'attempt_count', p_event -> 'attempt_count');
 end
 $$;
 
@@ -2321,6 +2745,8 @@ begin
     when 'charge' then billing_internal.apply_charge(p_event)
     when 'refund' then billing_internal.apply_refund(p_event)
     when 'dispute' then billing_internal.apply_dispute(p_event)
+    when 'payment_intent' then billing_internal.apply_payment_intent(p_event)
+    when 'invoice_failed' then billing_internal.apply_invoice_failed(p_event)
   end;
 end
 $$;
@@ -2339,6 +2765,9 @@ begin
   begin
     v_effect := billing_internal.apply_event(p_event);
     v_status := case v_effect ->> 'action' when 'ignored' then 'ignored' when 'stale' then 'stale' else 'processed' end;
+    if v_status = 'processed' then
+      perform billing_internal.emit_stripe_events(p_event, v_effect);
+    end if;
   exception
     when serialization_failure or deadlock_detected or lock_not_available or query_canceled then
       raise;
@@ -2836,8 +3265,8 @@ declare
   -- of every key.
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
                                           'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
-                                          'payment_transactions', 'promo_redemptions', 'token_usage',
-                                          'token_reservations'];
+                                          'payment_transactions', 'promo_redemptions', 'account_settings',
+                                          'token_usage', 'token_reservations'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
@@ -2845,6 +3274,7 @@ declare
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
@@ -2882,7 +3312,8 @@ declare
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',
-    'billing.run_maintenance(integer)',
+    'billing.run_maintenance(integer)', 'billing.claim_outbox(integer, interval)', 'billing.ack_outbox(bigint[])',
+    'billing.nack_outbox(bigint, text, interval)',
     'billing.verify_ledger()', 'billing.verify_stripe_signature(text, text, text, integer)',
     'billing.verify_stripe_signature(bytea, text, text, integer)',
     'billing.stripe_signature_rejection(text, text, text, integer)'];
@@ -2928,6 +3359,8 @@ begin
       execute pg_catalog.format('grant select, insert, update, delete on billing.webhook_secrets to %I', v_role);
       execute pg_catalog.format('grant select, insert, update, delete on billing.promo_codes to %I', v_role);
       execute pg_catalog.format('grant select, update on billing.settings to %I', v_role);
+      execute pg_catalog.format('grant insert, update, delete on billing.account_settings to %I', v_role);
+      execute pg_catalog.format('grant select on billing.outbox to %I', v_role);
       foreach v_table in array c_stripe_facts loop
         execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
       end loop;
@@ -3025,6 +3458,18 @@ begin
   end loop;
 end
 $$;
+
+-- The triggers of the outbox and the automations (their functions are above).
+create trigger outbox_notify after insert on billing.outbox for each statement
+  execute function billing_internal.notify_outbox();
+create constraint trigger balances_alerts after update on billing.balances
+  deferrable initially deferred for each row
+  when (new.spendable < new.alert_below or new.spendable >= new.alert_above)
+  execute function billing_internal.balance_alerts();
+create trigger account_settings_levels
+  before insert or delete or update of low_balance_threshold, auto_topup_price_id, auto_topup_threshold,
+                                       auto_topup_monthly_limit, topup_disabled_at on billing.account_settings
+  for each row execute function billing_internal.settings_changed();
 
 -- @generated privileges
 -- Applied last in CREATE EXTENSION and at the end of every upgrade script.

@@ -31,8 +31,8 @@ declare
   -- of every key.
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
                                           'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
-                                          'payment_transactions', 'promo_redemptions', 'token_usage',
-                                          'token_reservations'];
+                                          'payment_transactions', 'promo_redemptions', 'account_settings',
+                                          'token_usage', 'token_reservations'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
@@ -40,6 +40,7 @@ declare
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
@@ -77,7 +78,8 @@ declare
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',
-    'billing.run_maintenance(integer)',
+    'billing.run_maintenance(integer)', 'billing.claim_outbox(integer, interval)', 'billing.ack_outbox(bigint[])',
+    'billing.nack_outbox(bigint, text, interval)',
     'billing.verify_ledger()', 'billing.verify_stripe_signature(text, text, text, integer)',
     'billing.verify_stripe_signature(bytea, text, text, integer)',
     'billing.stripe_signature_rejection(text, text, text, integer)'];
@@ -123,6 +125,8 @@ begin
       execute pg_catalog.format('grant select, insert, update, delete on billing.webhook_secrets to %I', v_role);
       execute pg_catalog.format('grant select, insert, update, delete on billing.promo_codes to %I', v_role);
       execute pg_catalog.format('grant select, update on billing.settings to %I', v_role);
+      execute pg_catalog.format('grant insert, update, delete on billing.account_settings to %I', v_role);
+      execute pg_catalog.format('grant select on billing.outbox to %I', v_role);
       foreach v_table in array c_stripe_facts loop
         execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
       end loop;

@@ -171,7 +171,12 @@ create table billing.balances (
   -- is stale until a slow-path writer flushes head_remaining back (billing_internal.flush_head).
   -- (head_remaining = 0 without a head grant is checked by billing.verify_ledger().)
   head_grant_id  bigint,
-  head_remaining billing.token_count not null default 0
+  head_remaining billing.token_count not null default 0,
+  -- Alert levels of the account's automations (billing.account_settings; NULL: none): a change
+  -- that leaves spendable below alert_below, or at or above alert_above, runs
+  -- billing_internal.balance_alerts() at commit (constraint trigger balances_alerts).
+  alert_below    bigint,
+  alert_above    bigint
 ) with (fillfactor = 70); -- room for HOT updates: every consume updates this row
 
 create table billing.token_grants (
@@ -336,7 +341,7 @@ create table billing.grant_purchases (
   account_id             uuid not null,
   purchase_id            text not null,     -- cs_... or in_...
   grant_id               bigint not null,
-  kind                   text not null check (kind in ('checkout_session', 'invoice')),
+  kind                   text not null check (kind in ('checkout_session', 'invoice', 'payment_intent')),
   allowance              bigint not null check (allowance > 0), -- tokens it entitles the grant to
   amount                 bigint not null check (amount >= 0),   -- what it cost, minor units
   currency               text not null,
@@ -436,6 +441,53 @@ create table billing.model_prices (
 );
 comment on table billing.model_prices is 'Credits per million LLM tokens per model, versioned by valid_from.';
 
+-- Automations per account (README "Outbox"): the balance.low threshold, auto top-up, and their
+-- state. Only accounts with a row get balance.low / balance.depleted events or top-ups.
+create table billing.account_settings (
+  account_id               uuid primary key,
+  low_balance_threshold    bigint check (low_balance_threshold > 0),  -- NULL: no balance.low
+  auto_topup_price_id      text references billing.token_packs (stripe_price_id) on update cascade,
+  auto_topup_threshold     bigint check (auto_topup_threshold > 0),
+  auto_topup_cooldown      interval not null default '1 hour' check (auto_topup_cooldown >= interval '0'),
+  auto_topup_monthly_limit integer not null default 5 check (auto_topup_monthly_limit >= 0),
+  -- state, kept by pg_billing
+  low_balance_armed        boolean not null default true,  -- re-armed when the balance rises to the threshold
+  depleted_armed           boolean not null default true,  -- re-armed when the balance rises above 0
+  alerts_sent              bigint not null default 0,      -- numbers balance.low / balance.depleted dedupe keys
+  topup_requests           bigint not null default 0,      -- numbers topup.requested dedupe keys
+  topup_requested_at       timestamptz,
+  topup_month_start        timestamptz,
+  topup_month_count        integer not null default 0,
+  topup_failures           integer not null default 0,     -- consecutive failed top-up payments
+  topup_disabled_at        timestamptz,                    -- after 3 in a row; clear it to re-enable
+  updated_at               timestamptz not null default now(),
+  check ((auto_topup_price_id is null) = (auto_topup_threshold is null))
+);
+create index account_settings_topup_price on billing.account_settings (auto_topup_price_id)
+  where auto_topup_price_id is not null;
+
+-- Events for the world outside, written in the transaction of their cause (a rollback leaves none),
+-- unique per account and dedupe_key. Consumers claim, acknowledge or retry them (claim_outbox,
+-- ack_outbox, nack_outbox); NOTIFY billing_outbox tells listeners at commit.
+create table billing.outbox (
+  id           bigint generated always as identity,
+  account_id   uuid not null,              -- 00000000-0000-0000-0000-000000000000: no known account
+  event_type   text not null check (event_type in ('purchase.completed', 'subscription.changed', 'payment.failed',
+                 'refund.applied', 'balance.low', 'balance.depleted', 'topup.requested', 'topup.disabled')),
+  dedupe_key   text not null,
+  payload      jsonb not null,
+  created_at   timestamptz not null default now(),
+  available_at timestamptz not null default now(),  -- claimable from then on (claims push it forward)
+  attempts     integer not null default 0,
+  last_error   text,
+  acked_at     timestamptz,
+  primary key (account_id, id),
+  unique (account_id, dedupe_key)
+);
+create index outbox_claimable on billing.outbox (available_at, id) where acked_at is null;
+create index outbox_id on billing.outbox (id);
+create index outbox_acked on billing.outbox (acked_at) where acked_at is not null;
+
 alter table billing.accounts enable row level security;
 alter table billing.account_members enable row level security;
 alter table billing.plans enable row level security;
@@ -459,6 +511,8 @@ alter table billing.purchase_payments enable row level security;
 alter table billing.rate_limits enable row level security;
 alter table billing.rate_limit_usage enable row level security;
 alter table billing.model_prices enable row level security;
+alter table billing.account_settings enable row level security;
+alter table billing.outbox enable row level security;
 
 -- pg_dump saves only CREATE EXTENSION for an extension's tables unless they are registered: every
 -- table here holds data a backup must keep (the ledger, the inbox, the catalog a DBA filled in).

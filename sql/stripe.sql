@@ -323,6 +323,82 @@ begin
 end
 $$;
 
+-- An off-session top-up (a PaymentIntent whose metadata has pg_billing_topup, created by the
+-- consumer of a topup.requested event) grants its pack when it succeeds, like a Checkout Session:
+-- tokens from the catalog, only when amount_received is the catalog price times the quantity, once
+-- per PaymentIntent. A failure counts against the account's auto top-up (three in a row stop it).
+-- PaymentIntents without that metadata (those of Checkout Sessions and invoices) are ignored.
+create function billing_internal.apply_payment_intent(p_event jsonb) returns jsonb
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_account uuid;
+  v_pack billing.token_packs;
+  v_quantity bigint := coalesce((p_event ->> 'quantity')::bigint, 1);
+  v_payment text := p_event ->> 'object_id';
+  v_paid bigint := coalesce((p_event ->> 'amount_received')::bigint, 0);
+  v_ins record;
+  v_tokens numeric;
+  v_adjusted jsonb;
+begin
+  if p_event ->> 'topup' is null then
+    return pg_catalog.jsonb_build_object('action', 'ignored', 'reason', 'not_a_top_up');
+  end if;
+  v_account := billing_internal.event_account(p_event);
+  if v_account is null then
+    perform billing_internal.raise_unprocessable('top-up payment has no user or account', v_payment);
+  end if;
+  if p_event ->> 'type' = 'payment_intent.payment_failed' then
+    perform billing_internal.topup_payment_outcome(v_account, false, v_payment,
+      coalesce(p_event ->> 'failure_code', p_event ->> 'failure_message'));
+    return pg_catalog.jsonb_build_object('account_id', v_account, 'action', 'payment_failed', 'payment', v_payment);
+  end if;
+  select p.* into v_pack from billing.token_packs p where p.stripe_price_id = p_event ->> 'price_id';
+  if not found then
+    perform billing_internal.raise_unprocessable('price is not a token pack in billing.token_packs',
+      coalesce(p_event ->> 'price_id', 'metadata.price_id missing'));
+  elsif v_pack.currency is distinct from p_event ->> 'currency' then
+    perform billing_internal.raise_unprocessable('currency does not match the token pack',
+      pg_catalog.format('pack %s, payment %s', v_pack.currency, p_event ->> 'currency'));
+  elsif v_quantity < 1 or v_quantity > 1000 then
+    perform billing_internal.raise_unprocessable('quantity out of range (1 to 1000)', v_quantity::text);
+  elsif v_paid::numeric is distinct from v_pack.price_amount::numeric * v_quantity then
+    perform billing_internal.raise_unprocessable('amount does not match the catalog',
+      pg_catalog.format('payment amount_received %s, catalog %s x %s = %s', v_paid, v_pack.price_amount, v_quantity,
+                        v_pack.price_amount::numeric * v_quantity));
+  end if;
+  v_tokens := v_pack.tokens::numeric * v_quantity;
+  perform billing_internal.lock_stripe_object(v_payment);
+  perform billing_internal.note_payment(v_payment, v_pack.currency);
+  perform billing_internal.lock_and_settle(v_account, true);
+  select * into v_ins from billing_internal.insert_grant(v_account, v_tokens::bigint, v_payment, 'purchase', null,
+    pg_catalog.jsonb_build_object('stripe_event_id', p_event ->> 'id', 'quantity', v_quantity, 'topup', p_event ->> 'topup'),
+    v_payment, v_pack.stripe_price_id, v_paid, v_pack.currency);
+  if v_ins.inserted then
+    insert into billing.grant_purchases (account_id, purchase_id, grant_id, kind, allowance, amount, currency, purchased_at)
+    values (v_account, v_payment, v_ins.grant_id, 'payment_intent', v_tokens::bigint, v_paid, v_pack.currency,
+            pg_catalog.to_timestamp(coalesce((p_event ->> 'object_created')::bigint, (p_event ->> 'created')::bigint)));
+    insert into billing.purchase_payments (purchase_id, payment_key, amount) values (v_payment, v_payment, v_paid)
+    on conflict do nothing;
+    v_adjusted := billing_internal.settle_stripe_grant(v_account, v_ins.grant_id);
+  end if;
+  perform billing_internal.recompute_balance(v_account);
+  perform billing_internal.topup_payment_outcome(v_account, true, v_payment, null);
+  return pg_catalog.jsonb_build_object('account_id', v_account,
+    'action', case when v_ins.inserted then 'granted' else 'already_granted' end,
+    'grant_id', v_ins.grant_id, 'tokens', case when v_ins.inserted then v_tokens end, 'adjusted', v_adjusted);
+end
+$$;
+
+-- A subscription invoice whose payment failed moves no tokens: it is recorded (payment.failed in
+-- the outbox) for the account of its subscription or customer.
+create function billing_internal.apply_invoice_failed(p_event jsonb) returns jsonb
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+  return pg_catalog.jsonb_build_object('account_id', billing_internal.event_account(p_event), 'action', 'payment_failed',
+    'invoice', p_event ->> 'object_id', 'attempt_count', p_event -> 'attempt_count');
+end
+$$;
+
 -- A paid subscription invoice credits its period: the plan line (a subscription line, not a
 -- proration, whose price is a plan; for a plan change without one, the new plan's positive
 -- proration line) names the plan and the period. The period's grant holds the largest allowance
@@ -693,6 +769,8 @@ begin
     when 'charge' then billing_internal.apply_charge(p_event)
     when 'refund' then billing_internal.apply_refund(p_event)
     when 'dispute' then billing_internal.apply_dispute(p_event)
+    when 'payment_intent' then billing_internal.apply_payment_intent(p_event)
+    when 'invoice_failed' then billing_internal.apply_invoice_failed(p_event)
   end;
 end
 $$;
@@ -716,6 +794,9 @@ begin
   begin
     v_effect := billing_internal.apply_event(p_event);
     v_status := case v_effect ->> 'action' when 'ignored' then 'ignored' when 'stale' then 'stale' else 'processed' end;
+    if v_status = 'processed' then
+      perform billing_internal.emit_stripe_events(p_event, v_effect);
+    end if;
   exception
     when serialization_failure or deadlock_detected or lock_not_available or query_canceled then
       raise;

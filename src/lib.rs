@@ -33,11 +33,12 @@ extension_sql_file!(
     name = "limits",
     requires = ["accounts", sql_api::pricing::llm_cost_of]
 );
+extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["limits"]);
 extension_sql_file!(
     "../sql/stripe.sql",
     name = "stripe",
     requires = [
-        "limits",
+        "outbox",
         sql_api::ledger::adjustment_targets,
         sql_api::stripe::stripe_signature_check,
         sql_api::stripe::decode_stripe_event

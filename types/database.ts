@@ -49,6 +49,70 @@ export type Database = {
           },
         ]
       }
+      account_settings: {
+        Row: {
+          account_id: string
+          alerts_sent: number
+          auto_topup_cooldown: string
+          auto_topup_monthly_limit: number
+          auto_topup_price_id: string | null
+          auto_topup_threshold: number | null
+          depleted_armed: boolean
+          low_balance_armed: boolean
+          low_balance_threshold: number | null
+          topup_disabled_at: string | null
+          topup_failures: number
+          topup_month_count: number
+          topup_month_start: string | null
+          topup_requested_at: string | null
+          topup_requests: number
+          updated_at: string
+        }
+        Insert: {
+          account_id: string
+          alerts_sent?: number
+          auto_topup_cooldown?: string
+          auto_topup_monthly_limit?: number
+          auto_topup_price_id?: string | null
+          auto_topup_threshold?: number | null
+          depleted_armed?: boolean
+          low_balance_armed?: boolean
+          low_balance_threshold?: number | null
+          topup_disabled_at?: string | null
+          topup_failures?: number
+          topup_month_count?: number
+          topup_month_start?: string | null
+          topup_requested_at?: string | null
+          topup_requests?: number
+          updated_at?: string
+        }
+        Update: {
+          account_id?: string
+          alerts_sent?: number
+          auto_topup_cooldown?: string
+          auto_topup_monthly_limit?: number
+          auto_topup_price_id?: string | null
+          auto_topup_threshold?: number | null
+          depleted_armed?: boolean
+          low_balance_armed?: boolean
+          low_balance_threshold?: number | null
+          topup_disabled_at?: string | null
+          topup_failures?: number
+          topup_month_count?: number
+          topup_month_start?: string | null
+          topup_requested_at?: string | null
+          topup_requests?: number
+          updated_at?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "account_settings_auto_topup_price_id_fkey"
+            columns: ["auto_topup_price_id"]
+            referencedRelation: "token_packs"
+            referencedColumns: ["stripe_price_id"]
+          },
+        ]
+      }
       accounts: {
         Row: {
           created_at: string
@@ -73,6 +137,8 @@ export type Database = {
       balances: {
         Row: {
           account_id: string
+          alert_above: number | null
+          alert_below: number | null
           debt: number
           head_grant_id: number | null
           head_remaining: number
@@ -83,6 +149,8 @@ export type Database = {
         }
         Insert: {
           account_id: string
+          alert_above?: number | null
+          alert_below?: number | null
           debt?: number
           head_grant_id?: number | null
           head_remaining?: number
@@ -93,6 +161,8 @@ export type Database = {
         }
         Update: {
           account_id?: string
+          alert_above?: number | null
+          alert_below?: number | null
           debt?: number
           head_grant_id?: number | null
           head_remaining?: number
@@ -179,6 +249,45 @@ export type Database = {
           model?: string
           output_per_million?: number
           valid_from?: string
+        }
+        Relationships: []
+      }
+      outbox: {
+        Row: {
+          account_id: string
+          acked_at: string | null
+          attempts: number
+          available_at: string
+          created_at: string
+          dedupe_key: string
+          event_type: string
+          id: number
+          last_error: string | null
+          payload: NonNullable<Json>
+        }
+        Insert: {
+          account_id: string
+          acked_at?: string | null
+          attempts?: number
+          available_at?: string
+          created_at?: string
+          dedupe_key: string
+          event_type: string
+          id?: never
+          last_error?: string | null
+          payload: NonNullable<Json>
+        }
+        Update: {
+          account_id?: string
+          acked_at?: string | null
+          attempts?: number
+          available_at?: string
+          created_at?: string
+          dedupe_key?: string
+          event_type?: string
+          id?: never
+          last_error?: string | null
+          payload?: NonNullable<Json>
         }
         Relationships: []
       }
@@ -824,6 +933,7 @@ export type Database = {
       [_ in never]: never
     }
     Functions: {
+      ack_outbox: { Args: { p_ids: number[] }; Returns: number }
       add_account_member: {
         Args: {
           p_account_id: string
@@ -847,6 +957,27 @@ export type Database = {
           to: "account_members"
           isOneToOne: true
           isSetofReturn: false
+        }
+      }
+      claim_outbox: {
+        Args: { p_limit?: number; p_visibility?: string }
+        Returns: {
+          account_id: string
+          acked_at: string | null
+          attempts: number
+          available_at: string
+          created_at: string
+          dedupe_key: string
+          event_type: string
+          id: number
+          last_error: string | null
+          payload: NonNullable<Json>
+        }[]
+        SetofOptions: {
+          from: "*"
+          to: "outbox"
+          isOneToOne: false
+          isSetofReturn: true
         }
       }
       commit_llm_usage: {
@@ -988,6 +1119,10 @@ export type Database = {
           p_output_tokens: number
         }
         Returns: number
+      }
+      nack_outbox: {
+        Args: { p_error: string; p_id: number; p_retry_in?: string }
+        Returns: boolean
       }
       record_llm_usage: {
         Args: {

@@ -37,6 +37,8 @@ pub enum Kind {
     Charge,
     Refund,
     Dispute,
+    PaymentIntent,
+    InvoiceFailed,
     Ignored,
 }
 
@@ -50,6 +52,8 @@ impl Kind {
             Kind::Charge => "charge",
             Kind::Refund => "refund",
             Kind::Dispute => "dispute",
+            Kind::PaymentIntent => "payment_intent",
+            Kind::InvoiceFailed => "invoice_failed",
             Kind::Ignored => "ignored",
         }
     }
@@ -73,6 +77,9 @@ impl Kind {
             | "charge.dispute.closed"
             | "charge.dispute.funds_withdrawn"
             | "charge.dispute.funds_reinstated" => Kind::Dispute,
+            // off-session top-ups are PaymentIntents of their own (the applier ignores others)
+            "payment_intent.succeeded" | "payment_intent.payment_failed" => Kind::PaymentIntent,
+            "invoice.payment_failed" => Kind::InvoiceFailed,
             _ => Kind::Ignored,
         }
     }
@@ -427,6 +434,55 @@ pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
             put("metadata_user_id", first_str(obj, &[&["metadata", "user_id"]]));
             put("metadata_account_id", first_str(obj, &[&["metadata", "account_id"]]));
         }
+        Kind::PaymentIntent => {
+            put("customer", first_id(obj, &[&["customer"]]));
+            put("status", first_str(obj, &[&["status"]]));
+            put("amount", first_int(obj, &[&["amount"]]));
+            put("amount_received", first_int(obj, &[&["amount_received"]]));
+            put("currency", currency(obj));
+            put("payment_key", first_str(obj, &[&["id"]]));
+            put("metadata_user_id", first_str(obj, &[&["metadata", "user_id"]]));
+            put("metadata_account_id", first_str(obj, &[&["metadata", "account_id"]]));
+            put("price_id", first_str(obj, &[&["metadata", "price_id"]]));
+            put("quantity", first_int(obj, &[&["metadata", "quantity"]]));
+            put("topup", first_str(obj, &[&["metadata", "pg_billing_topup"]]));
+            put("failure_code", first_str(obj, &[&["last_payment_error", "code"]]));
+            put("failure_message", first_str(obj, &[&["last_payment_error", "message"]]));
+            put("object_created", first_int(obj, &[&["created"]]));
+        }
+        Kind::InvoiceFailed => {
+            put("customer", first_id(obj, &[&["customer"]]));
+            put(
+                "subscription",
+                first_id(
+                    obj,
+                    &[&["subscription"], &["parent", "subscription_details", "subscription"]],
+                ),
+            );
+            put("amount_due", first_int(obj, &[&["amount_due"]]));
+            put("currency", currency(obj));
+            put("attempt_count", first_int(obj, &[&["attempt_count"]]));
+            put(
+                "metadata_account_id",
+                first_str(
+                    obj,
+                    &[
+                        &["parent", "subscription_details", "metadata", "account_id"],
+                        &["subscription_details", "metadata", "account_id"],
+                    ],
+                ),
+            );
+            put(
+                "metadata_user_id",
+                first_str(
+                    obj,
+                    &[
+                        &["parent", "subscription_details", "metadata", "user_id"],
+                        &["subscription_details", "metadata", "user_id"],
+                    ],
+                ),
+            );
+        }
         Kind::Charge => {
             let pi = first_id(obj, &[&["payment_intent"]]);
             let charge = first_str(obj, &[&["id"]]);
@@ -636,6 +692,44 @@ mod tests {
         }
         let v = fixture(CLOVER, "01_checkout_pack_paid.json");
         assert_eq!(v["metadata_account_id"], Value::Null);
+    }
+
+    #[test]
+    fn top_up_payment_intents_and_failed_invoices() {
+        let pi = br#"{"id":"evt_pi","type":"payment_intent.payment_failed","created":5,"data":{"object":{
+            "id":"pi_T1","object":"payment_intent","amount":999,"amount_received":0,"currency":"usd","customer":"cus_1",
+            "status":"requires_payment_method","last_payment_error":{"code":"card_declined","message":"declined"},
+            "metadata":{"pg_billing_topup":"topup.requested:acct:1","account_id":"a","price_id":"price_P","quantity":"1"}}}}"#;
+        let v = decode(pi).expect("decodes");
+        assert_eq!(
+            (
+                &v["kind"],
+                &v["payment_key"],
+                &v["topup"],
+                &v["failure_code"],
+                &v["quantity"]
+            ),
+            (
+                &"payment_intent".into(),
+                &"pi_T1".into(),
+                &"topup.requested:acct:1".into(),
+                &"card_declined".into(),
+                &1.into()
+            )
+        );
+        let inv = br#"{"id":"evt_if","type":"invoice.payment_failed","created":5,"data":{"object":{"id":"in_1",
+            "object":"invoice","customer":"cus_1","amount_due":2000,"currency":"usd","attempt_count":2,
+            "parent":{"subscription_details":{"subscription":"sub_1","metadata":{"account_id":"t"}}}}}}"#;
+        let v = decode(inv).expect("decodes");
+        assert_eq!(
+            (
+                &v["kind"],
+                &v["subscription"],
+                &v["metadata_account_id"],
+                &v["amount_due"]
+            ),
+            (&"invoice_failed".into(), &"sub_1".into(), &"t".into(), &2000.into())
+        );
     }
 
     #[test]

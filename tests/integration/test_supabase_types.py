@@ -15,7 +15,8 @@ PUBLIC_FUNCTIONS = {"consume_tokens", "get_balance", "reserve_tokens", "commit_r
                     "get_payment_history", "redeem_promo_code", "handle_stripe_webhook", "reprocess_failed_events",
                     "run_maintenance", "verify_ledger", "verify_stripe_signature", "stripe_signature_rejection",
                     "get_accounts", "create_team_account", "add_account_member", "remove_account_member",
-                    "llm_cost", "record_llm_usage", "reserve_llm_usage", "commit_llm_usage"}
+                    "llm_cost", "record_llm_usage", "reserve_llm_usage", "commit_llm_usage", "claim_outbox", "ack_outbox",
+                    "nack_outbox"}
 
 
 def generated_types(db, schemas="billing"):

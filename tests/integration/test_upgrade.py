@@ -69,6 +69,10 @@ select 'function ' || pg_get_functiondef(p.oid) || ' acl=' || coalesce(p.proacl:
        || ' comment=' || coalesce(obj_description(p.oid, 'pg_proc'), '')
   from pg_proc p where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)
 union all
+select 'trigger ' || pg_get_triggerdef(t.oid)
+  from pg_trigger t join pg_class c on c.oid = t.tgrelid where c.relnamespace = 'billing'::regnamespace
+   and not t.tgisinternal
+union all
 select 'policy ' || tablename || ' ' || policyname || ' ' || permissive || ' ' || roles::text || ' ' || cmd::text
        || ' ' || coalesce(qual, '') || ' ' || coalesce(with_check, '')
   from pg_policies where schemaname = 'billing'

@@ -20,7 +20,10 @@ with expected(tbl, role, privs) as (values
   ('stripe_refunds', 'anon', '{}'), ('stripe_refunds', 'authenticated', '{}'), ('stripe_refunds', 'service_role', '{SELECT}'),
   ('stripe_disputes', 'anon', '{}'), ('stripe_disputes', 'authenticated', '{}'), ('stripe_disputes', 'service_role', '{SELECT}'),
   ('grant_purchases', 'anon', '{}'), ('grant_purchases', 'authenticated', '{}'), ('grant_purchases', 'service_role', '{SELECT}'),
-  ('purchase_payments', 'anon', '{}'), ('purchase_payments', 'authenticated', '{}'), ('purchase_payments', 'service_role', '{SELECT}')
+  ('purchase_payments', 'anon', '{}'), ('purchase_payments', 'authenticated', '{}'), ('purchase_payments', 'service_role', '{SELECT}'),
+  ('account_settings', 'anon', '{}'), ('account_settings', 'authenticated', '{SELECT}'),
+  ('account_settings', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
+  ('outbox', 'anon', '{}'), ('outbox', 'authenticated', '{}'), ('outbox', 'service_role', '{SELECT}')
 ), user_tables(tbl) as (values ('stripe_customers'), ('user_subscriptions'), ('balances'), ('token_grants'),
   ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'), ('accounts'), ('account_members'),
   ('rate_limit_usage'))
@@ -35,7 +38,8 @@ select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on
 select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'promo_codes', 'stripe_customers',
   'user_subscriptions', 'balances', 'token_grants', 'token_usage', 'token_reservations', 'payment_transactions',
   'promo_redemptions', 'settings', 'stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
-  'purchase_payments', 'accounts', 'account_members', 'rate_limits', 'rate_limit_usage', 'model_prices'],
+  'purchase_payments', 'accounts', 'account_members', 'rate_limits', 'rate_limit_usage', 'model_prices',
+  'account_settings', 'outbox'],
   'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
 
@@ -46,7 +50,7 @@ select functions_are('billing', array['consume_tokens', 'get_balance', 'reserve_
   'redeem_promo_code', 'grant_purchase', 'handle_stripe_webhook', 'reprocess_failed_events', 'run_maintenance',
   'verify_ledger', 'verify_stripe_signature', 'stripe_signature_rejection', 'get_accounts', 'create_team_account',
   'add_account_member', 'remove_account_member', 'llm_cost', 'record_llm_usage', 'reserve_llm_usage',
-  'commit_llm_usage'], 'schema billing holds only the public API');
+  'commit_llm_usage', 'claim_outbox', 'ack_outbox', 'nack_outbox'], 'schema billing holds only the public API');
 
 -- Functions: EXECUTE per role. 'caller' = an internal helper that runs with the caller's rights
 -- (policies, SECURITY INVOKER read functions): authenticated and service_role may execute it.
@@ -73,6 +77,13 @@ with fns(schema, fn, args, who) as (values
   ('billing', 'handle_stripe_webhook', '{text,text,text}', 'service'),
   ('billing', 'reprocess_failed_events', '{}', 'service'),
   ('billing', 'run_maintenance', '{integer}', 'service'),
+  ('billing', 'claim_outbox', '{integer,interval}', 'service'),
+  ('billing', 'ack_outbox', '{bigint[]}', 'service'),
+  ('billing', 'nack_outbox', '{bigint,text,interval}', 'service'),
+  ('billing_internal', 'emit', '{uuid,text,text,jsonb}', 'owner'),
+  ('billing_internal', 'run_automations', '{uuid,bigint}', 'owner'),
+  ('billing_internal', 'balance_alerts', '{}', 'owner'),
+  ('billing_internal', 'settings_changed', '{}', 'owner'),
   ('billing', 'verify_ledger', '{}', 'service'),
   ('billing', 'verify_stripe_signature', '{text,text,text,integer}', 'service'),
   ('billing', 'stripe_signature_rejection', '{text,text,text,integer}', 'service'),

@@ -33,11 +33,16 @@ class RecordingStripeHTTP(stripe.HTTPClient):
     def __init__(self):
         super().__init__()
         self.requests = []
+        self.headers = []
 
     def request(self, method, url, headers, post_data=None, *, _usage=None):
         params = urllib.parse.parse_qs(post_data.decode() if isinstance(post_data, bytes) else (post_data or ""))
         self.requests.append((method, url, {k: v[0] for k, v in params.items()}))
-        body = '{"id": "cs_test_recorded", "object": "checkout.session", "url": "https://checkout.stripe.com/c/pay/cs_test_recorded"}'
+        self.headers.append(dict(headers))
+        if url.endswith("/v1/payment_intents"):
+            body = f'{{"id": "pi_recorded_{len(self.requests)}", "object": "payment_intent", "status": "succeeded"}}'
+        else:
+            body = '{"id": "cs_test_recorded", "object": "checkout.session", "url": "https://checkout.stripe.com/c/pay/cs_test_recorded"}'
         return body, 200, {}
 
     def close(self):
