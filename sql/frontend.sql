@@ -85,6 +85,68 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                       then p_member.period_spent else 0 end as spent) x
 $$;
 
+-- A number an LLM usage row keeps in its metadata (input_tokens, output_tokens, cached_input_tokens),
+-- NULL when absent or not a number. No SET clause, so the planner inlines it into the aggregates
+-- that call it per row; it qualifies every name itself (tests/integration/test_linter.py).
+create function billing_internal.llm_count(p_metadata jsonb, p_key text) returns numeric
+language sql immutable parallel safe as $$
+  select case when pg_catalog.jsonb_typeof(p_metadata operator(pg_catalog.->) p_key) operator(pg_catalog.=) 'number'
+              then pg_catalog.numeric(p_metadata operator(pg_catalog.->) p_key) end
+$$;
+
+-- Adds the usage rows that can no longer change to billing.usage_rollups (per account, member, UTC
+-- hour and model) and moves the watermark (run_maintenance calls it). A row's created_at is the
+-- clock when it was inserted, by a transaction that had its xid by then; so once every
+-- transaction older than the snapshot taken after a time T has ended, no row before T can still
+-- appear. Each run rolls up to the previous run's T if that holds, then takes a new T. Returns
+-- the rollup rows written.
+create function billing_internal.roll_up_usage() returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_state billing.usage_rollup_state;
+  v_rows bigint := 0;
+  v_at timestamptz;
+begin
+  insert into billing.usage_rollup_state (id) values (true) on conflict (id) do nothing;
+  select s.* into v_state from billing.usage_rollup_state s for update skip locked;
+  if not found then
+    return 0; -- another run is rolling up
+  end if;
+  if v_state.candidate_at is not null
+     and pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) >= v_state.candidate_xmax then
+    insert into billing.usage_rollups as r (account_id, user_id, hour_start, model, tokens, requests, input_tokens,
+                                            output_tokens, cached_input_tokens)
+    select u.account_id, u.user_id, pg_catalog.date_trunc('hour', u.created_at at time zone 'UTC') at time zone 'UTC',
+           u.metadata ->> 'model', pg_catalog.sum(u.tokens), pg_catalog.count(*),
+           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'input_tokens')), 0),
+           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'output_tokens')), 0),
+           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'cached_input_tokens')), 0)
+      from billing.token_usage u
+     where u.created_at >= v_state.rolled_up_to and u.created_at < v_state.candidate_at
+     group by 1, 2, 3, 4
+    on conflict (account_id, hour_start, user_id, model) do update
+       set tokens = r.tokens + excluded.tokens, requests = r.requests + excluded.requests,
+           input_tokens = r.input_tokens + excluded.input_tokens, output_tokens = r.output_tokens + excluded.output_tokens,
+           cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens;
+    get diagnostics v_rows = row_count;
+    v_state.rolled_up_to := v_state.candidate_at;
+  end if;
+  v_at := pg_catalog.clock_timestamp();
+  -- this statement's snapshot is taken after v_at: every transaction that wrote a row before v_at has an xid below its xmax
+  update billing.usage_rollup_state s
+     set rolled_up_to = v_state.rolled_up_to, candidate_at = v_at,
+         candidate_xmax = pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot());
+  return v_rows;
+end
+$$;
+
+-- Up to when usage is rolled up (readable by every caller of get_usage_history; the state table
+-- itself is not).
+create function billing_internal.rolled_up_to() returns timestamptz
+language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select coalesce((select s.rolled_up_to from billing.usage_rollup_state s), '-infinity'::timestamptz)
+$$;
+
 create function billing.get_usage_history(
   p_from timestamptz default null,
   p_to timestamptz default null,
@@ -99,6 +161,10 @@ declare
   v_account uuid := coalesce(p_account_id, v_user);
   v_to timestamptz := coalesce(p_to, pg_catalog.now());
   v_from timestamptz := coalesce(p_from, coalesce(p_to, pg_catalog.now()) - interval '30 days');
+  v_by_model boolean := p_group_by is not distinct from 'model';
+  v_rolled timestamptz := billing_internal.rolled_up_to();
+  v_first_hour timestamptz; -- rollups cover the whole hours [v_first_hour, v_last_hour), rows before v_rolled
+  v_last_hour timestamptz;
 begin
   if p_bucket is null or p_bucket not in ('hour', 'day', 'month') then
     raise exception using errcode = '22023', message = 'p_bucket must be hour, day or month';
@@ -110,27 +176,57 @@ begin
   if v_account <> v_user then
     perform billing_internal.require_member(v_account, v_user);
   end if;
-  -- Row-level security decides whose rows these are: a member's own, every member's for owners
-  -- and admins. LLM token counts are those record_llm_usage and commit_llm_usage write (numbers
-  -- under input_tokens, output_tokens, cached_input_tokens in the metadata).
+  v_first_hour := pg_catalog.date_trunc('hour', v_from at time zone 'UTC') at time zone 'UTC';
+  if v_first_hour < v_from then
+    v_first_hour := v_first_hour + interval '1 hour';
+  end if;
+  v_last_hour := greatest(v_first_hour, pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC');
+  if p_group_by is not null and not v_by_model then
+    v_first_hour := v_to;  -- rollups are per model only: any other key reads the rows
+    v_last_hour := v_to;
+  end if;
+  -- Row-level security decides whose rows these are (rollups and rows alike): a member's own,
+  -- every member's for owners and admins. Buckets are UTC. The whole hours inside the range come
+  -- from the rollups plus the rows created since they were rolled up; the partial hours at its
+  -- edges come from the rows.
   return query
-    select pg_catalog.date_trunc(p_bucket, u.created_at),
-           case when p_group_by is null then null else u.metadata operator(pg_catalog.->>) p_group_by end,
-           pg_catalog.sum(u.tokens)::bigint, pg_catalog.count(*),
-           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'input_tokens') = 'number'
-                                   then (u.metadata ->> 'input_tokens')::numeric end), 9223372036854775807)::bigint,
-           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'output_tokens') = 'number'
-                                   then (u.metadata ->> 'output_tokens')::numeric end), 9223372036854775807)::bigint,
-           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'cached_input_tokens') = 'number'
-                                   then (u.metadata ->> 'cached_input_tokens')::numeric end), 9223372036854775807)::bigint
-      from billing.token_usage u
-     where u.account_id = v_account and u.created_at >= v_from and u.created_at < v_to
+    with parts as (
+      select r.hour_start as at, r.model as model_key, r.tokens, r.requests, r.input_tokens::numeric as input_tokens,
+             r.output_tokens::numeric as output_tokens, r.cached_input_tokens::numeric as cached_input_tokens
+        from billing.usage_rollups r
+       where r.account_id = v_account and r.hour_start >= v_first_hour and r.hour_start < v_last_hour
+      union all
+      select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
+             billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
+             billing_internal.llm_count(u.metadata, 'cached_input_tokens')
+        from billing.token_usage u
+       where u.account_id = v_account and u.created_at >= v_from and u.created_at < least(v_first_hour, v_to)
+      union all
+      select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
+             billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
+             billing_internal.llm_count(u.metadata, 'cached_input_tokens')
+        from billing.token_usage u
+       where u.account_id = v_account and u.created_at >= greatest(v_rolled, v_first_hour) and u.created_at < v_last_hour
+      union all
+      select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
+             billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
+             billing_internal.llm_count(u.metadata, 'cached_input_tokens')
+        from billing.token_usage u
+       where u.account_id = v_account and u.created_at >= greatest(v_last_hour, v_from) and u.created_at < v_to
+    )
+    select pg_catalog.date_trunc(p_bucket, p.at at time zone 'UTC') at time zone 'UTC',
+           case when p_group_by is null then null else p.model_key end,
+           pg_catalog.sum(p.tokens)::bigint, pg_catalog.sum(p.requests)::bigint,
+           least(coalesce(pg_catalog.sum(p.input_tokens), 0), 9223372036854775807)::bigint,
+           least(coalesce(pg_catalog.sum(p.output_tokens), 0), 9223372036854775807)::bigint,
+           least(coalesce(pg_catalog.sum(p.cached_input_tokens), 0), 9223372036854775807)::bigint
+      from parts p
      group by 1, 2
      order by 1, 2;
 end
 $$;
 comment on function billing.get_usage_history(timestamptz, timestamptz, text, text, uuid) is
-  'Credits used (tokens), calls and LLM token counts per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key such as model; for a team account the member''s own usage, every member''s for owners and admins.';
+  'Credits used (tokens), calls and LLM token counts per UTC hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key such as model; for a team account the member''s own usage, every member''s for owners and admins.';
 
 -- Paging arguments of the history functions: 22023 unless 1 <= p_limit <= 500 and p_offset >= 0.
 create function billing_internal.check_page(p_limit integer, p_offset integer) returns void

@@ -478,6 +478,7 @@ declare
   v_role text := pg_catalog.current_setting('role');
   v_after bigint;
   v_id bigint;
+  v_limited boolean;
   v_row billing.balances;
   v_drawn bigint[];
 begin
@@ -520,9 +521,10 @@ begin
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
-    returning id, token_usage.balance_after into usage_id, balance_after;
+    returning id, token_usage.balance_after, (select exists (select 1 from billing.rate_limits))
+         into usage_id, balance_after, v_limited;  -- whether any rate limit exists: no second query
     if found then
-      if exists (select 1 from billing.rate_limits) then
+      if v_limited then
         perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
       end if;
       tokens_charged := p_amount;
@@ -541,13 +543,14 @@ begin
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
         from debit d
-      on conflict (account_id, user_id, idempotency_key) where idempotency_key is not null do nothing
+      on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
       returning id
     )
-    select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
+    select d.spendable, (select u.id from usage u), (select exists (select 1 from billing.rate_limits))
+      into v_after, v_id, v_limited from debit d;
 
     if v_id is not null then
-      if exists (select 1 from billing.rate_limits) then
+      if v_limited then
         perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
       end if;
       usage_id := v_id;
@@ -955,11 +958,12 @@ begin
     v_count := v_count + 1;
   end loop;
   perform billing_internal.purge_outbox(interval '30 days', greatest(coalesce(p_limit, 10000), 0));
+  perform billing_internal.roll_up_usage();
   return v_count;
 end
 $$;
 comment on function billing.run_maintenance(integer) is
-  'Expires grants and holds that are due and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
+  'Expires grants and holds that are due, rolls up usage for get_usage_history, and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
 
 -- Alert levels (balances.alert_below / alert_above) of an account, unless they are those already.
 create function billing_internal.set_alert_levels(p_account_id uuid, p_levels bigint[]) returns void

@@ -28,6 +28,9 @@
 -- * the outbox (billing.outbox, claim_outbox / ack_outbox / nack_outbox) and per-account
 --   automations (billing.account_settings: balance.low, balance.depleted, auto top-up;
 --   balances.alert_below / alert_above and the constraint trigger balances_alerts).
+-- * usage rollups (usage_rollups, usage_rollup_state; token_usage.created_at is the insertion clock),
+--   read by get_usage_history with the rows since; its buckets are UTC; two idempotency indexes on
+--   token_usage (an account's own, a member's).
 
 create schema billing_internal;
 comment on schema billing_internal is 'pg_billing internals: never exposed through PostgREST; call the functions in schema billing.';
@@ -96,8 +99,10 @@ alter table billing.token_usage
   add primary key (account_id, created_at, id);
 drop index billing.token_usage_idempotency;
 drop index billing.token_usage_user_time;
-create unique index token_usage_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
-  nulls not distinct where idempotency_key is not null;
+create unique index token_usage_idempotency on billing.token_usage (account_id, idempotency_key)
+  where idempotency_key is not null and user_id is null;
+create unique index token_usage_member_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
+  where idempotency_key is not null and user_id is not null;
 
 alter table billing.token_reservations rename column user_id to account_id;
 alter table billing.token_reservations
@@ -212,6 +217,29 @@ create table billing.model_prices (
   primary key (model, valid_from)
 );
 comment on table billing.model_prices is 'Credits per million LLM tokens per model, versioned by valid_from.';
+-- Usage summed per account, member, UTC hour and model (metadata ->> 'model'): run_maintenance adds
+-- the usage rows created before usage_rollup_state.rolled_up_to (billing_internal.roll_up_usage);
+-- get_usage_history reads these, and the rows since, so it costs the same at any history size.
+create table billing.usage_rollups (
+  account_id          uuid not null,
+  user_id             uuid,                 -- the member; NULL on the account's own usage
+  hour_start          timestamptz not null,
+  model               text,
+  tokens              bigint not null,      -- credits debited
+  requests            bigint not null,
+  input_tokens        numeric not null default 0,
+  output_tokens       numeric not null default 0,
+  cached_input_tokens numeric not null default 0,
+  unique nulls not distinct (account_id, hour_start, user_id, model)
+);
+-- One row, written by roll_up_usage (no row: nothing rolled up yet).
+create table billing.usage_rollup_state (
+  id             boolean primary key default true check (id),
+  rolled_up_to   timestamptz not null default '-infinity', -- every usage row created before is in usage_rollups
+  candidate_at   timestamptz,  -- the next watermark: usable once every transaction below candidate_xmax has ended
+  candidate_xmax xid8
+);
+alter table billing.token_usage alter column created_at set default clock_timestamp();
 create table billing.account_settings (
   account_id               uuid primary key,
   low_balance_threshold    bigint check (low_balance_threshold > 0),
@@ -263,6 +291,8 @@ alter table billing.rate_limit_usage enable row level security;
 alter table billing.model_prices enable row level security;
 alter table billing.account_settings enable row level security;
 alter table billing.outbox enable row level security;
+alter table billing.usage_rollups enable row level security;
+alter table billing.usage_rollup_state enable row level security;
 
 do $$
 declare
@@ -382,7 +412,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'llm_cost_of_wrapper';
 
--- SQL functions new or changed in 0.4.0 (112 of 112)
+-- SQL functions new or changed in 0.4.0 (115 of 115)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -835,6 +865,7 @@ declare
   v_role text := pg_catalog.current_setting('role');
   v_after bigint;
   v_id bigint;
+  v_limited boolean;
   v_row billing.balances;
   v_drawn bigint[];
 begin
@@ -877,9 +908,10 @@ begin
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
-    returning id, token_usage.balance_after into usage_id, balance_after;
+    returning id, token_usage.balance_after, (select exists (select 1 from billing.rate_limits))
+         into usage_id, balance_after, v_limited;  -- whether any rate limit exists: no second query
     if found then
-      if exists (select 1 from billing.rate_limits) then
+      if v_limited then
         perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
       end if;
       tokens_charged := p_amount;
@@ -898,13 +930,14 @@ begin
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
         from debit d
-      on conflict (account_id, user_id, idempotency_key) where idempotency_key is not null do nothing
+      on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
       returning id
     )
-    select d.spendable, (select u.id from usage u) into v_after, v_id from debit d;
+    select d.spendable, (select u.id from usage u), (select exists (select 1 from billing.rate_limits))
+      into v_after, v_id, v_limited from debit d;
 
     if v_id is not null then
-      if exists (select 1 from billing.rate_limits) then
+      if v_limited then
         perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
       end if;
       usage_id := v_id;
@@ -1296,11 +1329,12 @@ begin
     v_count := v_count + 1;
   end loop;
   perform billing_internal.purge_outbox(interval '30 days', greatest(coalesce(p_limit, 10000), 0));
+  perform billing_internal.roll_up_usage();
   return v_count;
 end
 $$;
 comment on function billing.run_maintenance(integer) is
-  'Expires grants and holds that are due and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
+  'Expires grants and holds that are due, rolls up usage for get_usage_history, and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
 
 create or replace function billing_internal.set_alert_levels(p_account_id uuid, p_levels bigint[]) returns void
 language sql set search_path = pg_catalog, pg_temp as $$
@@ -3000,6 +3034,22 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
            where exists (select 1 from billing.grant_purchases gp where gp.account_id = g.account_id
                             and gp.grant_id = g.id)) g
    where g.targets is null or g.clawed_back + g.debt_incurred <> g.targets[1] or g.freeze_target <> g.targets[2]
+  union all
+  select 'usage rollup differs from the usage rows', coalesce(r.account_id, u.account_id),
+         pg_catalog.format('hour %s, user %s, model %s: rolled up %s credits in %s calls, the rows have %s in %s',
+           coalesce(r.hour_start, u.hour_start), coalesce(r.user_id, u.user_id), coalesce(r.model, u.model),
+           coalesce(r.tokens, 0), coalesce(r.requests, 0), coalesce(u.tokens, 0), coalesce(u.requests, 0))
+    from (select x.*, coalesce(x.user_id, billing_internal.no_account()) as user_key, coalesce(x.model, pg_catalog.chr(1)) as model_key
+            from billing.usage_rollups x) r
+    full join (select u.account_id, u.user_id, coalesce(u.user_id, billing_internal.no_account()) as user_key,
+                      pg_catalog.date_trunc('hour', u.created_at at time zone 'UTC') at time zone 'UTC' as hour_start,
+                      u.metadata ->> 'model' as model, coalesce(u.metadata ->> 'model', pg_catalog.chr(1)) as model_key,
+                      pg_catalog.sum(u.tokens) as tokens, pg_catalog.count(*) as requests
+                 from billing.token_usage u where u.created_at < billing_internal.rolled_up_to()
+                group by 1, 2, 3, 4, 5, 6) u
+      on u.account_id = r.account_id and u.hour_start = r.hour_start and u.user_key = r.user_key
+     and u.model_key = r.model_key
+   where r.tokens is distinct from u.tokens or r.requests is distinct from u.requests
 $$;
 comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';
 
@@ -3080,6 +3130,57 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
                       then p_member.period_spent else 0 end as spent) x
 $$;
 
+create or replace function billing_internal.llm_count(p_metadata jsonb, p_key text) returns numeric
+language sql immutable parallel safe as $$
+  select case when pg_catalog.jsonb_typeof(p_metadata operator(pg_catalog.->) p_key) operator(pg_catalog.=) 'number'
+              then pg_catalog.numeric(p_metadata operator(pg_catalog.->) p_key) end
+$$;
+
+create or replace function billing_internal.roll_up_usage() returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_state billing.usage_rollup_state;
+  v_rows bigint := 0;
+  v_at timestamptz;
+begin
+  insert into billing.usage_rollup_state (id) values (true) on conflict (id) do nothing;
+  select s.* into v_state from billing.usage_rollup_state s for update skip locked;
+  if not found then
+    return 0; -- another run is rolling up
+  end if;
+  if v_state.candidate_at is not null
+     and pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) >= v_state.candidate_xmax then
+    insert into billing.usage_rollups as r (account_id, user_id, hour_start, model, tokens, requests, input_tokens,
+                                            output_tokens, cached_input_tokens)
+    select u.account_id, u.user_id, pg_catalog.date_trunc('hour', u.created_at at time zone 'UTC') at time zone 'UTC',
+           u.metadata ->> 'model', pg_catalog.sum(u.tokens), pg_catalog.count(*),
+           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'input_tokens')), 0),
+           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'output_tokens')), 0),
+           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'cached_input_tokens')), 0)
+      from billing.token_usage u
+     where u.created_at >= v_state.rolled_up_to and u.created_at < v_state.candidate_at
+     group by 1, 2, 3, 4
+    on conflict (account_id, hour_start, user_id, model) do update
+       set tokens = r.tokens + excluded.tokens, requests = r.requests + excluded.requests,
+           input_tokens = r.input_tokens + excluded.input_tokens, output_tokens = r.output_tokens + excluded.output_tokens,
+           cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens;
+    get diagnostics v_rows = row_count;
+    v_state.rolled_up_to := v_state.candidate_at;
+  end if;
+  v_at := pg_catalog.clock_timestamp();
+  -- this statement's snapshot is taken after v_at: every transaction that wrote a row before v_at has an xid below its xmax
+  update billing.usage_rollup_state s
+     set rolled_up_to = v_state.rolled_up_to, candidate_at = v_at,
+         candidate_xmax = pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot());
+  return v_rows;
+end
+$$;
+
+create or replace function billing_internal.rolled_up_to() returns timestamptz
+language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select coalesce((select s.rolled_up_to from billing.usage_rollup_state s), '-infinity'::timestamptz)
+$$;
+
 create or replace function billing.get_usage_history(
   p_from timestamptz default null,
   p_to timestamptz default null,
@@ -3094,6 +3195,10 @@ declare
   v_account uuid := coalesce(p_account_id, v_user);
   v_to timestamptz := coalesce(p_to, pg_catalog.now());
   v_from timestamptz := coalesce(p_from, coalesce(p_to, pg_catalog.now()) - interval '30 days');
+  v_by_model boolean := p_group_by is not distinct from 'model';
+  v_rolled timestamptz := billing_internal.rolled_up_to();
+  v_first_hour timestamptz; -- rollups cover the whole hours [v_first_hour, v_last_hour), rows before v_rolled
+  v_last_hour timestamptz;
 begin
   if p_bucket is null or p_bucket not in ('hour', 'day', 'month') then
     raise exception using errcode = '22023', message = 'p_bucket must be hour, day or month';
@@ -3105,27 +3210,57 @@ begin
   if v_account <> v_user then
     perform billing_internal.require_member(v_account, v_user);
   end if;
-  -- Row-level security decides whose rows these are: a member's own, every member's for owners
-  -- and admins. LLM token counts are those record_llm_usage and commit_llm_usage write (numbers
-  -- under input_tokens, output_tokens, cached_input_tokens in the metadata).
+  v_first_hour := pg_catalog.date_trunc('hour', v_from at time zone 'UTC') at time zone 'UTC';
+  if v_first_hour < v_from then
+    v_first_hour := v_first_hour + interval '1 hour';
+  end if;
+  v_last_hour := greatest(v_first_hour, pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC');
+  if p_group_by is not null and not v_by_model then
+    v_first_hour := v_to;  -- rollups are per model only: any other key reads the rows
+    v_last_hour := v_to;
+  end if;
+  -- Row-level security decides whose rows these are (rollups and rows alike): a member's own,
+  -- every member's for owners and admins. Buckets are UTC. The whole hours inside the range come
+  -- from the rollups plus the rows created since they were rolled up; the partial hours at its
+  -- edges come from the rows.
   return query
-    select pg_catalog.date_trunc(p_bucket, u.created_at),
-           case when p_group_by is null then null else u.metadata operator(pg_catalog.->>) p_group_by end,
-           pg_catalog.sum(u.tokens)::bigint, pg_catalog.count(*),
-           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'input_tokens') = 'number'
-                                   then (u.metadata ->> 'input_tokens')::numeric end), 9223372036854775807)::bigint,
-           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'output_tokens') = 'number'
-                                   then (u.metadata ->> 'output_tokens')::numeric end), 9223372036854775807)::bigint,
-           least(pg_catalog.sum(case when pg_catalog.jsonb_typeof(u.metadata -> 'cached_input_tokens') = 'number'
-                                   then (u.metadata ->> 'cached_input_tokens')::numeric end), 9223372036854775807)::bigint
-      from billing.token_usage u
-     where u.account_id = v_account and u.created_at >= v_from and u.created_at < v_to
+    with parts as (
+      select r.hour_start as at, r.model as model_key, r.tokens, r.requests, r.input_tokens::numeric as input_tokens,
+             r.output_tokens::numeric as output_tokens, r.cached_input_tokens::numeric as cached_input_tokens
+        from billing.usage_rollups r
+       where r.account_id = v_account and r.hour_start >= v_first_hour and r.hour_start < v_last_hour
+      union all
+      select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
+             billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
+             billing_internal.llm_count(u.metadata, 'cached_input_tokens')
+        from billing.token_usage u
+       where u.account_id = v_account and u.created_at >= v_from and u.created_at < least(v_first_hour, v_to)
+      union all
+      select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
+             billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
+             billing_internal.llm_count(u.metadata, 'cached_input_tokens')
+        from billing.token_usage u
+       where u.account_id = v_account and u.created_at >= greatest(v_rolled, v_first_hour) and u.created_at < v_last_hour
+      union all
+      select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
+             billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
+             billing_internal.llm_count(u.metadata, 'cached_input_tokens')
+        from billing.token_usage u
+       where u.account_id = v_account and u.created_at >= greatest(v_last_hour, v_from) and u.created_at < v_to
+    )
+    select pg_catalog.date_trunc(p_bucket, p.at at time zone 'UTC') at time zone 'UTC',
+           case when p_group_by is null then null else p.model_key end,
+           pg_catalog.sum(p.tokens)::bigint, pg_catalog.sum(p.requests)::bigint,
+           least(coalesce(pg_catalog.sum(p.input_tokens), 0), 9223372036854775807)::bigint,
+           least(coalesce(pg_catalog.sum(p.output_tokens), 0), 9223372036854775807)::bigint,
+           least(coalesce(pg_catalog.sum(p.cached_input_tokens), 0), 9223372036854775807)::bigint
+      from parts p
      group by 1, 2
      order by 1, 2;
 end
 $$;
 comment on function billing.get_usage_history(timestamptz, timestamptz, text, text, uuid) is
-  'Credits used (tokens), calls and LLM token counts per hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key such as model; for a team account the member''s own usage, every member''s for owners and admins.';
+  'Credits used (tokens), calls and LLM token counts per UTC hour/day/month in [p_from, p_to) (default: the last 30 days), optionally per metadata key such as model; for a team account the member''s own usage, every member''s for owners and admins.';
 
 create or replace function billing_internal.check_page(p_limit integer, p_offset integer) returns void
 language plpgsql immutable set search_path = pg_catalog, pg_temp as $$
@@ -3266,7 +3401,7 @@ declare
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
                                           'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
                                           'payment_transactions', 'promo_redemptions', 'account_settings',
-                                          'token_usage', 'token_reservations'];
+                                          'token_usage', 'token_reservations', 'usage_rollups'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
@@ -3278,6 +3413,7 @@ declare
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))'];
   c_catalog constant text[] := array['plans', 'token_packs', 'rate_limits', 'model_prices'];
@@ -3308,7 +3444,8 @@ declare
     'billing_internal.managed_account_ids()', 'billing_internal.limit_period_start(text)',
     'billing_internal.member_limits(billing.account_members)', 'billing_internal.model_price(text, timestamptz)',
     'billing_internal.priced(billing.model_prices, bigint, bigint, bigint)',
-    'billing_internal.llm_cost_of(bigint, bigint, bigint, bigint, bigint, bigint)'];
+    'billing_internal.llm_cost_of(bigint, bigint, bigint, bigint, bigint, bigint)', 'billing_internal.rolled_up_to()',
+    'billing_internal.llm_count(jsonb, text)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',

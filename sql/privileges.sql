@@ -32,7 +32,7 @@ declare
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
                                           'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
                                           'payment_transactions', 'promo_redemptions', 'account_settings',
-                                          'token_usage', 'token_reservations'];
+                                          'token_usage', 'token_reservations', 'usage_rollups'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
@@ -44,6 +44,7 @@ declare
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))'];
   c_catalog constant text[] := array['plans', 'token_packs', 'rate_limits', 'model_prices'];
@@ -74,7 +75,8 @@ declare
     'billing_internal.managed_account_ids()', 'billing_internal.limit_period_start(text)',
     'billing_internal.member_limits(billing.account_members)', 'billing_internal.model_price(text, timestamptz)',
     'billing_internal.priced(billing.model_prices, bigint, bigint, bigint)',
-    'billing_internal.llm_cost_of(bigint, bigint, bigint, bigint, bigint, bigint)'];
+    'billing_internal.llm_cost_of(bigint, bigint, bigint, bigint, bigint, bigint)', 'billing_internal.rolled_up_to()',
+    'billing_internal.llm_count(jsonb, text)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
     'billing.handle_stripe_webhook(text, text, text)', 'billing.reprocess_failed_events()',

@@ -225,13 +225,18 @@ create table billing.token_usage (
   drawn_from      bigint[] not null, -- {{grant_id, tokens}, ...}: which grants paid for it
   balance_after   bigint not null,
   reservation_id  uuid,
-  created_at      timestamptz not null default now(),
+  -- the clock at insertion (not the transaction's start): usage rollups rely on it (roll_up_usage)
+  created_at      timestamptz not null default clock_timestamp(),
   user_id         uuid,                         -- the member who spent; null: the account's own user
   primary key (account_id, created_at, id)      -- also serves usage history by time
 );
 comment on table billing.token_usage is 'Append-only debit ledger.';
-create unique index token_usage_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
-  nulls not distinct where idempotency_key is not null;
+-- Idempotency keys: per account for its own user (user_id NULL: the personal fast path's ON CONFLICT
+-- target, as narrow as before accounts existed), per account and member on a team account.
+create unique index token_usage_idempotency on billing.token_usage (account_id, idempotency_key)
+  where idempotency_key is not null and user_id is null;
+create unique index token_usage_member_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
+  where idempotency_key is not null and user_id is not null;
 
 create table billing.token_reservations (
   id              uuid not null default gen_random_uuid(),
@@ -429,6 +434,29 @@ create table billing.rate_limit_usage (
 );
 create index rate_limit_usage_limit_id on billing.rate_limit_usage (limit_id);
 
+-- Usage summed per account, member, UTC hour and model (metadata ->> 'model'): run_maintenance adds
+-- the usage rows created before usage_rollup_state.rolled_up_to (billing_internal.roll_up_usage);
+-- get_usage_history reads these, and the rows since, so it costs the same at any history size.
+create table billing.usage_rollups (
+  account_id          uuid not null,
+  user_id             uuid,                 -- the member; NULL on the account's own usage
+  hour_start          timestamptz not null,
+  model               text,
+  tokens              bigint not null,      -- credits debited
+  requests            bigint not null,
+  input_tokens        numeric not null default 0,
+  output_tokens       numeric not null default 0,
+  cached_input_tokens numeric not null default 0,
+  unique nulls not distinct (account_id, hour_start, user_id, model)
+);
+-- One row, written by roll_up_usage (no row: nothing rolled up yet).
+create table billing.usage_rollup_state (
+  id             boolean primary key default true check (id),
+  rolled_up_to   timestamptz not null default '-infinity', -- every usage row created before is in usage_rollups
+  candidate_at   timestamptz,  -- the next watermark: usable once every transaction below candidate_xmax has ended
+  candidate_xmax xid8
+);
+
 -- LLM prices: credits per million tokens of each kind, in force from valid_from until the model's
 -- next row. A price change never alters a reservation made before it (it keeps its prices).
 create table billing.model_prices (
@@ -513,6 +541,8 @@ alter table billing.rate_limit_usage enable row level security;
 alter table billing.model_prices enable row level security;
 alter table billing.account_settings enable row level security;
 alter table billing.outbox enable row level security;
+alter table billing.usage_rollups enable row level security;
+alter table billing.usage_rollup_state enable row level security;
 
 -- pg_dump saves only CREATE EXTENSION for an extension's tables unless they are registered: every
 -- table here holds data a backup must keep (the ledger, the inbox, the catalog a DBA filled in).

@@ -119,5 +119,21 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
            where exists (select 1 from billing.grant_purchases gp where gp.account_id = g.account_id
                             and gp.grant_id = g.id)) g
    where g.targets is null or g.clawed_back + g.debt_incurred <> g.targets[1] or g.freeze_target <> g.targets[2]
+  union all
+  select 'usage rollup differs from the usage rows', coalesce(r.account_id, u.account_id),
+         pg_catalog.format('hour %s, user %s, model %s: rolled up %s credits in %s calls, the rows have %s in %s',
+           coalesce(r.hour_start, u.hour_start), coalesce(r.user_id, u.user_id), coalesce(r.model, u.model),
+           coalesce(r.tokens, 0), coalesce(r.requests, 0), coalesce(u.tokens, 0), coalesce(u.requests, 0))
+    from (select x.*, coalesce(x.user_id, billing_internal.no_account()) as user_key, coalesce(x.model, pg_catalog.chr(1)) as model_key
+            from billing.usage_rollups x) r
+    full join (select u.account_id, u.user_id, coalesce(u.user_id, billing_internal.no_account()) as user_key,
+                      pg_catalog.date_trunc('hour', u.created_at at time zone 'UTC') at time zone 'UTC' as hour_start,
+                      u.metadata ->> 'model' as model, coalesce(u.metadata ->> 'model', pg_catalog.chr(1)) as model_key,
+                      pg_catalog.sum(u.tokens) as tokens, pg_catalog.count(*) as requests
+                 from billing.token_usage u where u.created_at < billing_internal.rolled_up_to()
+                group by 1, 2, 3, 4, 5, 6) u
+      on u.account_id = r.account_id and u.hour_start = r.hour_start and u.user_key = r.user_key
+     and u.model_key = r.model_key
+   where r.tokens is distinct from u.tokens or r.requests is distinct from u.requests
 $$;
 comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';

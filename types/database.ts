@@ -849,6 +849,63 @@ export type Database = {
         }
         Relationships: []
       }
+      usage_rollup_state: {
+        Row: {
+          candidate_at: string | null
+          candidate_xmax: unknown
+          id: boolean
+          rolled_up_to: string
+        }
+        Insert: {
+          candidate_at?: string | null
+          candidate_xmax?: unknown
+          id?: boolean
+          rolled_up_to?: string
+        }
+        Update: {
+          candidate_at?: string | null
+          candidate_xmax?: unknown
+          id?: boolean
+          rolled_up_to?: string
+        }
+        Relationships: []
+      }
+      usage_rollups: {
+        Row: {
+          account_id: string
+          cached_input_tokens: number
+          hour_start: string
+          input_tokens: number
+          model: string | null
+          output_tokens: number
+          requests: number
+          tokens: number
+          user_id: string | null
+        }
+        Insert: {
+          account_id: string
+          cached_input_tokens?: number
+          hour_start: string
+          input_tokens?: number
+          model?: string | null
+          output_tokens?: number
+          requests: number
+          tokens: number
+          user_id?: string | null
+        }
+        Update: {
+          account_id?: string
+          cached_input_tokens?: number
+          hour_start?: string
+          input_tokens?: number
+          model?: string | null
+          output_tokens?: number
+          requests?: number
+          tokens?: number
+          user_id?: string | null
+        }
+        Relationships: []
+      }
       user_subscriptions: {
         Row: {
           account_id: string

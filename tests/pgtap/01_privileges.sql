@@ -23,10 +23,12 @@ with expected(tbl, role, privs) as (values
   ('purchase_payments', 'anon', '{}'), ('purchase_payments', 'authenticated', '{}'), ('purchase_payments', 'service_role', '{SELECT}'),
   ('account_settings', 'anon', '{}'), ('account_settings', 'authenticated', '{SELECT}'),
   ('account_settings', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
-  ('outbox', 'anon', '{}'), ('outbox', 'authenticated', '{}'), ('outbox', 'service_role', '{SELECT}')
+  ('outbox', 'anon', '{}'), ('outbox', 'authenticated', '{}'), ('outbox', 'service_role', '{SELECT}'),
+  ('usage_rollup_state', 'anon', '{}'), ('usage_rollup_state', 'authenticated', '{}'),
+  ('usage_rollup_state', 'service_role', '{}')
 ), user_tables(tbl) as (values ('stripe_customers'), ('user_subscriptions'), ('balances'), ('token_grants'),
   ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'), ('accounts'), ('account_members'),
-  ('rate_limit_usage'))
+  ('rate_limit_usage'), ('usage_rollups'))
 select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on billing.' || e.tbl || ': ' || e.privs)
   from (select * from expected
         union all select tbl, 'anon', '{}' from user_tables
@@ -39,7 +41,7 @@ select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'p
   'user_subscriptions', 'balances', 'token_grants', 'token_usage', 'token_reservations', 'payment_transactions',
   'promo_redemptions', 'settings', 'stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
   'purchase_payments', 'accounts', 'account_members', 'rate_limits', 'rate_limit_usage', 'model_prices',
-  'account_settings', 'outbox'],
+  'account_settings', 'outbox', 'usage_rollups', 'usage_rollup_state'],
   'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
 
@@ -105,6 +107,9 @@ with fns(schema, fn, args, who) as (values
   ('billing_internal', 'model_price', '{text,"timestamp with time zone"}', 'caller'),
   ('billing_internal', 'priced', '{billing.model_prices,bigint,bigint,bigint}', 'caller'),
   ('billing_internal', 'llm_cost_of', '{bigint,bigint,bigint,bigint,bigint,bigint}', 'caller'),
+  ('billing_internal', 'rolled_up_to', '{}', 'caller'),
+  ('billing_internal', 'llm_count', '{jsonb,text}', 'caller'),
+  ('billing_internal', 'roll_up_usage', '{}', 'owner'),
   ('billing_internal', 'take_rate_limits', '{uuid,bigint,integer}', 'owner'),
   ('billing_internal', 'return_rate_limits', '{uuid,bigint[],bigint,integer}', 'owner'),
   ('billing_internal', 'hold', '{uuid,bigint,text,interval,uuid,jsonb}', 'owner'),
@@ -139,7 +144,7 @@ select function_privs_are(a.schema, a.fn, a.args::text[], a.role,
 
 -- Of the internals, API roles may execute exactly the caller helpers above; anon none of them.
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
-            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 18, 'authenticated executes 18 internal helpers');
+            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 20, 'authenticated executes 20 internal helpers');
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
             and has_function_privilege('anon', p.oid, 'EXECUTE')), 0, 'anon executes no internal helper');
 select schema_privs_are('billing_internal', 'anon', '{}'::text[], 'anon has no usage on billing_internal');
