@@ -13,8 +13,8 @@
 -- reaching 0 (re-armed above 0), and auto top-up: topup.requested when the balance is below the
 -- top-up threshold, at most once per cooldown and auto_topup_monthly_limit times per calendar month
 -- (UTC), stopped (topup.disabled) after 3 failed top-up payments in a row. They run at commit of
--- any transaction that moved the balance across a level (constraint trigger balances_alerts in
--- sql/ledger.sql), on the balance as it ends.
+-- any transaction that moved the balance across a level (billing.alert_checks and its constraint
+-- trigger, in sql/ledger.sql), on the balance as it ends.
 
 -- The account of events that name none (a failed payment of an unknown customer).
 create function billing_internal.no_account() returns uuid

@@ -27,7 +27,7 @@
 --   commit_llm_usage; get_usage_history returns LLM token counts.
 -- * the outbox (billing.outbox, claim_outbox / ack_outbox / nack_outbox) and per-account
 --   automations (billing.account_settings: balance.low, balance.depleted, auto top-up;
---   balances.alert_below / alert_above and the constraint trigger balances_alerts).
+--   balances.alert_below / alert_above, alert_checks and its constraint trigger alert_checks_run).
 -- * usage rollups (usage_rollups, usage_rollup_state; token_usage.created_at is the insertion clock),
 --   read by get_usage_history with the rows since; its buckets are UTC; two idempotency indexes on
 --   token_usage (an account's own, a member's).
@@ -279,6 +279,9 @@ create table billing.outbox (
 create index outbox_claimable on billing.outbox (available_at, id) where acked_at is null;
 create index outbox_id on billing.outbox (id);
 create index outbox_acked on billing.outbox (acked_at) where acked_at is not null;
+create table billing.alert_checks (
+  account_id uuid primary key
+);
 
 alter table billing.settings enable row level security;
 alter table billing.stripe_payments enable row level security;
@@ -291,6 +294,7 @@ alter table billing.rate_limit_usage enable row level security;
 alter table billing.model_prices enable row level security;
 alter table billing.account_settings enable row level security;
 alter table billing.outbox enable row level security;
+alter table billing.alert_checks enable row level security;
 alter table billing.usage_rollups enable row level security;
 alter table billing.usage_rollup_state enable row level security;
 
@@ -412,7 +416,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'llm_cost_of_wrapper';
 
--- SQL functions new or changed in 0.4.0 (115 of 115)
+-- SQL functions new or changed in 0.4.0 (117 of 117)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -735,6 +739,9 @@ begin
          updated_at = pg_catalog.now()
    where b.account_id = p_account_id
   returning b.* into v_row;
+  if v_row.spendable < v_row.alert_below or v_row.spendable >= v_row.alert_above then
+    perform billing_internal.queue_alert_check(p_account_id);
+  end if;
   return v_row;
 end
 $$;
@@ -865,7 +872,7 @@ declare
   v_role text := pg_catalog.current_setting('role');
   v_after bigint;
   v_id bigint;
-  v_limited boolean;
+  v_flags integer;
   v_row billing.balances;
   v_drawn bigint[];
 begin
@@ -903,16 +910,19 @@ begin
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above
     )
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
-    returning id, token_usage.balance_after, (select exists (select 1 from billing.rate_limits))
-         into usage_id, balance_after, v_limited;  -- whether any rate limit exists: no second query
+    -- in the same statement: 1 if the balance crossed an alert level, + 2 if any rate limit exists
+    returning id, token_usage.balance_after,
+              (select (d.spendable < d.alert_below or d.spendable >= d.alert_above) is true from debit d)::integer
+              + 2 * (select exists (select 1 from billing.rate_limits))::integer
+         into usage_id, balance_after, v_flags;
     if found then
-      if v_limited then
-        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
+      if v_flags <> 0 then
+        perform billing_internal.after_debit(p_user_id, p_amount, v_flags);
       end if;
       tokens_charged := p_amount;
       replayed := false;
@@ -925,7 +935,7 @@ begin
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above
     ), usage as (
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
@@ -933,12 +943,14 @@ begin
       on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
       returning id
     )
-    select d.spendable, (select u.id from usage u), (select exists (select 1 from billing.rate_limits))
-      into v_after, v_id, v_limited from debit d;
+    select d.spendable, (select u.id from usage u),
+           ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
+           + 2 * (select exists (select 1 from billing.rate_limits))::integer
+      into v_after, v_id, v_flags from debit d;
 
     if v_id is not null then
-      if v_limited then
-        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1);
+      if v_flags <> 0 then
+        perform billing_internal.after_debit(p_user_id, p_amount, v_flags);
       end if;
       usage_id := v_id;
       tokens_charged := p_amount;
@@ -1002,6 +1014,9 @@ begin
   returning b.* into v_row;
   if found then
     v_drawn := array[[v_row.head_grant_id, p_amount]];
+    if v_row.spendable < v_row.alert_below or v_row.spendable >= v_row.alert_above then
+      perform billing_internal.queue_alert_check(p_account_id);
+    end if;
   else
     v_row := billing_internal.lock_and_settle(p_account_id, false);
     if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
@@ -1336,14 +1351,36 @@ $$;
 comment on function billing.run_maintenance(integer) is
   'Expires grants and holds that are due, rolls up usage for get_usage_history, and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
 
-create or replace function billing_internal.set_alert_levels(p_account_id uuid, p_levels bigint[]) returns void
-language sql set search_path = pg_catalog, pg_temp as $$
-  update billing.balances b set alert_below = p_levels[1], alert_above = p_levels[2]
-   where b.account_id = p_account_id
-     and (b.alert_below is distinct from p_levels[1] or b.alert_above is distinct from p_levels[2])
+create or replace function billing_internal.after_debit(p_account_id uuid, p_amount bigint, p_flags integer) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  if p_flags & 1 = 1 then
+    perform billing_internal.queue_alert_check(p_account_id);
+  end if;
+  if p_flags & 2 = 2 then
+    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
+  end if;
+end
 $$;
 
-create or replace function billing_internal.balance_alerts() returns trigger
+create or replace function billing_internal.queue_alert_check(p_account_id uuid) returns void
+language sql set search_path = pg_catalog, pg_temp as $$
+  insert into billing.alert_checks (account_id) values (p_account_id) on conflict (account_id) do nothing
+$$;
+
+create or replace function billing_internal.set_alert_levels(p_account_id uuid, p_levels bigint[]) returns void
+language sql set search_path = pg_catalog, pg_temp as $$
+  with changed as (
+    update billing.balances b set alert_below = p_levels[1], alert_above = p_levels[2]
+     where b.account_id = p_account_id
+       and (b.alert_below is distinct from p_levels[1] or b.alert_above is distinct from p_levels[2])
+    returning b.account_id, b.spendable, b.alert_below, b.alert_above)
+  insert into billing.alert_checks (account_id)
+  select c.account_id from changed c where c.spendable < c.alert_below or c.spendable >= c.alert_above
+  on conflict (account_id) do nothing
+$$;
+
+create or replace function billing_internal.run_alert_check() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_levels bigint[];
@@ -1353,6 +1390,7 @@ begin
   if v_levels is not null then
     perform billing_internal.set_alert_levels(new.account_id, v_levels);
   end if;
+  delete from billing.alert_checks c where c.account_id = new.account_id;
   return null;
 end
 $$;
@@ -3599,10 +3637,9 @@ $$;
 -- The triggers of the outbox and the automations (their functions are above).
 create trigger outbox_notify after insert on billing.outbox for each statement
   execute function billing_internal.notify_outbox();
-create constraint trigger balances_alerts after update on billing.balances
+create constraint trigger alert_checks_run after insert on billing.alert_checks
   deferrable initially deferred for each row
-  when (new.spendable < new.alert_below or new.spendable >= new.alert_above)
-  execute function billing_internal.balance_alerts();
+  execute function billing_internal.run_alert_check();
 create trigger account_settings_levels
   before insert or delete or update of low_balance_threshold, auto_topup_price_id, auto_topup_threshold,
                                        auto_topup_monthly_limit, topup_disabled_at on billing.account_settings

@@ -173,8 +173,8 @@ create table billing.balances (
   head_grant_id  bigint,
   head_remaining billing.token_count not null default 0,
   -- Alert levels of the account's automations (billing.account_settings; NULL: none): a change
-  -- that leaves spendable below alert_below, or at or above alert_above, runs
-  -- billing_internal.balance_alerts() at commit (constraint trigger balances_alerts).
+  -- that leaves spendable below alert_below, or at or above alert_above, queues the account in
+  -- billing.alert_checks, whose automations run at commit.
   alert_below    bigint,
   alert_above    bigint
 ) with (fillfactor = 70); -- room for HOT updates: every consume updates this row
@@ -516,6 +516,12 @@ create index outbox_claimable on billing.outbox (available_at, id) where acked_a
 create index outbox_id on billing.outbox (id);
 create index outbox_acked on billing.outbox (acked_at) where acked_at is not null;
 
+-- Accounts whose balance crossed an alert level in a transaction still running: a row each, handled
+-- and deleted at its commit (billing_internal.run_alert_check). Empty between transactions.
+create table billing.alert_checks (
+  account_id uuid primary key
+);
+
 alter table billing.accounts enable row level security;
 alter table billing.account_members enable row level security;
 alter table billing.plans enable row level security;
@@ -541,6 +547,7 @@ alter table billing.rate_limit_usage enable row level security;
 alter table billing.model_prices enable row level security;
 alter table billing.account_settings enable row level security;
 alter table billing.outbox enable row level security;
+alter table billing.alert_checks enable row level security;
 alter table billing.usage_rollups enable row level security;
 alter table billing.usage_rollup_state enable row level security;
 

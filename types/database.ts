@@ -134,6 +134,18 @@ export type Database = {
         }
         Relationships: []
       }
+      alert_checks: {
+        Row: {
+          account_id: string
+        }
+        Insert: {
+          account_id: string
+        }
+        Update: {
+          account_id?: string
+        }
+        Relationships: []
+      }
       balances: {
         Row: {
           account_id: string

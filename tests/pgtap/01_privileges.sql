@@ -25,7 +25,8 @@ with expected(tbl, role, privs) as (values
   ('account_settings', 'service_role', '{DELETE,INSERT,SELECT,UPDATE}'),
   ('outbox', 'anon', '{}'), ('outbox', 'authenticated', '{}'), ('outbox', 'service_role', '{SELECT}'),
   ('usage_rollup_state', 'anon', '{}'), ('usage_rollup_state', 'authenticated', '{}'),
-  ('usage_rollup_state', 'service_role', '{}')
+  ('usage_rollup_state', 'service_role', '{}'),
+  ('alert_checks', 'anon', '{}'), ('alert_checks', 'authenticated', '{}'), ('alert_checks', 'service_role', '{}')
 ), user_tables(tbl) as (values ('stripe_customers'), ('user_subscriptions'), ('balances'), ('token_grants'),
   ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'), ('accounts'), ('account_members'),
   ('rate_limit_usage'), ('usage_rollups'))
@@ -41,7 +42,7 @@ select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'p
   'user_subscriptions', 'balances', 'token_grants', 'token_usage', 'token_reservations', 'payment_transactions',
   'promo_redemptions', 'settings', 'stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
   'purchase_payments', 'accounts', 'account_members', 'rate_limits', 'rate_limit_usage', 'model_prices',
-  'account_settings', 'outbox', 'usage_rollups', 'usage_rollup_state'],
+  'account_settings', 'outbox', 'usage_rollups', 'usage_rollup_state', 'alert_checks'],
   'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
 
@@ -84,7 +85,9 @@ with fns(schema, fn, args, who) as (values
   ('billing', 'nack_outbox', '{bigint,text,interval}', 'service'),
   ('billing_internal', 'emit', '{uuid,text,text,jsonb}', 'owner'),
   ('billing_internal', 'run_automations', '{uuid,bigint}', 'owner'),
-  ('billing_internal', 'balance_alerts', '{}', 'owner'),
+  ('billing_internal', 'run_alert_check', '{}', 'owner'),
+  ('billing_internal', 'queue_alert_check', '{uuid}', 'owner'),
+  ('billing_internal', 'after_debit', '{uuid,bigint,integer}', 'owner'),
   ('billing_internal', 'settings_changed', '{}', 'owner'),
   ('billing', 'verify_ledger', '{}', 'service'),
   ('billing', 'verify_stripe_signature', '{text,text,text,integer}', 'service'),
