@@ -181,6 +181,12 @@ begin
     v_first_hour := v_first_hour + interval '1 hour';
   end if;
   v_last_hour := greatest(v_first_hour, pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC');
+  -- A range that ends after the watermark (the usual "until now") also takes the rollup of its last,
+  -- partial hour: it holds only rows from before the watermark, hence before v_to. The rows read
+  -- are then those since the last run_maintenance, not every row since the top of the hour.
+  if v_to >= v_rolled and v_last_hour = pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC' then
+    v_last_hour := v_last_hour + interval '1 hour';
+  end if;
   if p_group_by is not null and not v_by_model then
     v_first_hour := v_to;  -- rollups are per model only: any other key reads the rows
     v_last_hour := v_to;
@@ -188,7 +194,7 @@ begin
   -- Row-level security decides whose rows these are (rollups and rows alike): a member's own,
   -- every member's for owners and admins. Buckets are UTC. The whole hours inside the range come
   -- from the rollups plus the rows created since they were rolled up; the partial hours at its
-  -- edges come from the rows.
+  -- edges come from the rows (the last one from its rollup too, as above).
   return query
     with parts as (
       select r.hour_start as at, r.model as model_key, r.tokens, r.requests, r.input_tokens::numeric as input_tokens,
@@ -206,7 +212,8 @@ begin
              billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
              billing_internal.llm_count(u.metadata, 'cached_input_tokens')
         from billing.token_usage u
-       where u.account_id = v_account and u.created_at >= greatest(v_rolled, v_first_hour) and u.created_at < v_last_hour
+       where u.account_id = v_account and u.created_at >= greatest(v_rolled, v_first_hour)
+         and u.created_at < least(v_last_hour, v_to)
       union all
       select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
              billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),

@@ -658,8 +658,10 @@ begin
   -- A reference names one grant across accounts: another account's use of it is a conflict. The
   -- unique key is per account (so the schema distributes by account), so grants of one reference
   -- to two accounts serialize on a transaction lock of the reference; the check below then sees
-  -- the other's committed grant (each statement reads a fresh snapshot).
-  perform pg_catalog.pg_advisory_xact_lock(1651076204, pg_catalog.hashtext(p_kind || ':' || p_reference));
+  -- the other's committed grant (each statement reads a fresh snapshot). The lock is one of 1024 by
+  -- the reference's hash, so a transaction granting to many accounts (a bulk import) takes at most
+  -- 1024 locks, not one per grant, which would exhaust the shared lock table.
+  perform pg_catalog.pg_advisory_xact_lock(1651076204, pg_catalog.hashtext(p_kind || ':' || p_reference) & 1023);
   if exists (select 1 from billing.token_grants g
               where g.kind = p_kind and g.reference = p_reference and g.account_id <> p_account_id) then
     raise exception using errcode = 'PT409', message = 'grant reference already used for another account',

@@ -1043,8 +1043,10 @@ begin
   -- A reference names one grant across accounts: another account's use of it is a conflict. The
   -- unique key is per account (so the schema distributes by account), so grants of one reference
   -- to two accounts serialize on a transaction lock of the reference; the check below then sees
-  -- the other's committed grant (each statement reads a fresh snapshot).
-  perform pg_catalog.pg_advisory_xact_lock(1651076204, pg_catalog.hashtext(p_kind || ':' || p_reference));
+  -- the other's committed grant (each statement reads a fresh snapshot). The lock is one of 1024 by
+  -- the reference's hash, so a transaction granting to many accounts (a bulk import) takes at most
+  -- 1024 locks, not one per grant, which would exhaust the shared lock table.
+  perform pg_catalog.pg_advisory_xact_lock(1651076204, pg_catalog.hashtext(p_kind || ':' || p_reference) & 1023);
   if exists (select 1 from billing.token_grants g
               where g.kind = p_kind and g.reference = p_reference and g.account_id <> p_account_id) then
     raise exception using errcode = 'PT409', message = 'grant reference already used for another account',
@@ -3253,6 +3255,12 @@ begin
     v_first_hour := v_first_hour + interval '1 hour';
   end if;
   v_last_hour := greatest(v_first_hour, pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC');
+  -- A range that ends after the watermark (the usual "until now") also takes the rollup of its last,
+  -- partial hour: it holds only rows from before the watermark, hence before v_to. The rows read
+  -- are then those since the last run_maintenance, not every row since the top of the hour.
+  if v_to >= v_rolled and v_last_hour = pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC' then
+    v_last_hour := v_last_hour + interval '1 hour';
+  end if;
   if p_group_by is not null and not v_by_model then
     v_first_hour := v_to;  -- rollups are per model only: any other key reads the rows
     v_last_hour := v_to;
@@ -3260,7 +3268,7 @@ begin
   -- Row-level security decides whose rows these are (rollups and rows alike): a member's own,
   -- every member's for owners and admins. Buckets are UTC. The whole hours inside the range come
   -- from the rollups plus the rows created since they were rolled up; the partial hours at its
-  -- edges come from the rows.
+  -- edges come from the rows (the last one from its rollup too, as above).
   return query
     with parts as (
       select r.hour_start as at, r.model as model_key, r.tokens, r.requests, r.input_tokens::numeric as input_tokens,
@@ -3278,7 +3286,8 @@ begin
              billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
              billing_internal.llm_count(u.metadata, 'cached_input_tokens')
         from billing.token_usage u
-       where u.account_id = v_account and u.created_at >= greatest(v_rolled, v_first_hour) and u.created_at < v_last_hour
+       where u.account_id = v_account and u.created_at >= greatest(v_rolled, v_first_hour)
+         and u.created_at < least(v_last_hour, v_to)
       union all
       select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
              billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),

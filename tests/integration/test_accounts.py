@@ -425,3 +425,15 @@ def test_service_role_cannot_create_a_team_without_an_owner(db):
     with pytest.raises(psycopg.Error) as e:
         db.one("select billing.create_team_account('no owner')")
     assert sqlstate(e) == "22023"
+
+
+def test_a_bulk_grant_to_fifty_thousand_accounts_in_one_transaction_succeeds(db):
+    # each grant locks its reference against other accounts; one lock per grant would exhaust the
+    # shared lock table (max_locks_per_transaction × connections) long before 50,000
+    batch = str(uuid.uuid4())
+    granted = db.one("""select count(*) from (
+                          select billing.grant_purchase(gen_random_uuid(), 5, %s || '-' || n)
+                            from generate_series(1, 50000) n) g""", (batch,))[0]
+    assert granted == 50000
+    assert db.one("select count(*), sum(tokens) from billing.token_grants where reference like %s",
+                  (batch + "-%",)) == (50000, 250000)

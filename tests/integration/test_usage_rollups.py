@@ -62,6 +62,8 @@ def story():
         # spread them over the past 45 days, to the microsecond (before any rollup exists)
         c.execute("update billing.token_usage set created_at = now() - (random() * interval '45 days')"
                   " where account_id = %s", (user,))
+        for _ in range(20):  # and some in this hour, before the watermark
+            c.execute("select billing.consume_tokens(%s, 2, null, '{\"model\": \"b\"}')", (user,))
     maintenance(d)
     assert d.one("select count(*) from billing.usage_rollups")[0] > 0
     with d.service() as c:  # the tail: rows after the watermark
@@ -82,6 +84,9 @@ def test_history_from_rollups_equals_the_rows(story, bucket, group_by):
         b = a + dt.timedelta(seconds=rng.uniform(1, 20 * 86400))
         ranges.append((a, b))
     ranges.append((now - dt.timedelta(hours=3, minutes=17), now - dt.timedelta(hours=3, minutes=2)))  # within an hour
+    top = now.replace(minute=0, second=0, microsecond=0)  # ranges ending in the hour the watermark is in
+    ranges += [(top, now + dt.timedelta(minutes=1)), (top - dt.timedelta(minutes=1), top + dt.timedelta(hours=1)),
+               (now - dt.timedelta(days=2), now), (top + dt.timedelta(seconds=1), now + dt.timedelta(seconds=1))]
     for p_from, p_to in ranges:
         got = history(d, user, p_from=p_from, p_to=p_to, p_bucket=bucket, p_group_by=group_by)
         assert got == expected(d, user, p_from, p_to, bucket, group_by), (p_from, p_to)
