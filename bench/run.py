@@ -241,13 +241,16 @@ def main():
     # is user 1's (1M rows), spread over the past year across four models, for the usage history.
     size_sql = ("select sum(pg_total_relation_size(c.oid)) from pg_class c"
                 " where c.relnamespace = 'billing'::regnamespace and c.relkind = 'r'")
+    with b.conn() as c:
+        c.execute("checkpoint")  # both sides start from a checkpoint, not in the wake of a bulk load
     before = [b.pgbench("consume_ours.sql") for _ in range(a.reps)]
     with b.conn() as c:
         rows_before = c.execute("select count(*) from billing.token_usage").fetchone()[0]
         g = c.execute("select id from billing.token_grants where reference = 'bench-1'").fetchone()[0]
         # rows written in the past: the rollup watermark must not have passed them yet (in production
         # created_at is the insertion clock, so it never has)
-        c.execute("delete from billing.usage_rollups; delete from billing.usage_rollup_state")
+        c.execute("delete from billing.usage_rollups; delete from billing.usage_rollups_daily;"
+                  " delete from billing.usage_rollup_state")
         c.execute("""insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after, created_at)
                      select case when n %% 10 = 0 then bench.uid(1) else bench.uid(2 + n %% 9999) end, 1 + n %% 7,
                             jsonb_build_object('model', (array['gpt-4o', 'gpt-4o-mini', 'claude-sonnet', 'llama'])[1 + (n / 10) %% 4],
@@ -255,6 +258,7 @@ def main():
                             array[[%s, 1]], 0, now() - (n * 3 || ' seconds')::interval
                        from generate_series(1, %s) n""", (g, a.growth_rows))
         c.execute("vacuum analyze billing.token_usage")
+        c.execute("checkpoint")
     after = [b.pgbench("consume_ours.sql") for _ in range(a.reps)]
     b.record("growth", f"consume_tokens with {rows_before:,} usage rows", before)
     b.record("growth", f"consume_tokens with {rows_before + a.growth_rows:,} usage rows", after)
@@ -279,6 +283,8 @@ def main():
         c.execute("select billing.run_maintenance()")
         b.record("usage history", f"run_maintenance rolling up {rows_before + a.growth_rows + n:,} usage rows (s)",
                  time.perf_counter() - t0)
+        c.execute("vacuum analyze billing.usage_rollups, billing.usage_rollups_daily")
+        c.execute("checkpoint")
     ratios += usage_history(b)
 
     # consume while run_maintenance runs every second (rolling up what consumes write) vs without:

@@ -50,9 +50,12 @@ end
 $$;
 
 -- The start of the calendar period (UTC) a spend limit counts in; NULL for no period.
+-- (PL/pgSQL: a team consume calls it, see billing_internal.rate_window_start.)
 create function billing_internal.limit_period_start(p_period text) returns timestamptz
-language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
-  select pg_catalog.date_trunc(p_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC'
+language plpgsql stable parallel safe set search_path = pg_catalog, pg_temp as $$
+begin
+  return pg_catalog.date_trunc(p_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC';
+end
 $$;
 
 -- Counts p_amount in a member's spending of the current period (a new period starts from 0), or

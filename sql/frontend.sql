@@ -95,11 +95,11 @@ language sql immutable parallel safe as $$
 $$;
 
 -- Adds the usage rows that can no longer change to billing.usage_rollups (per account, member, UTC
--- hour and model) and moves the watermark (run_maintenance calls it). A row's created_at is the
--- clock when it was inserted, by a transaction that had its xid by then; so once every
--- transaction older than the snapshot taken after a time T has ended, no row before T can still
--- appear. Each run rolls up to the previous run's T if that holds, then takes a new T. Returns
--- the rollup rows written.
+-- hour and model) and usage_rollups_daily (per UTC day), and moves the watermark (run_maintenance
+-- calls it). A row's created_at is the clock when it was inserted, by a transaction that had its
+-- xid by then; so once every transaction older than the snapshot taken after a time T has ended,
+-- no row before T can still appear. Each run rolls up to the previous run's T if that holds, then
+-- takes a new T. Returns the day rows written.
 create function billing_internal.roll_up_usage() returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
@@ -114,20 +114,37 @@ begin
   end if;
   if v_state.candidate_at is not null
      and pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) >= v_state.candidate_xmax then
-    insert into billing.usage_rollups as r (account_id, user_id, hour_start, model, tokens, requests, input_tokens,
-                                            output_tokens, cached_input_tokens)
-    select u.account_id, u.user_id, pg_catalog.date_trunc('hour', u.created_at at time zone 'UTC') at time zone 'UTC',
-           u.metadata ->> 'model', pg_catalog.sum(u.tokens), pg_catalog.count(*),
-           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'input_tokens')), 0),
-           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'output_tokens')), 0),
-           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'cached_input_tokens')), 0)
-      from billing.token_usage u
-     where u.created_at >= v_state.rolled_up_to and u.created_at < v_state.candidate_at
+    with batch as (
+      select u.account_id, u.user_id, pg_catalog.date_trunc('hour', u.created_at at time zone 'UTC') at time zone 'UTC' as hour_start,
+             u.metadata ->> 'model' as model, pg_catalog.sum(u.tokens) as tokens, pg_catalog.count(*) as requests,
+             coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'input_tokens')), 0) as input_tokens,
+             coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'output_tokens')), 0) as output_tokens,
+             coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'cached_input_tokens')), 0) as cached_input_tokens
+        from billing.token_usage u
+       where u.created_at >= v_state.rolled_up_to and u.created_at < v_state.candidate_at
+       group by 1, 2, 3, 4
+    ), hourly as (
+      insert into billing.usage_rollups as r (account_id, user_id, hour_start, model, tokens, requests, input_tokens,
+                                              output_tokens, cached_input_tokens)
+      select b.account_id, b.user_id, b.hour_start, b.model, b.tokens, b.requests, b.input_tokens, b.output_tokens,
+             b.cached_input_tokens
+        from batch b
+      on conflict (account_id, hour_start, user_id, model) do update
+         set tokens = r.tokens + excluded.tokens, requests = r.requests + excluded.requests,
+             input_tokens = r.input_tokens + excluded.input_tokens, output_tokens = r.output_tokens + excluded.output_tokens,
+             cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens
+    )
+    insert into billing.usage_rollups_daily as d (account_id, user_id, day_start, model, tokens, requests, input_tokens,
+                                                  output_tokens, cached_input_tokens)
+    select b.account_id, b.user_id, pg_catalog.date_trunc('day', b.hour_start at time zone 'UTC') at time zone 'UTC', b.model,
+           pg_catalog.sum(b.tokens)::bigint, pg_catalog.sum(b.requests)::bigint, pg_catalog.sum(b.input_tokens),
+           pg_catalog.sum(b.output_tokens), pg_catalog.sum(b.cached_input_tokens)
+      from batch b
      group by 1, 2, 3, 4
-    on conflict (account_id, hour_start, user_id, model) do update
-       set tokens = r.tokens + excluded.tokens, requests = r.requests + excluded.requests,
-           input_tokens = r.input_tokens + excluded.input_tokens, output_tokens = r.output_tokens + excluded.output_tokens,
-           cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens;
+    on conflict (account_id, day_start, user_id, model) do update
+       set tokens = d.tokens + excluded.tokens, requests = d.requests + excluded.requests,
+           input_tokens = d.input_tokens + excluded.input_tokens, output_tokens = d.output_tokens + excluded.output_tokens,
+           cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens;
     get diagnostics v_rows = row_count;
     v_state.rolled_up_to := v_state.candidate_at;
   end if;
@@ -163,8 +180,11 @@ declare
   v_from timestamptz := coalesce(p_from, coalesce(p_to, pg_catalog.now()) - interval '30 days');
   v_by_model boolean := p_group_by is not distinct from 'model';
   v_rolled timestamptz := billing_internal.rolled_up_to();
-  v_first_hour timestamptz; -- rollups cover the whole hours [v_first_hour, v_last_hour), rows before v_rolled
-  v_last_hour timestamptz;
+  v_first_hour timestamptz; -- the rollups cover [v_first_hour, v_end) for the rows before v_rolled:
+  v_last_hour timestamptz;  -- hours [v_first_hour, v_first_day) and [v_last_day, v_last_hour),
+  v_first_day timestamptz;  -- days [v_first_day, v_last_day)
+  v_last_day timestamptz;
+  v_end timestamptz;
 begin
   if p_bucket is null or p_bucket not in ('hour', 'day', 'month') then
     raise exception using errcode = '22023', message = 'p_bucket must be hour, day or month';
@@ -176,31 +196,55 @@ begin
   if v_account <> v_user then
     perform billing_internal.require_member(v_account, v_user);
   end if;
+  -- The range is read in up to five parts: rows from its start to the first whole hour; the
+  -- whole hours and days after it from the rollups (hourly at the edges, daily in between, except
+  -- for hourly buckets), plus the rows created since the watermark; rows after the last whole hour.
+  -- A range that ends after the watermark (the usual "until now") also takes the rollup of its
+  -- last, partial hour or day: that holds only rows from before the watermark, hence before v_to,
+  -- so the rows read are those since the last run_maintenance, not every row since midnight.
   v_first_hour := pg_catalog.date_trunc('hour', v_from at time zone 'UTC') at time zone 'UTC';
   if v_first_hour < v_from then
     v_first_hour := v_first_hour + interval '1 hour';
   end if;
   v_last_hour := greatest(v_first_hour, pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC');
-  -- A range that ends after the watermark (the usual "until now") also takes the rollup of its last,
-  -- partial hour: it holds only rows from before the watermark, hence before v_to. The rows read
-  -- are then those since the last run_maintenance, not every row since the top of the hour.
   if v_to >= v_rolled and v_last_hour = pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC' then
     v_last_hour := v_last_hour + interval '1 hour';
+  end if;
+  v_first_day := pg_catalog.date_trunc('day', v_first_hour at time zone 'UTC') at time zone 'UTC';
+  if v_first_day < v_first_hour then
+    v_first_day := v_first_day + interval '1 day';
+  end if;
+  v_last_day := pg_catalog.date_trunc('day', v_last_hour at time zone 'UTC') at time zone 'UTC';
+  if v_to >= v_rolled and pg_catalog.date_trunc('day', v_to at time zone 'UTC') at time zone 'UTC' >= v_first_day then
+    v_last_day := (pg_catalog.date_trunc('day', v_to at time zone 'UTC') + interval '1 day') at time zone 'UTC';
+  end if;
+  if p_bucket = 'hour' or v_last_day <= v_first_day then
+    v_first_day := v_last_hour;  -- no whole day to read from the daily rollups
+    v_last_day := v_last_hour;
   end if;
   if p_group_by is not null and not v_by_model then
     v_first_hour := v_to;  -- rollups are per model only: any other key reads the rows
     v_last_hour := v_to;
+    v_first_day := v_to;
+    v_last_day := v_to;
   end if;
+  v_end := greatest(v_last_hour, v_last_day);
   -- Row-level security decides whose rows these are (rollups and rows alike): a member's own,
-  -- every member's for owners and admins. Buckets are UTC. The whole hours inside the range come
-  -- from the rollups plus the rows created since they were rolled up; the partial hours at its
-  -- edges come from the rows (the last one from its rollup too, as above).
+  -- every member's for owners and admins. Buckets are UTC.
   return query
     with parts as (
-      select r.hour_start as at, r.model as model_key, r.tokens, r.requests, r.input_tokens::numeric as input_tokens,
-             r.output_tokens::numeric as output_tokens, r.cached_input_tokens::numeric as cached_input_tokens
+      select r.hour_start as at, r.model as model_key, r.tokens, r.requests, r.input_tokens, r.output_tokens,
+             r.cached_input_tokens
         from billing.usage_rollups r
-       where r.account_id = v_account and r.hour_start >= v_first_hour and r.hour_start < v_last_hour
+       where r.account_id = v_account and r.hour_start >= v_first_hour and r.hour_start < least(v_first_day, v_last_hour)
+      union all
+      select r.day_start, r.model, r.tokens, r.requests, r.input_tokens, r.output_tokens, r.cached_input_tokens
+        from billing.usage_rollups_daily r
+       where r.account_id = v_account and r.day_start >= v_first_day and r.day_start < v_last_day
+      union all
+      select r.hour_start, r.model, r.tokens, r.requests, r.input_tokens, r.output_tokens, r.cached_input_tokens
+        from billing.usage_rollups r
+       where r.account_id = v_account and r.hour_start >= v_last_day and r.hour_start < v_last_hour
       union all
       select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
              billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
@@ -213,13 +257,13 @@ begin
              billing_internal.llm_count(u.metadata, 'cached_input_tokens')
         from billing.token_usage u
        where u.account_id = v_account and u.created_at >= greatest(v_rolled, v_first_hour)
-         and u.created_at < least(v_last_hour, v_to)
+         and u.created_at < least(v_end, v_to)
       union all
       select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
              billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
              billing_internal.llm_count(u.metadata, 'cached_input_tokens')
         from billing.token_usage u
-       where u.account_id = v_account and u.created_at >= greatest(v_last_hour, v_from) and u.created_at < v_to
+       where u.account_id = v_account and u.created_at >= greatest(v_end, v_from) and u.created_at < v_to
     )
     select pg_catalog.date_trunc(p_bucket, p.at at time zone 'UTC') at time zone 'UTC',
            case when p_group_by is null then null else p.model_key end,
@@ -274,7 +318,8 @@ comment on function billing.get_grant_history(integer, integer, uuid) is
 
 create function billing.get_payment_history(p_limit integer default 50, p_offset integer default 0,
                                             p_account_id uuid default null)
-returns table (event_id text, event_type text, event_created timestamptz, status text, action text, tokens bigint)
+returns table (event_id text, event_type text, event_created timestamptz, status text, action text, tokens bigint,
+               amount bigint, currency text, hosted_invoice_url text, invoice_pdf text)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
@@ -284,18 +329,33 @@ begin
   if v_account <> v_user and (billing_internal.require_member(v_account, v_user)).role not in ('owner', 'admin') then
     raise exception using errcode = '42501', message = 'only owners and admins read a team account''s payments';
   end if;
+  -- The amount in the currency's minor unit as Stripe reported it (paid, total, refunded or
+  -- disputed) and an invoice's hosted page and PDF, read from the stored event; anything not of
+  -- the expected shape (a number that is no bigint, a link that is not https) reads as NULL.
   return query
     select t.stripe_event_id, t.event_type, t.event_created, t.status,
            t.outcome operator(pg_catalog.->>) 'action',
-           (t.outcome operator(pg_catalog.->>) 'tokens')::bigint
-      from billing.payment_transactions t
+           (t.outcome operator(pg_catalog.->>) 'tokens')::bigint,
+           case when pg_catalog.jsonb_typeof(x.amount) = 'number' and x.amount::text ~ '^-?[0-9]{1,18}$'
+                then x.amount::text::bigint end,
+           x.currency,
+           case when x.invoice_url ~ '^https://[^\s"<>]+$' then x.invoice_url end,
+           case when x.invoice_pdf ~ '^https://[^\s"<>]+$' then x.invoice_pdf end
+      from billing.payment_transactions t,
+           lateral (select coalesce(o operator(pg_catalog.->) 'amount_paid', o operator(pg_catalog.->) 'amount_total',
+                                    o operator(pg_catalog.->) 'amount_refunded', o operator(pg_catalog.->) 'amount_received',
+                                    o operator(pg_catalog.->) 'amount') as amount,
+                           o operator(pg_catalog.->>) 'currency' as currency,
+                           o operator(pg_catalog.->>) 'hosted_invoice_url' as invoice_url,
+                           o operator(pg_catalog.->>) 'invoice_pdf' as invoice_pdf
+                      from (select t.payload operator(pg_catalog.#>) '{data,object}' as o) e) x
      where t.account_id = v_account
      order by t.event_created desc, t.stripe_event_id
      limit p_limit offset p_offset;
 end
 $$;
 comment on function billing.get_payment_history(integer, integer, uuid) is
-  'The account''s Stripe events and what they did (team accounts: owners and admins), newest first.';
+  'The account''s Stripe events, what they did, their amount, and an invoice''s hosted page and PDF (team accounts: owners and admins), newest first.';
 
 create function billing.redeem_promo_code(p_code text)
 returns table (grant_id bigint, tokens bigint, expires_at timestamptz, balance_after bigint)

@@ -232,6 +232,19 @@ create table billing.usage_rollups (
   cached_input_tokens numeric not null default 0,
   unique nulls not distinct (account_id, hour_start, user_id, model)
 );
+-- The same per UTC day: a range of days or months reads a row per day instead of one per hour.
+create table billing.usage_rollups_daily (
+  account_id          uuid not null,
+  user_id             uuid,
+  day_start           timestamptz not null,
+  model               text,
+  tokens              bigint not null,
+  requests            bigint not null,
+  input_tokens        numeric not null default 0,
+  output_tokens       numeric not null default 0,
+  cached_input_tokens numeric not null default 0,
+  unique nulls not distinct (account_id, day_start, user_id, model)
+);
 -- One row, written by roll_up_usage (no row: nothing rolled up yet).
 create table billing.usage_rollup_state (
   id             boolean primary key default true check (id),
@@ -240,6 +253,10 @@ create table billing.usage_rollup_state (
   candidate_xmax xid8
 );
 alter table billing.token_usage alter column created_at set default clock_timestamp();
+-- Rows by insertion time, for roll_up_usage: created_at follows the physical order, so a BRIN index
+-- finds the rows since the watermark for almost nothing per insert (autosummarize: ranges are
+-- summarized as they fill, in the background).
+create index token_usage_created_at on billing.token_usage using brin (created_at) with (autosummarize = on);
 create table billing.account_settings (
   account_id               uuid primary key,
   low_balance_threshold    bigint check (low_balance_threshold > 0),
@@ -296,6 +313,7 @@ alter table billing.account_settings enable row level security;
 alter table billing.outbox enable row level security;
 alter table billing.alert_checks enable row level security;
 alter table billing.usage_rollups enable row level security;
+alter table billing.usage_rollups_daily enable row level security;
 alter table billing.usage_rollup_state enable row level security;
 
 do $$
@@ -1451,8 +1469,10 @@ end
 $$;
 
 create or replace function billing_internal.limit_period_start(p_period text) returns timestamptz
-language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
-  select pg_catalog.date_trunc(p_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC'
+language plpgsql stable parallel safe set search_path = pg_catalog, pg_temp as $$
+begin
+  return pg_catalog.date_trunc(p_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC';
+end
 $$;
 
 create or replace function billing_internal.charge_member(p_account_id uuid, p_user_id uuid, p_amount bigint) returns timestamptz
@@ -1637,16 +1657,21 @@ end
 $$;
 
 create or replace function billing_internal.rate_window_start(p_window_seconds integer, p_at timestamptz) returns timestamptz
-language sql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
-  select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', p_at) / p_window_seconds) * p_window_seconds)::double precision)
+language plpgsql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
+begin
+  return pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', p_at) / p_window_seconds)
+                                  * p_window_seconds)::double precision);
+end
 $$;
 
 create or replace function billing_internal.account_plan(p_account_id uuid) returns text
-language sql stable set search_path = pg_catalog, pg_temp as $$
-  select p.code from billing.user_subscriptions s join billing.plans p on p.id = s.plan_id
-   where s.account_id = p_account_id and s.status in ('active', 'trialing', 'past_due')
-   order by s.current_period_end desc nulls last, s.stripe_subscription_id
-   limit 1
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+  return (select p.code from billing.user_subscriptions s join billing.plans p on p.id = s.plan_id
+           where s.account_id = p_account_id and s.status in ('active', 'trialing', 'past_due')
+           order by s.current_period_end desc nulls last, s.stripe_subscription_id
+           limit 1);
+end
 $$;
 
 create or replace function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer)
@@ -3090,6 +3115,23 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
       on u.account_id = r.account_id and u.hour_start = r.hour_start and u.user_key = r.user_key
      and u.model_key = r.model_key
    where r.tokens is distinct from u.tokens or r.requests is distinct from u.requests
+  union all
+  select 'daily usage rollup differs from its hours', coalesce(d.account_id, h.account_id),
+         pg_catalog.format('day %s, user %s, model %s: %s credits in %s calls, the hours have %s in %s',
+           coalesce(d.day_start, h.day_start), coalesce(d.user_id, h.user_id), coalesce(d.model, h.model),
+           coalesce(d.tokens, 0), coalesce(d.requests, 0), coalesce(h.tokens, 0), coalesce(h.requests, 0))
+    from billing.usage_rollups_daily d
+    full join (select x.account_id, x.user_id, x.model,
+                      pg_catalog.date_trunc('day', x.hour_start at time zone 'UTC') at time zone 'UTC' as day_start,
+                      pg_catalog.sum(x.tokens) as tokens, pg_catalog.sum(x.requests) as requests,
+                      pg_catalog.sum(x.input_tokens) as input_tokens, pg_catalog.sum(x.output_tokens) as output_tokens,
+                      pg_catalog.sum(x.cached_input_tokens) as cached_input_tokens
+                 from billing.usage_rollups x group by 1, 2, 3, 4) h
+      on h.account_id = d.account_id and h.day_start = d.day_start and h.user_id is not distinct from d.user_id
+     and h.model is not distinct from d.model
+   where d.tokens is distinct from h.tokens or d.requests is distinct from h.requests
+      or d.input_tokens is distinct from h.input_tokens or d.output_tokens is distinct from h.output_tokens
+      or d.cached_input_tokens is distinct from h.cached_input_tokens
 $$;
 comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';
 
@@ -3190,20 +3232,37 @@ begin
   end if;
   if v_state.candidate_at is not null
      and pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) >= v_state.candidate_xmax then
-    insert into billing.usage_rollups as r (account_id, user_id, hour_start, model, tokens, requests, input_tokens,
-                                            output_tokens, cached_input_tokens)
-    select u.account_id, u.user_id, pg_catalog.date_trunc('hour', u.created_at at time zone 'UTC') at time zone 'UTC',
-           u.metadata ->> 'model', pg_catalog.sum(u.tokens), pg_catalog.count(*),
-           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'input_tokens')), 0),
-           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'output_tokens')), 0),
-           coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'cached_input_tokens')), 0)
-      from billing.token_usage u
-     where u.created_at >= v_state.rolled_up_to and u.created_at < v_state.candidate_at
+    with batch as (
+      select u.account_id, u.user_id, pg_catalog.date_trunc('hour', u.created_at at time zone 'UTC') at time zone 'UTC' as hour_start,
+             u.metadata ->> 'model' as model, pg_catalog.sum(u.tokens) as tokens, pg_catalog.count(*) as requests,
+             coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'input_tokens')), 0) as input_tokens,
+             coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'output_tokens')), 0) as output_tokens,
+             coalesce(pg_catalog.sum(billing_internal.llm_count(u.metadata, 'cached_input_tokens')), 0) as cached_input_tokens
+        from billing.token_usage u
+       where u.created_at >= v_state.rolled_up_to and u.created_at < v_state.candidate_at
+       group by 1, 2, 3, 4
+    ), hourly as (
+      insert into billing.usage_rollups as r (account_id, user_id, hour_start, model, tokens, requests, input_tokens,
+                                              output_tokens, cached_input_tokens)
+      select b.account_id, b.user_id, b.hour_start, b.model, b.tokens, b.requests, b.input_tokens, b.output_tokens,
+             b.cached_input_tokens
+        from batch b
+      on conflict (account_id, hour_start, user_id, model) do update
+         set tokens = r.tokens + excluded.tokens, requests = r.requests + excluded.requests,
+             input_tokens = r.input_tokens + excluded.input_tokens, output_tokens = r.output_tokens + excluded.output_tokens,
+             cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens
+    )
+    insert into billing.usage_rollups_daily as d (account_id, user_id, day_start, model, tokens, requests, input_tokens,
+                                                  output_tokens, cached_input_tokens)
+    select b.account_id, b.user_id, pg_catalog.date_trunc('day', b.hour_start at time zone 'UTC') at time zone 'UTC', b.model,
+           pg_catalog.sum(b.tokens)::bigint, pg_catalog.sum(b.requests)::bigint, pg_catalog.sum(b.input_tokens),
+           pg_catalog.sum(b.output_tokens), pg_catalog.sum(b.cached_input_tokens)
+      from batch b
      group by 1, 2, 3, 4
-    on conflict (account_id, hour_start, user_id, model) do update
-       set tokens = r.tokens + excluded.tokens, requests = r.requests + excluded.requests,
-           input_tokens = r.input_tokens + excluded.input_tokens, output_tokens = r.output_tokens + excluded.output_tokens,
-           cached_input_tokens = r.cached_input_tokens + excluded.cached_input_tokens;
+    on conflict (account_id, day_start, user_id, model) do update
+       set tokens = d.tokens + excluded.tokens, requests = d.requests + excluded.requests,
+           input_tokens = d.input_tokens + excluded.input_tokens, output_tokens = d.output_tokens + excluded.output_tokens,
+           cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens;
     get diagnostics v_rows = row_count;
     v_state.rolled_up_to := v_state.candidate_at;
   end if;
@@ -3237,8 +3296,11 @@ declare
   v_from timestamptz := coalesce(p_from, coalesce(p_to, pg_catalog.now()) - interval '30 days');
   v_by_model boolean := p_group_by is not distinct from 'model';
   v_rolled timestamptz := billing_internal.rolled_up_to();
-  v_first_hour timestamptz; -- rollups cover the whole hours [v_first_hour, v_last_hour), rows before v_rolled
-  v_last_hour timestamptz;
+  v_first_hour timestamptz; -- the rollups cover [v_first_hour, v_end) for the rows before v_rolled:
+  v_last_hour timestamptz;  -- hours [v_first_hour, v_first_day) and [v_last_day, v_last_hour),
+  v_first_day timestamptz;  -- days [v_first_day, v_last_day)
+  v_last_day timestamptz;
+  v_end timestamptz;
 begin
   if p_bucket is null or p_bucket not in ('hour', 'day', 'month') then
     raise exception using errcode = '22023', message = 'p_bucket must be hour, day or month';
@@ -3250,31 +3312,55 @@ begin
   if v_account <> v_user then
     perform billing_internal.require_member(v_account, v_user);
   end if;
+  -- The range is read in up to five parts: rows from its start to the first whole hour; the
+  -- whole hours and days after it from the rollups (hourly at the edges, daily in between, except
+  -- for hourly buckets), plus the rows created since the watermark; rows after the last whole hour.
+  -- A range that ends after the watermark (the usual "until now") also takes the rollup of its
+  -- last, partial hour or day: that holds only rows from before the watermark, hence before v_to,
+  -- so the rows read are those since the last run_maintenance, not every row since midnight.
   v_first_hour := pg_catalog.date_trunc('hour', v_from at time zone 'UTC') at time zone 'UTC';
   if v_first_hour < v_from then
     v_first_hour := v_first_hour + interval '1 hour';
   end if;
   v_last_hour := greatest(v_first_hour, pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC');
-  -- A range that ends after the watermark (the usual "until now") also takes the rollup of its last,
-  -- partial hour: it holds only rows from before the watermark, hence before v_to. The rows read
-  -- are then those since the last run_maintenance, not every row since the top of the hour.
   if v_to >= v_rolled and v_last_hour = pg_catalog.date_trunc('hour', v_to at time zone 'UTC') at time zone 'UTC' then
     v_last_hour := v_last_hour + interval '1 hour';
+  end if;
+  v_first_day := pg_catalog.date_trunc('day', v_first_hour at time zone 'UTC') at time zone 'UTC';
+  if v_first_day < v_first_hour then
+    v_first_day := v_first_day + interval '1 day';
+  end if;
+  v_last_day := pg_catalog.date_trunc('day', v_last_hour at time zone 'UTC') at time zone 'UTC';
+  if v_to >= v_rolled and pg_catalog.date_trunc('day', v_to at time zone 'UTC') at time zone 'UTC' >= v_first_day then
+    v_last_day := (pg_catalog.date_trunc('day', v_to at time zone 'UTC') + interval '1 day') at time zone 'UTC';
+  end if;
+  if p_bucket = 'hour' or v_last_day <= v_first_day then
+    v_first_day := v_last_hour;  -- no whole day to read from the daily rollups
+    v_last_day := v_last_hour;
   end if;
   if p_group_by is not null and not v_by_model then
     v_first_hour := v_to;  -- rollups are per model only: any other key reads the rows
     v_last_hour := v_to;
+    v_first_day := v_to;
+    v_last_day := v_to;
   end if;
+  v_end := greatest(v_last_hour, v_last_day);
   -- Row-level security decides whose rows these are (rollups and rows alike): a member's own,
-  -- every member's for owners and admins. Buckets are UTC. The whole hours inside the range come
-  -- from the rollups plus the rows created since they were rolled up; the partial hours at its
-  -- edges come from the rows (the last one from its rollup too, as above).
+  -- every member's for owners and admins. Buckets are UTC.
   return query
     with parts as (
-      select r.hour_start as at, r.model as model_key, r.tokens, r.requests, r.input_tokens::numeric as input_tokens,
-             r.output_tokens::numeric as output_tokens, r.cached_input_tokens::numeric as cached_input_tokens
+      select r.hour_start as at, r.model as model_key, r.tokens, r.requests, r.input_tokens, r.output_tokens,
+             r.cached_input_tokens
         from billing.usage_rollups r
-       where r.account_id = v_account and r.hour_start >= v_first_hour and r.hour_start < v_last_hour
+       where r.account_id = v_account and r.hour_start >= v_first_hour and r.hour_start < least(v_first_day, v_last_hour)
+      union all
+      select r.day_start, r.model, r.tokens, r.requests, r.input_tokens, r.output_tokens, r.cached_input_tokens
+        from billing.usage_rollups_daily r
+       where r.account_id = v_account and r.day_start >= v_first_day and r.day_start < v_last_day
+      union all
+      select r.hour_start, r.model, r.tokens, r.requests, r.input_tokens, r.output_tokens, r.cached_input_tokens
+        from billing.usage_rollups r
+       where r.account_id = v_account and r.hour_start >= v_last_day and r.hour_start < v_last_hour
       union all
       select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
              billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
@@ -3287,13 +3373,13 @@ begin
              billing_internal.llm_count(u.metadata, 'cached_input_tokens')
         from billing.token_usage u
        where u.account_id = v_account and u.created_at >= greatest(v_rolled, v_first_hour)
-         and u.created_at < least(v_last_hour, v_to)
+         and u.created_at < least(v_end, v_to)
       union all
       select u.created_at, case when p_group_by is null then null else u.metadata ->> p_group_by end, u.tokens, 1,
              billing_internal.llm_count(u.metadata, 'input_tokens'), billing_internal.llm_count(u.metadata, 'output_tokens'),
              billing_internal.llm_count(u.metadata, 'cached_input_tokens')
         from billing.token_usage u
-       where u.account_id = v_account and u.created_at >= greatest(v_last_hour, v_from) and u.created_at < v_to
+       where u.account_id = v_account and u.created_at >= greatest(v_end, v_from) and u.created_at < v_to
     )
     select pg_catalog.date_trunc(p_bucket, p.at at time zone 'UTC') at time zone 'UTC',
            case when p_group_by is null then null else p.model_key end,
@@ -3347,7 +3433,8 @@ comment on function billing.get_grant_history(integer, integer, uuid) is
 
 create or replace function billing.get_payment_history(p_limit integer default 50, p_offset integer default 0,
                                             p_account_id uuid default null)
-returns table (event_id text, event_type text, event_created timestamptz, status text, action text, tokens bigint)
+returns table (event_id text, event_type text, event_created timestamptz, status text, action text, tokens bigint,
+               amount bigint, currency text, hosted_invoice_url text, invoice_pdf text)
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
   v_user uuid := billing_internal.current_user_id();
@@ -3357,18 +3444,33 @@ begin
   if v_account <> v_user and (billing_internal.require_member(v_account, v_user)).role not in ('owner', 'admin') then
     raise exception using errcode = '42501', message = 'only owners and admins read a team account''s payments';
   end if;
+  -- The amount in the currency's minor unit as Stripe reported it (paid, total, refunded or
+  -- disputed) and an invoice's hosted page and PDF, read from the stored event; anything not of
+  -- the expected shape (a number that is no bigint, a link that is not https) reads as NULL.
   return query
     select t.stripe_event_id, t.event_type, t.event_created, t.status,
            t.outcome operator(pg_catalog.->>) 'action',
-           (t.outcome operator(pg_catalog.->>) 'tokens')::bigint
-      from billing.payment_transactions t
+           (t.outcome operator(pg_catalog.->>) 'tokens')::bigint,
+           case when pg_catalog.jsonb_typeof(x.amount) = 'number' and x.amount::text ~ '^-?[0-9]{1,18}$'
+                then x.amount::text::bigint end,
+           x.currency,
+           case when x.invoice_url ~ '^https://[^\s"<>]+$' then x.invoice_url end,
+           case when x.invoice_pdf ~ '^https://[^\s"<>]+$' then x.invoice_pdf end
+      from billing.payment_transactions t,
+           lateral (select coalesce(o operator(pg_catalog.->) 'amount_paid', o operator(pg_catalog.->) 'amount_total',
+                                    o operator(pg_catalog.->) 'amount_refunded', o operator(pg_catalog.->) 'amount_received',
+                                    o operator(pg_catalog.->) 'amount') as amount,
+                           o operator(pg_catalog.->>) 'currency' as currency,
+                           o operator(pg_catalog.->>) 'hosted_invoice_url' as invoice_url,
+                           o operator(pg_catalog.->>) 'invoice_pdf' as invoice_pdf
+                      from (select t.payload operator(pg_catalog.#>) '{data,object}' as o) e) x
      where t.account_id = v_account
      order by t.event_created desc, t.stripe_event_id
      limit p_limit offset p_offset;
 end
 $$;
 comment on function billing.get_payment_history(integer, integer, uuid) is
-  'The account''s Stripe events and what they did (team accounts: owners and admins), newest first.';
+  'The account''s Stripe events, what they did, their amount, and an invoice''s hosted page and PDF (team accounts: owners and admins), newest first.';
 
 create or replace function billing.redeem_promo_code(p_code text)
 returns table (grant_id bigint, tokens bigint, expires_at timestamptz, balance_after bigint)
@@ -3448,7 +3550,7 @@ declare
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
                                           'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
                                           'payment_transactions', 'promo_redemptions', 'account_settings',
-                                          'token_usage', 'token_reservations', 'usage_rollups'];
+                                          'token_usage', 'token_reservations', 'usage_rollups', 'usage_rollups_daily'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
@@ -3460,6 +3562,7 @@ declare
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
+    'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[]) and (user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[]))'];

@@ -237,6 +237,10 @@ create unique index token_usage_idempotency on billing.token_usage (account_id, 
   where idempotency_key is not null and user_id is null;
 create unique index token_usage_member_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
   where idempotency_key is not null and user_id is not null;
+-- Rows by insertion time, for roll_up_usage: created_at follows the physical order, so a BRIN index
+-- finds the rows since the watermark for almost nothing per insert (autosummarize: ranges are
+-- summarized as they fill, in the background).
+create index token_usage_created_at on billing.token_usage using brin (created_at) with (autosummarize = on);
 
 create table billing.token_reservations (
   id              uuid not null default gen_random_uuid(),
@@ -449,6 +453,19 @@ create table billing.usage_rollups (
   cached_input_tokens numeric not null default 0,
   unique nulls not distinct (account_id, hour_start, user_id, model)
 );
+-- The same per UTC day: a range of days or months reads a row per day instead of one per hour.
+create table billing.usage_rollups_daily (
+  account_id          uuid not null,
+  user_id             uuid,
+  day_start           timestamptz not null,
+  model               text,
+  tokens              bigint not null,
+  requests            bigint not null,
+  input_tokens        numeric not null default 0,
+  output_tokens       numeric not null default 0,
+  cached_input_tokens numeric not null default 0,
+  unique nulls not distinct (account_id, day_start, user_id, model)
+);
 -- One row, written by roll_up_usage (no row: nothing rolled up yet).
 create table billing.usage_rollup_state (
   id             boolean primary key default true check (id),
@@ -549,6 +566,7 @@ alter table billing.account_settings enable row level security;
 alter table billing.outbox enable row level security;
 alter table billing.alert_checks enable row level security;
 alter table billing.usage_rollups enable row level security;
+alter table billing.usage_rollups_daily enable row level security;
 alter table billing.usage_rollup_state enable row level security;
 
 -- pg_dump saves only CREATE EXTENSION for an extension's tables unless they are registered: every

@@ -135,5 +135,22 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
       on u.account_id = r.account_id and u.hour_start = r.hour_start and u.user_key = r.user_key
      and u.model_key = r.model_key
    where r.tokens is distinct from u.tokens or r.requests is distinct from u.requests
+  union all
+  select 'daily usage rollup differs from its hours', coalesce(d.account_id, h.account_id),
+         pg_catalog.format('day %s, user %s, model %s: %s credits in %s calls, the hours have %s in %s',
+           coalesce(d.day_start, h.day_start), coalesce(d.user_id, h.user_id), coalesce(d.model, h.model),
+           coalesce(d.tokens, 0), coalesce(d.requests, 0), coalesce(h.tokens, 0), coalesce(h.requests, 0))
+    from billing.usage_rollups_daily d
+    full join (select x.account_id, x.user_id, x.model,
+                      pg_catalog.date_trunc('day', x.hour_start at time zone 'UTC') at time zone 'UTC' as day_start,
+                      pg_catalog.sum(x.tokens) as tokens, pg_catalog.sum(x.requests) as requests,
+                      pg_catalog.sum(x.input_tokens) as input_tokens, pg_catalog.sum(x.output_tokens) as output_tokens,
+                      pg_catalog.sum(x.cached_input_tokens) as cached_input_tokens
+                 from billing.usage_rollups x group by 1, 2, 3, 4) h
+      on h.account_id = d.account_id and h.day_start = d.day_start and h.user_id is not distinct from d.user_id
+     and h.model is not distinct from d.model
+   where d.tokens is distinct from h.tokens or d.requests is distinct from h.requests
+      or d.input_tokens is distinct from h.input_tokens or d.output_tokens is distinct from h.output_tokens
+      or d.cached_input_tokens is distinct from h.cached_input_tokens
 $$;
 comment on function billing.verify_ledger() is 'Every violated ledger invariant; empty means consistent.';

@@ -918,6 +918,42 @@ export type Database = {
         }
         Relationships: []
       }
+      usage_rollups_daily: {
+        Row: {
+          account_id: string
+          cached_input_tokens: number
+          day_start: string
+          input_tokens: number
+          model: string | null
+          output_tokens: number
+          requests: number
+          tokens: number
+          user_id: string | null
+        }
+        Insert: {
+          account_id: string
+          cached_input_tokens?: number
+          day_start: string
+          input_tokens?: number
+          model?: string | null
+          output_tokens?: number
+          requests: number
+          tokens: number
+          user_id?: string | null
+        }
+        Update: {
+          account_id?: string
+          cached_input_tokens?: number
+          day_start?: string
+          input_tokens?: number
+          model?: string | null
+          output_tokens?: number
+          requests?: number
+          tokens?: number
+          user_id?: string | null
+        }
+        Relationships: []
+      }
       user_subscriptions: {
         Row: {
           account_id: string
@@ -1130,9 +1166,13 @@ export type Database = {
         Args: { p_account_id?: string; p_limit?: number; p_offset?: number }
         Returns: {
           action: string
+          amount: number
+          currency: string
           event_created: string
           event_id: string
           event_type: string
+          hosted_invoice_url: string
+          invoice_pdf: string
           status: string
           tokens: number
         }[]

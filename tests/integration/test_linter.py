@@ -118,7 +118,7 @@ def test_policy_columns_are_indexed(db):
     """Every column a per-account policy starts from leads an index (Supabase RLS guidance)."""
     policies = db.all("select p.tablename, substring(p.qual from '^\\(*(\\w+)') from pg_policies p"
                       " where p.schemaname = 'billing' and p.policyname = 'own_rows'")
-    assert len(policies) == 13
+    assert len(policies) == 14
     for table, column in policies:
         assert db.one("select exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid"
                       " and a.attnum = i.indkey[0] where i.indrelid = ('billing.' || %s)::regclass and a.attname = %s)",

@@ -517,3 +517,23 @@ def test_payment_history_lists_the_users_stripe_events():
         rows = c.execute("select event_id, status, action, tokens from billing.get_payment_history()").fetchall()
     assert ("evt_Test001", "processed", "granted", 1000) in rows
     assert ("evt_Test002", "processed", "awaiting_payment", None) in rows
+
+
+def test_payment_history_links_to_paid_invoices_and_states_amounts():
+    d = fresh_story_db(db_name("invoices"))
+    for prefix in ("01", "04", "05", "06"):
+        d.deliver(event(CLOVER, prefix))
+    bad = event_json(CLOVER, "07")  # an invoice whose links are not https are shown without them
+    bad["data"]["object"]["hosted_invoice_url"] = "javascript:alert(1)"
+    bad["data"]["object"]["invoice_pdf"] = None
+    d.deliver(bad)
+    with d.as_role("authenticated", sub=USER) as c:
+        checkouts = c.execute("select amount, currency, hosted_invoice_url, invoice_pdf from billing.get_payment_history()"
+                              " where event_type = 'checkout.session.completed'").fetchall()
+        paid = c.execute("select amount, hosted_invoice_url, invoice_pdf from billing.get_payment_history()"
+                         " where event_type = 'invoice.paid' order by event_created").fetchall()
+    assert (999, "usd", None, None) in checkouts  # the pack; a Checkout Session has no invoice page
+    first = event_json(CLOVER, "06")["data"]["object"]
+    assert paid[0] == (first["amount_paid"], "https://invoice.stripe.com/i/acct_Test/in_TestProA1",
+                       "https://pay.stripe.com/invoice/acct_Test/in_TestProA1/pdf")
+    assert paid[1][1:] == (None, None)

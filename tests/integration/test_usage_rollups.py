@@ -66,6 +66,7 @@ def story():
             c.execute("select billing.consume_tokens(%s, 2, null, '{\"model\": \"b\"}')", (user,))
     maintenance(d)
     assert d.one("select count(*) from billing.usage_rollups")[0] > 0
+    assert d.one("select count(*) from billing.usage_rollups_daily")[0] > 40  # a row per day and model
     with d.service() as c:  # the tail: rows after the watermark
         for _ in range(50):
             c.execute("select billing.consume_tokens(%s, 3, null, '{\"model\": \"a\"}')", (user,))
@@ -146,7 +147,12 @@ def test_the_watermark_never_passes_a_row_an_open_transaction_may_commit():
     # and verify_ledger notices a rollup that disagrees with the rows
     with d.service() as c:
         c.execute("update billing.usage_rollups set tokens = tokens + 1")
-    assert {p[0] for p in d.ledger_problems()} == {"usage rollup differs from the usage rows"}  # one per account
+    assert {p[0] for p in d.ledger_problems()} == {"usage rollup differs from the usage rows",
+                                                   "daily usage rollup differs from its hours"}
+    with d.service() as c:
+        c.execute("update billing.usage_rollups set tokens = tokens - 1")
+        c.execute("update billing.usage_rollups_daily set requests = requests + 1")
+    assert {p[0] for p in d.ledger_problems()} == {"daily usage rollup differs from its hours"}
 
 
 def test_rollups_do_not_block_consumes(story):

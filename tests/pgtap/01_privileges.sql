@@ -29,7 +29,7 @@ with expected(tbl, role, privs) as (values
   ('alert_checks', 'anon', '{}'), ('alert_checks', 'authenticated', '{}'), ('alert_checks', 'service_role', '{}')
 ), user_tables(tbl) as (values ('stripe_customers'), ('user_subscriptions'), ('balances'), ('token_grants'),
   ('token_usage'), ('token_reservations'), ('payment_transactions'), ('promo_redemptions'), ('accounts'), ('account_members'),
-  ('rate_limit_usage'), ('usage_rollups'))
+  ('rate_limit_usage'), ('usage_rollups'), ('usage_rollups_daily'))
 select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on billing.' || e.tbl || ': ' || e.privs)
   from (select * from expected
         union all select tbl, 'anon', '{}' from user_tables
@@ -42,7 +42,7 @@ select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'p
   'user_subscriptions', 'balances', 'token_grants', 'token_usage', 'token_reservations', 'payment_transactions',
   'promo_redemptions', 'settings', 'stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
   'purchase_payments', 'accounts', 'account_members', 'rate_limits', 'rate_limit_usage', 'model_prices',
-  'account_settings', 'outbox', 'usage_rollups', 'usage_rollup_state', 'alert_checks'],
+  'account_settings', 'outbox', 'usage_rollups', 'usage_rollups_daily', 'usage_rollup_state', 'alert_checks'],
   'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
 

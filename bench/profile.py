@@ -1,0 +1,139 @@
+"""`make bench-profile`: where a consume's server time goes. For each workload, the server CPU per
+transaction (all PostgreSQL processes: backends, including those that exited, plus WAL writer and
+the rest), pgbench at 8 clients; then a `perf` profile of the consume, its symbols grouped. Runs on
+the bench database `make bench` left (release build). Output: bench/results/profile.md.
+"""
+import argparse
+import os
+import pathlib
+import platform
+import pwd
+import re
+import subprocess
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "bench" / "scripts"
+TICK = os.sysconf("SC_CLK_TCK")
+WORKLOADS = [  # (label, script)
+    ("(b) UPDATE+INSERT CTE", "consume_cte.sql"),
+    ("(b) inside a minimal PL/pgSQL function", "consume_cte_fn.sql"),
+    ("(c) PL/pgSQL RPC", "consume_plpgsql.sql"),
+    ("pg_billing consume_tokens", "consume_ours.sql"),
+    ("pg_billing consume_tokens, idempotency key", "consume_ours_key.sql"),
+    ("primary-key lookup", "pk_lookup.sql"),
+    ("pg_billing get_balance", "get_balance.sql"),
+]
+# perf symbols by what they do, first match wins (kernel symbols are reported as [k])
+GROUPS = [
+    ("kernel: network, scheduling, WAL fsync", lambda s, k: k),
+    ("function call layer: fmgr, SECURITY DEFINER, GUC save/restore (search_path)",
+     lambda s, k: re.search(r"fmgr_security_definer|set_config_option|AtEOXact_GUC|NewGUCNestLevel|guc|"
+                            r"fmgr_info|FunctionCall|ExecMakeFunctionResultSet|ExecEvalFunc", s)),
+    ("PL/pgSQL interpreter", lambda s, k: re.search(r"plpgsql|exec_stmt|exec_eval|exec_assign|exec_move", s)),
+    ("SPI and cached-plan checks", lambda s, k: re.search(r"SPI|_SPI_|GetCachedPlan|CheckCachedPlan|RevalidateCachedQuery|"
+                                                         r"AcquireExecutorLocks|plancache", s)),
+    ("result set (tuplestore)", lambda s, k: re.search(r"tuplestore", s)),
+    ("WAL records and commit", lambda s, k: re.search(r"XLog|CommitTransaction|RecordTransactionCommit|"
+                                                      r"StartTransaction|AtEOXact|ProcArray", s)),
+    ("the statement: executor, heap, indexes, locks, buffers", lambda s, k: re.search(
+        r"Exec|heap_|_bt|btree|index_|Index|LockBuffer|ReadBuffer|Buffer|LWLock|LockRelation|Lock|hash_|"
+        r"slot_|tts_|toast|datum|uuid|int8|numeric|array|jsonb|Heap|visibility|PageAdd|ExecInsert|ExecUpdate", s)),
+    ("parse, analyse, plan", lambda s, k: re.search(r"parse|raw_|transform|planner|plan|query_tree|pg_analyze", s)),
+    ("memory, protocol, other", lambda s, k: True),
+]
+
+
+def server_cpu(postmaster_pid, uid):
+    """CPU seconds of every process of the server so far: live ones, plus the exited children the
+    postmaster has reaped (its cutime/cstime)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if int(pid) == postmaster_pid:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped backends
+    return total / TICK
+
+
+def pgbench(a, script, seconds):
+    cmd = ["pgbench", "-n", "-M", "prepared", "-h", a.host, "-p", str(a.port), "-U", "postgres", "-c", "8", "-j", "2",
+           "-T", str(seconds), "-f", str(SCRIPTS / script), a.dbname]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"number of transactions actually processed: (\d+)", out).group(1)), \
+        float(re.search(r"tps = ([\d.]+)", out).group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--dbname", default="pg_billing_bench")
+    ap.add_argument("--datadir", required=True)
+    ap.add_argument("--seconds", type=int, default=10)
+    a = ap.parse_args()
+    uid = pwd.getpwnam("postgres").pw_uid
+    postmaster = int(open(pathlib.Path(a.datadir) / "postmaster.pid").readline())
+    rows = []
+    for label, script in WORKLOADS:
+        pgbench(a, script, 2)  # warm the caches and the connection's plans
+        before = server_cpu(postmaster, uid)
+        n, tps = pgbench(a, script, a.seconds)
+        rows.append((label, tps, (server_cpu(postmaster, uid) - before) / n * 1e6))
+    base = {label: us for label, _, us in rows}
+
+    perf = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-g", "-u", "postgres", "-o", "/tmp/pg_billing.perf",
+                             "--", "sleep", str(a.seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pgbench(a, "consume_ours.sql", a.seconds)
+    perf.wait()
+    report = subprocess.run(["perf", "report", "-i", "/tmp/pg_billing.perf", "--no-children", "--sort", "sym",
+                             "--stdio", "-g", "none", "--percent-limit", "0.05"],
+                            capture_output=True, text=True).stdout
+    symbols = []
+    for line in report.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+\[([k.])\]\s+(\S+)", line)
+        if m:
+            symbols.append((float(m.group(1)), m.group(2) == "k", m.group(3)))
+    grouped = {}
+    for pct, kernel, sym in symbols:
+        name = next(g for g, match in GROUPS if match(sym, kernel))
+        grouped[name] = grouped.get(name, 0) + pct
+    measured = sum(p for p, _, _ in symbols)
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    lines = ["# Where a consume's server time goes", "",
+             f"Machine: {machine}; PostgreSQL 15, release build; pgbench 8 clients, {a.seconds} s per workload, "
+             "the `make bench` database (10M+ usage rows). Written by `make bench-profile` (bench/profile.py).", "",
+             "## Server CPU per transaction", "",
+             "All PostgreSQL processes (backends, WAL writer, ...) over the run, divided by the transactions.", "",
+             "| workload | tps | server CPU µs / transaction | vs (b) |", "|---|---|---|---|"]
+    for label, tps, us in rows:
+        lines.append(f"| {label} | {tps:,.0f} | {us:,.1f} | {us / base['(b) UPDATE+INSERT CTE']:.2f}× |")
+    b, fn, ours = base["(b) UPDATE+INSERT CTE"], base["(b) inside a minimal PL/pgSQL function"], base["pg_billing consume_tokens"]
+    lines += ["", f"Of a consume's server CPU, {b / ours:.0%} is what (b), the bare statement pair, costs; "
+              f"{(fn - b) / ours:.0%} is what wrapping (b) in the smallest PL/pgSQL function adds; "
+              f"the remaining {(ours - fn) / ours:.0%} is pg_billing's own work on top "
+              "(SECURITY DEFINER and the pinned search_path, the argument and role checks, the wider usage row "
+              "with its drawn_from and balance_after, the set-returning result).", "",
+             "## perf profile of consume_tokens (no key)", "",
+             f"`perf record -g -u postgres` during the run; self time by symbol ({measured:.0f}% of samples above 0.05%), grouped:", "",
+             "| group | share of server samples |", "|---|---|"]
+    for name, _ in GROUPS:
+        if name in grouped:
+            lines.append(f"| {name} | {grouped[name]:.1f}% |")
+    lines += ["", "Top symbols:", "", "| self % | symbol |", "|---|---|"]
+    for pct, kernel, sym in symbols[:40]:
+        lines.append(f"| {pct:.2f} | {'[k] ' if kernel else ''}`{sym}` |")
+    text = "\n".join(lines) + "\n"
+    (ROOT / "bench" / "results" / "profile.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
