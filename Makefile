@@ -9,12 +9,13 @@ CLUSTER_DIR = $(shell bash scripts/cluster.sh dir)
 PSQL = PGOPTIONS=--client-min-messages=warning psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -v ON_ERROR_STOP=1 -X -q
 DEMO_DB ?= pg_billing_demo
 
-.PHONY: help setup build install start stop run demo test lint types test-unit test-pg test-integration test-pgtap test-example bench bench-ab clean
+.PHONY: help setup build install start stop run demo web test lint types test-unit test-pg test-integration test-pgtap test-example test-web bench bench-profile bench-ab clean
 
 help:
 	@echo "make run    set up, start a local cluster, install pg_billing, run the demo"
 	@echo "make test   set up if needed, run every test layer"
-	@echo "make setup | install | start | stop | lint | types | bench | clean"
+	@echo "make web    the billing web app against the demo database (after make run)"
+	@echo "make setup | install | start | stop | lint | types | test-web | bench | clean"
 
 setup:
 	@bash scripts/setup.sh
@@ -47,8 +48,14 @@ run: install start
 	@echo "Connect:  psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres $(DEMO_DB)"
 	@echo "Stop:     make stop"
 
-test: lint test-unit test-pg test-integration test-pgtap test-example
+test: lint test-unit test-pg test-integration test-pgtap test-example test-web
 	@echo "all test layers passed"
+
+# The billing web app (examples/web) on the demo database, at http://127.0.0.1:8000 (the URL printed
+# signs you in as the demo's user). Run `make run` first: it creates the demo database.
+web: install start
+	cd examples/web && npm run build
+	.venv/bin/python scripts/web.py --host $(CLUSTER_DIR)/sock --port $(PORT) --dbname $(DEMO_DB)
 
 # types/database.ts: the TypeScript types of schema billing, by Supabase's own generator
 # (`supabase gen types typescript`) over the installed extension. Commit the result: a test fails
@@ -84,6 +91,13 @@ test-integration: install start
 test-example: install start
 	PG_BILLING_HOST=$(CLUSTER_DIR)/sock PG_BILLING_PORT=$(PORT) .venv/bin/pytest -q examples/fastapi/tests
 
+# The web app: type-checked against types/database.ts (tsc, so a renamed function or argument fails),
+# built with Vite, and driven in headless Chromium (Debian's) against the backend and the cluster.
+# The billing page's screenshot is written to examples/web/test-output/.
+test-web: install start
+	cd examples/web && npm run build
+	PG_BILLING_HOST=$(CLUSTER_DIR)/sock PG_BILLING_PORT=$(PORT) .venv/bin/pytest -q examples/web/tests
+
 # pgTAP, the way `supabase test db` runs it: pgtap in schema extensions, pg_prove over tests/pgtap.
 test-pgtap: install start
 	@$(PSQL) -d postgres -c "drop database if exists pg_billing_pgtap with (force)" -c "create database pg_billing_pgtap"
@@ -105,6 +119,15 @@ bench: setup
 	@PGOPTIONS=--client-min-messages=warning psql -h $(BENCH_DIR)/sock -p $(BENCH_PORT) -U postgres -v ON_ERROR_STOP=1 -X -q -d pg_billing_bench \
 	  -f sql/supabase-compat.sql -c "create extension pg_billing"
 	.venv/bin/python bench/run.py --host $(BENCH_DIR)/sock --port $(BENCH_PORT)
+	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh stop
+
+# Where a consume's server time goes: server CPU per transaction of pg_billing and its baselines, and a
+# perf profile, on the database `make bench` left (run it first). Results in bench/results/profile.md.
+bench-profile: setup
+	rm -f $(EXTDIR)/pg_billing--*.sql
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh start
+	.venv/bin/python bench/profile.py --host $(BENCH_DIR)/sock --port $(BENCH_PORT) --datadir $(BENCH_DIR)/data
 	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh stop
 
 # A/B: this tree (or HEAD_REF=<git ref>) against another commit (BASE=<git ref>), both release builds on one cluster, runs

@@ -9,7 +9,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(ROOT.glob("tests/**/README.md")),
-        *sorted(ROOT.glob("examples/**/README.md"))]
+        *sorted(p for p in ROOT.glob("examples/**/README.md") if "node_modules" not in p.parts)]
 # a repository path: starts with a top-level folder or file of this repo and has no placeholders
 TOP = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")} | {".ci"}
 CANDIDATE = re.compile(r"`([^`\s]+)`|\]\(([^)\s#]+)\)")
@@ -30,7 +30,7 @@ for doc in DOCS:
             if "/" in path and (first in TOP or (doc.parent / first).exists()):
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
 # comments in code: a path that starts with a top-level folder of the repository
-CODE = [p for p in ROOT.rglob("*") if p.suffix in {".sql", ".rs", ".py", ".sh"} and p.is_file()
+CODE = [p for p in ROOT.rglob("*") if p.suffix in {".sql", ".rs", ".py", ".sh", ".ts", ".tsx"} and p.is_file()
         and not any(part in {"target", "node_modules", ".venv", ".git", "corpus", "fixtures"} for part in p.parts)
         and not p.name.startswith("pg_billing--")]
 FOLDERS = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}

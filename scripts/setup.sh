@@ -7,7 +7,7 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 
 PACKAGES="postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-pgtap
           libtap-parser-sourcehandler-pgtap-perl pgbouncer python3-venv postgresql-15-plpgsql-check
-          postgresql-15-cron"
+          postgresql-15-cron chromium"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -38,6 +38,14 @@ if [ ! -d tools/typegen/node_modules ] || [ "$(cat tools/typegen/node_modules/.l
   echo "== installing tools/typegen (npm ci)"
   (cd tools/typegen && npm ci --no-audit --no-fund --loglevel=error)
   echo "$want_npm" > tools/typegen/node_modules/.lock.sha
+fi
+
+# The web app's dependencies (examples/web/package-lock.json), likewise.
+want_web=$(sha256sum examples/web/package-lock.json | cut -d' ' -f1)
+if [ ! -d examples/web/node_modules ] || [ "$(cat examples/web/node_modules/.lock.sha 2>/dev/null)" != "$want_web" ]; then
+  echo "== installing examples/web (npm ci)"
+  (cd examples/web && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want_web" > examples/web/node_modules/.lock.sha
 fi
 
 # The virtualenv is rebuilt whenever tests/requirements.txt changes.

@@ -10,6 +10,7 @@ transaction with transaction-local settings only.
 import asyncio
 import json
 import os
+import pathlib
 import re
 import uuid
 from contextlib import asynccontextmanager
@@ -17,8 +18,9 @@ from contextlib import asynccontextmanager
 import jwt
 import psycopg
 import stripe
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
@@ -44,6 +46,14 @@ class TeamRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
 
 
+class PromoRequest(BaseModel):
+    code: str = Field(min_length=1, max_length=64)
+
+
+class PortalRequest(BaseModel):
+    account_id: uuid.UUID | None = None
+
+
 class MemberRequest(BaseModel):
     user_id: uuid.UUID
     role: str = "member"
@@ -58,7 +68,10 @@ def fake_model_reply(prompt: str, max_tokens: int) -> list[str]:
 
 
 def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, webhook_secret: str | None = None,
-               site_url: str = "http://localhost:3000", token_delay: float = 0.0) -> FastAPI:
+               site_url: str = "http://localhost:3000", token_delay: float = 0.0,
+               web_dir: str | os.PathLike | None = None) -> FastAPI:
+    """web_dir: the built web app (examples/web/dist), served at / with every non-API path
+    answered by its index.html (the app routes in the browser)."""
     pool = AsyncConnectionPool(dsn, open=False, min_size=1, max_size=10,
                                kwargs={"prepare_threshold": None, "autocommit": False})
 
@@ -201,21 +214,85 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
                 cur = await conn.execute(sql, args)
                 return await cur.fetchall()
 
+    @app.get("/api/billing/summary")
     @app.get("/api/billing/subscription")
-    async def subscription(user: dict = Depends(current_user), account_id: uuid.UUID | None = None):
+    async def summary(user: dict = Depends(current_user), account_id: uuid.UUID | None = None):
+        """Balance (spendable), reserved, debt, the breakdown by expiry, the plan and its renewal."""
         try:
             return (await as_user(user, "select billing.get_billing_summary(%s)", (account_id,)))[0][0]
         except psycopg.Error as e:
             return db_error(e)
 
+    @app.get("/api/billing/catalog")
+    async def catalog(user: dict = Depends(current_user)):
+        """What the billing page offers: active packs and plans (the catalog tables users may read)."""
+        packs = await as_user(user, "select stripe_price_id, name, tokens, price_amount, currency"
+                                    " from billing.token_packs where active order by price_amount, id")
+        plans = await as_user(user, "select stripe_price_id, name, code, tokens_per_period, price_amount, currency"
+                                    " from billing.plans where active order by price_amount, id")
+        return {"packs": [{"price_id": p, "name": n, "tokens": t, "price_amount": a, "currency": c}
+                          for p, n, t, a, c in packs],
+                "plans": [{"price_id": p, "name": n, "code": code, "tokens_per_period": t, "price_amount": a,
+                           "currency": c} for p, n, code, t, a, c in plans]}
+
+    @app.get("/api/billing/grants")
+    async def grants(user: dict = Depends(current_user), limit: int = Query(default=10, ge=1, le=500),
+                     offset: int = Query(default=0, ge=0), account_id: uuid.UUID | None = None):
+        try:
+            rows = await as_user(user, "select row_to_json(g) from billing.get_grant_history(%s, %s, %s) g",
+                                 (limit, offset, account_id))
+        except psycopg.Error as e:
+            return db_error(e)
+        return [r[0] for r in rows]
+
+    @app.get("/api/billing/payments")
+    async def payments(user: dict = Depends(current_user), limit: int = Query(default=10, ge=1, le=500),
+                       offset: int = Query(default=0, ge=0), account_id: uuid.UUID | None = None):
+        """Stripe events with their amounts and, for invoices, Stripe's hosted page and PDF."""
+        try:
+            rows = await as_user(user, "select row_to_json(p) from billing.get_payment_history(%s, %s, %s) p",
+                                 (limit, offset, account_id))
+        except psycopg.Error as e:
+            return db_error(e)
+        return [r[0] for r in rows]
+
+    @app.post("/api/billing/promo")
+    async def redeem_promo(body: PromoRequest, user: dict = Depends(current_user)):
+        try:
+            rows = await as_user(user, "select row_to_json(r) from billing.redeem_promo_code(%s) r", (body.code,))
+        except psycopg.Error as e:
+            return db_error(e)
+        return rows[0][0]
+
+    @app.post("/api/payments/portal")
+    async def billing_portal(body: PortalRequest, user: dict = Depends(current_user)):
+        """Stripe's Customer Portal (invoices, payment methods, cancelling) for the caller's customer,
+        or a team's for its owners and admins."""
+        account = body.account_id or uuid.UUID(user["sub"])
+        if body.account_id:
+            accounts = await as_user(user, "select role from billing.get_accounts() where account_id = %s",
+                                     (body.account_id,))
+            if not accounts or accounts[0][0] not in ("owner", "admin"):
+                raise HTTPException(403, "only an owner or admin of the account manages its billing")
+        async with pool.connection() as conn:
+            cur = await conn.execute("select stripe_customer_id from billing.stripe_customers where account_id = %s",
+                                     (account,))
+            row = await cur.fetchone()
+        if row is None:
+            raise HTTPException(404, "no Stripe customer yet: the portal opens after a first purchase")
+        session = await asyncio.to_thread(stripe_client.v1.billing_portal.sessions.create,
+                                          {"customer": row[0], "return_url": f"{site_url}/billing"})
+        return {"url": session.url}
+
     @app.get("/api/billing/usage")
     async def usage(user: dict = Depends(current_user), bucket: str = "day", group_by: str | None = None,
-                    account_id: uuid.UUID | None = None):
+                    days: int = Query(default=30, ge=1, le=3660), account_id: uuid.UUID | None = None):
         try:
             rows = await as_user(user, "select bucket, group_key, tokens, requests, input_tokens, output_tokens,"
                                        " cached_input_tokens from billing.get_usage_history("
-                                       "p_bucket => %s, p_group_by => %s, p_account_id => %s)",
-                                 (bucket, group_by, account_id))
+                                       "p_from => now() - make_interval(days => %s), p_bucket => %s, p_group_by => %s,"
+                                       " p_account_id => %s)",
+                                 (days, bucket, group_by, account_id))
         except psycopg.Error as e:
             return db_error(e)
         return [{"bucket": b.isoformat(), "group": g, "tokens": t, "requests": r, "input_tokens": i, "output_tokens": o,
@@ -254,12 +331,23 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
             return db_error(e)
         return {"removed": removed}
 
+    if web_dir:
+        web = pathlib.Path(web_dir)
+        app.mount("/assets", StaticFiles(directory=web / "assets"), name="assets")
+
+        @app.get("/{path:path}", include_in_schema=False)
+        async def web_app(path: str):
+            if path.startswith("api/"):
+                raise HTTPException(404)
+            return FileResponse(web / "index.html")
+
     return app
 
 
 def app_from_env() -> FastAPI:
     return create_app(os.environ["PG_BILLING_DSN"], os.environ["SUPABASE_JWT_SECRET"],
-                      stripe.StripeClient(os.environ["STRIPE_API_KEY"]), os.environ.get("STRIPE_WEBHOOK_SECRET"))
+                      stripe.StripeClient(os.environ["STRIPE_API_KEY"]), os.environ.get("STRIPE_WEBHOOK_SECRET"),
+                      site_url=os.environ.get("SITE_URL", "http://localhost:3000"), web_dir=os.environ.get("WEB_DIR"))
 
 
 if os.environ.get("PG_BILLING_DSN"):

@@ -1,45 +1,12 @@
 """The example backend end to end: HTTP in, pg_billing in the database, real PostgreSQL."""
 import concurrent.futures
 import json
-import pathlib
 import time
 import uuid
 
 import httpx
-import stripe
 
-from conftest import WEBHOOK_SECRET, token_for
-
-FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "stripe" / "events" / "2025-10-29.clover"
-SHIFT = int(time.time()) - 86400 - 1763900000  # the story, moved so it began a day ago
-
-
-def story_event(prefix, user=None, **overrides):
-    def shift(v):
-        if isinstance(v, dict):
-            return {k: shift(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [shift(x) for x in v]
-        if isinstance(v, int) and not isinstance(v, bool) and 1_700_000_000 <= v <= 1_800_000_000:
-            return v + SHIFT
-        return v
-    text = next(FIXTURES.glob(f"{prefix}_*.json")).read_text()
-    if user:
-        text = text.replace("5a1b2c3d-0000-4000-8000-00000000000a", str(user)).replace("cus_TestUserA", f"cus_{user.hex[:12]}")
-    event = shift(json.loads(text))
-    for path, value in overrides.items():
-        target = event
-        *parents, last = path.split(".")
-        for p in parents:
-            target = target[p]
-        target[last] = value
-    return json.dumps(event)
-
-
-def post_webhook(http, payload, secret=WEBHOOK_SECRET):
-    header = stripe.WebhookSignature.generate_signature_header(payload, secret)
-    return http.post("/api/payments/webhook", content=payload.encode(),
-                     headers={"Stripe-Signature": header, "Content-Type": "application/json"})
+from support import post_webhook, story_event, token_for
 
 
 def new_user(db):
@@ -238,6 +205,77 @@ def test_usage_and_subscription_are_read_as_the_user(http, db):
     assert http.get("/api/billing/usage", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert http.get("/api/billing/usage", params={"bucket": "week"}, headers=auth(a)).status_code == 400
     assert http.get("/api/billing/subscription", headers=auth(a)).json()["balance"] == 93
+
+
+def paid_story(http, u):
+    """A pack bought with Checkout, then the Pro plan subscribed and its first invoice paid."""
+    new = {"id": lambda: f"evt_{uuid.uuid4().hex}"}
+    events = [story_event("01", u, **{"id": new["id"](), "data.object.id": f"cs_{uuid.uuid4().hex}",
+                                      "data.object.payment_intent": f"pi_{uuid.uuid4().hex}"})]
+    sub_id = f"sub_{uuid.uuid4().hex}"
+    events += [story_event(prefix, u, **{"id": new["id"](), "data.object.id": obj}).replace("sub_TestProA", sub_id)
+               for prefix, obj in [("04", f"cs_{uuid.uuid4().hex}"), ("05", sub_id), ("06", f"in_{uuid.uuid4().hex}")]]
+    for e in events:
+        r = post_webhook(http, e)
+        assert r.status_code == 200, r.text
+
+
+def test_the_billing_page_reads_catalog_history_with_invoices_and_pages(http, db):
+    u = new_user(db)
+    paid_story(http, u)
+    db.execute("insert into billing.token_packs (stripe_price_id, tokens, price_amount, active)"
+               " values ('price_inactive', 5, 5, false) on conflict do nothing")
+    catalog = http.get("/api/billing/catalog", headers=auth(u)).json()
+    assert {"price_id": "price_Pack1000", "name": "1,000 tokens", "tokens": 1000, "price_amount": 999,
+            "currency": "usd"} in catalog["packs"]
+    assert "pro" in [p["code"] for p in catalog["plans"]]
+    assert all(p["price_id"] != "price_inactive" for p in catalog["packs"])
+    first, second = (http.get("/api/billing/payments", params={"limit": 2, "offset": o}, headers=auth(u)).json()
+                     for o in (0, 2))
+    assert len(first) == 2 and len(second) == 2
+    assert not {p["event_id"] for p in first} & {p["event_id"] for p in second}
+    invoice = next(p for p in first + second if p["event_type"] == "invoice.paid")
+    assert invoice["hosted_invoice_url"].startswith("https://invoice.stripe.com/")
+    assert invoice["invoice_pdf"].startswith("https://pay.stripe.com/") and invoice["amount"] == 2000
+    checkout = next(p for p in first + second if p["event_type"] == "checkout.session.completed"
+                    and p["action"] == "granted")
+    assert (checkout["amount"], checkout["currency"], checkout["hosted_invoice_url"]) == (999, "usd", None)
+    grants = [http.get("/api/billing/grants", params={"limit": 1, "offset": o}, headers=auth(u)).json() for o in (0, 1, 2)]
+    assert [len(g) for g in grants] == [1, 1, 0]
+    assert sorted(g[0]["tokens"] for g in grants[:2]) == [1000, 100000]
+    assert http.get("/api/billing/grants", params={"limit": 501}, headers=auth(u)).status_code == 422
+    other = new_user(db)
+    assert http.get("/api/billing/payments", headers=auth(other)).json() == []  # nobody else's payments
+
+
+def test_promo_codes_are_redeemed_once_with_each_refusal_as_its_status(http, db):
+    u = new_user(db)
+    code = f"WELCOME{uuid.uuid4().hex[:8].upper()}"
+    db.execute("insert into billing.promo_codes (code, tokens) values (%s, 50)", (code,))
+    db.execute("insert into billing.promo_codes (code, tokens, valid_until) values (%s, 50, now() - interval '1 day')",
+               (code + "OLD",))
+    r = http.post("/api/billing/promo", json={"code": code.lower()}, headers=auth(u))
+    assert r.status_code == 200 and r.json()["tokens"] == 50 and r.json()["balance_after"] == 50
+    again = http.post("/api/billing/promo", json={"code": code}, headers=auth(u))
+    assert (again.status_code, again.json()["code"]) == (409, "PT409")
+    unknown = http.post("/api/billing/promo", json={"code": "NOPE"}, headers=auth(u))
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "PT404")
+    expired = http.post("/api/billing/promo", json={"code": code + "OLD"}, headers=auth(u))
+    assert (expired.status_code, expired.json()["code"]) == (410, "PT410")
+    assert balance(db, u) == 50
+
+
+def test_manage_billing_opens_the_customer_portal_of_the_callers_customer(http, db, stripe_http):
+    u = new_user(db)
+    assert http.post("/api/payments/portal", json={}, headers=auth(u)).status_code == 404  # no customer yet
+    paid_story(http, u)
+    r = http.post("/api/payments/portal", json={}, headers=auth(u))
+    assert r.status_code == 200 and r.json()["url"] == "https://billing.stripe.com/p/session/test_recorded"
+    method, url, params = stripe_http.requests[-1]
+    assert (method, url) == ("post", "https://api.stripe.com/v1/billing_portal/sessions")
+    assert params == {"customer": f"cus_{u.hex[:12]}", "return_url": "http://localhost:3000/billing"}
+    team = http.post("/api/accounts", json={"name": "t"}, headers=auth(new_user(db))).json()["account_id"]
+    assert http.post("/api/payments/portal", json={"account_id": team}, headers=auth(u)).status_code == 403
 
 
 def test_a_team_buys_once_and_its_members_spend_within_their_limits(http, db, stripe_http):

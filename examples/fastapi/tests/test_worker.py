@@ -11,11 +11,14 @@ import pytest
 import stripe
 from aiosmtpd.controller import Controller
 
-from conftest import DB, HOST, PORT
-from test_app import balance, new_user, post_webhook, story_event
+from support import HOST, PORT, post_webhook, story_event
+from test_app import balance, new_user
 from worker import Worker
 
-DSN = f"host={HOST} port={PORT} dbname={DB} user=postgres"
+
+@pytest.fixture
+def dsn(database):
+    return f"host={HOST} port={PORT} dbname={database} user=postgres"
 
 
 class Inbox:
@@ -43,7 +46,7 @@ class Crash(Exception):
     pass
 
 
-def test_billing_emails_arrive_once_each_even_after_a_crash_between_send_and_ack(http, db, smtp, stripe_http):
+def test_billing_emails_arrive_once_each_even_after_a_crash_between_send_and_ack(http, db, smtp, stripe_http, dsn):
     inbox, port = smtp
     user = new_user(db)
     db.execute("insert into billing.account_settings (account_id, low_balance_threshold) values (%s, 500)", (user,))
@@ -65,9 +68,9 @@ def test_billing_emails_arrive_once_each_even_after_a_crash_between_send_and_ack
 
     client = stripe.StripeClient("sk_test_example", http_client=stripe_http)
     with pytest.raises(Crash):
-        Worker(DSN, client, "127.0.0.1", port, visibility="1 second", after_action=crash_once).run_once()
+        Worker(dsn, client, "127.0.0.1", port, visibility="1 second", after_action=crash_once).run_once()
     time.sleep(1.2)  # the claim times out; a new worker picks the event up again
-    Worker(DSN, client, "127.0.0.1", port, visibility="1 second").run_once()
+    Worker(dsn, client, "127.0.0.1", port, visibility="1 second").run_once()
 
     to_user = [m for m in inbox.messages if m["To"] == f"{user}@example.com"]
     ids = [m["Message-ID"].strip() for m in to_user]  # a long header is folded
@@ -80,7 +83,7 @@ def test_billing_emails_arrive_once_each_even_after_a_crash_between_send_and_ack
                       (user,)).fetchone()[0] == 0
 
 
-def test_auto_top_up_charges_off_session_and_the_webhook_grants_once(http, db, smtp, stripe_http):
+def test_auto_top_up_charges_off_session_and_the_webhook_grants_once(http, db, smtp, stripe_http, dsn):
     _, port = smtp
     user = new_user(db)
     customer = f"cus_{user.hex[:12]}"
@@ -93,7 +96,7 @@ def test_auto_top_up_charges_off_session_and_the_webhook_grants_once(http, db, s
                          (user,)).fetchone()[0]
 
     n = len(stripe_http.requests)
-    Worker(DSN, stripe.StripeClient("sk_test_example", http_client=stripe_http), "127.0.0.1", port).run_once()
+    Worker(dsn, stripe.StripeClient("sk_test_example", http_client=stripe_http), "127.0.0.1", port).run_once()
     calls = [(r, h) for r, h in zip(stripe_http.requests[n:], stripe_http.headers[n:]) if r[1].endswith("/v1/payment_intents")]
     assert len(calls) == 1
     (method, _, params), headers = calls[0]
