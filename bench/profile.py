@@ -122,7 +122,9 @@ def main():
               "(SECURITY DEFINER and the pinned search_path, the argument and role checks, the wider usage row "
               "with its drawn_from and balance_after, the set-returning result).", "",
              "## perf profile of consume_tokens (no key)", "",
-             f"`perf record -g -u postgres` during the run; self time by symbol ({measured:.0f}% of samples above 0.05%), grouped:", "",
+             f"`perf record -g -u postgres` during the run; self time by symbol ({measured:.0f}% of samples are in symbols above "
+             "0.05%), grouped by symbol name. A rough split: Debian's postgres binary is stripped, so some samples are bare "
+             "addresses and land in the last group; the CPU table above is the measurement to trust.", "",
              "| group | share of server samples |", "|---|---|"]
     for name, _ in GROUPS:
         if name in grouped:
