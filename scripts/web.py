@@ -20,8 +20,8 @@ import uvicorn
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "fastapi"))
 from app import create_app  # noqa: E402
+from demo import USER  # noqa: E402  (the demo's user; this script's folder is on the path)
 
-USER = "5a1b2c3d-0000-4000-8000-00000000000a"  # the demo's user (scripts/demo.py)
 JWT_SECRET = os.environ.get("SUPABASE_JWT_SECRET", "local-demo-jwt-secret-with-at-least-32-characters")
 
 

@@ -103,6 +103,11 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
         return JSONResponse({"code": e.sqlstate, "message": e.diag.message_primary, "details": e.diag.message_detail,
                              "hint": e.diag.message_hint}, status_code=status, headers=headers)
 
+    @app.exception_handler(psycopg.Error)
+    async def database_error(request: Request, e: psycopg.Error) -> JSONResponse:
+        """Any endpoint's database error as its SQLSTATE's HTTP status (the webhook answers its own)."""
+        return db_error(e)
+
     @app.post("/api/payments/webhook")
     async def stripe_webhook(request: Request, stripe_signature: str = Header(default="")):
         raw = await request.body()  # the exact bytes Stripe signed: never parse before verifying
@@ -171,15 +176,12 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
         price, stream, then charge the tokens really used (at the price the hold kept)."""
         key = idempotency_key or f"chat-{uuid.uuid4()}"
         input_tokens = len(body.prompt.split())  # stands in for the model's tokenizer
-        try:
-            async with pool.connection() as conn:
-                cur = await conn.execute("select reservation_id from billing.reserve_llm_usage(%s, %s, %s, %s, %s, %s, %s)",
-                                         (user["sub"], body.model, input_tokens, body.max_tokens, key, "15 minutes",
-                                          body.account_id))
-                reservation = (await cur.fetchone())[0]
-                await conn.commit()
-        except psycopg.Error as e:
-            return db_error(e)
+        async with pool.connection() as conn:
+            cur = await conn.execute("select reservation_id from billing.reserve_llm_usage(%s, %s, %s, %s, %s, %s, %s)",
+                                     (user["sub"], body.model, input_tokens, body.max_tokens, key, "15 minutes",
+                                      body.account_id))
+            reservation = (await cur.fetchone())[0]
+            await conn.commit()
 
         async def settle(sql, args):
             async with pool.connection() as conn:
@@ -218,10 +220,7 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
     @app.get("/api/billing/subscription")
     async def summary(user: dict = Depends(current_user), account_id: uuid.UUID | None = None):
         """Balance (spendable), reserved, debt, the breakdown by expiry, the plan and its renewal."""
-        try:
-            return (await as_user(user, "select billing.get_billing_summary(%s)", (account_id,)))[0][0]
-        except psycopg.Error as e:
-            return db_error(e)
+        return (await as_user(user, "select billing.get_billing_summary(%s)", (account_id,)))[0][0]
 
     @app.get("/api/billing/catalog")
     async def catalog(user: dict = Depends(current_user)):
@@ -238,30 +237,21 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
     @app.get("/api/billing/grants")
     async def grants(user: dict = Depends(current_user), limit: int = Query(default=10, ge=1, le=500),
                      offset: int = Query(default=0, ge=0), account_id: uuid.UUID | None = None):
-        try:
-            rows = await as_user(user, "select row_to_json(g) from billing.get_grant_history(%s, %s, %s) g",
-                                 (limit, offset, account_id))
-        except psycopg.Error as e:
-            return db_error(e)
+        rows = await as_user(user, "select row_to_json(g) from billing.get_grant_history(%s, %s, %s) g",
+                             (limit, offset, account_id))
         return [r[0] for r in rows]
 
     @app.get("/api/billing/payments")
     async def payments(user: dict = Depends(current_user), limit: int = Query(default=10, ge=1, le=500),
                        offset: int = Query(default=0, ge=0), account_id: uuid.UUID | None = None):
         """Stripe events with their amounts and, for invoices, Stripe's hosted page and PDF."""
-        try:
-            rows = await as_user(user, "select row_to_json(p) from billing.get_payment_history(%s, %s, %s) p",
-                                 (limit, offset, account_id))
-        except psycopg.Error as e:
-            return db_error(e)
+        rows = await as_user(user, "select row_to_json(p) from billing.get_payment_history(%s, %s, %s) p",
+                             (limit, offset, account_id))
         return [r[0] for r in rows]
 
     @app.post("/api/billing/promo")
     async def redeem_promo(body: PromoRequest, user: dict = Depends(current_user)):
-        try:
-            rows = await as_user(user, "select row_to_json(r) from billing.redeem_promo_code(%s) r", (body.code,))
-        except psycopg.Error as e:
-            return db_error(e)
+        rows = await as_user(user, "select row_to_json(r) from billing.redeem_promo_code(%s) r", (body.code,))
         return rows[0][0]
 
     @app.post("/api/payments/portal")
@@ -287,48 +277,33 @@ def create_app(dsn: str, jwt_secret: str, stripe_client: stripe.StripeClient, we
     @app.get("/api/billing/usage")
     async def usage(user: dict = Depends(current_user), bucket: str = "day", group_by: str | None = None,
                     days: int = Query(default=30, ge=1, le=3660), account_id: uuid.UUID | None = None):
-        try:
-            rows = await as_user(user, "select bucket, group_key, tokens, requests, input_tokens, output_tokens,"
-                                       " cached_input_tokens from billing.get_usage_history("
-                                       "p_from => now() - make_interval(days => %s), p_bucket => %s, p_group_by => %s,"
-                                       " p_account_id => %s)",
-                                 (days, bucket, group_by, account_id))
-        except psycopg.Error as e:
-            return db_error(e)
+        rows = await as_user(user, "select bucket, group_key, tokens, requests, input_tokens, output_tokens,"
+                                   " cached_input_tokens from billing.get_usage_history("
+                                   "p_from => now() - make_interval(days => %s), p_bucket => %s, p_group_by => %s,"
+                                   " p_account_id => %s)",
+                             (days, bucket, group_by, account_id))
         return [{"bucket": b.isoformat(), "group": g, "tokens": t, "requests": r, "input_tokens": i, "output_tokens": o,
                  "cached_input_tokens": c} for b, g, t, r, i, o, c in rows]
 
     # Team accounts: each call runs as the user, so the database decides who may do what.
     @app.get("/api/accounts")
     async def accounts(user: dict = Depends(current_user)):
-        try:
-            rows = await as_user(user, "select row_to_json(a) from billing.get_accounts() a")
-        except psycopg.Error as e:
-            return db_error(e)
+        rows = await as_user(user, "select row_to_json(a) from billing.get_accounts() a")
         return [r[0] for r in rows]
 
     @app.post("/api/accounts")
     async def create_team(body: TeamRequest, user: dict = Depends(current_user)):
-        try:
-            return {"account_id": (await as_user(user, "select billing.create_team_account(%s)", (body.name,)))[0][0]}
-        except psycopg.Error as e:
-            return db_error(e)
+        return {"account_id": (await as_user(user, "select billing.create_team_account(%s)", (body.name,)))[0][0]}
 
     @app.put("/api/accounts/{account_id}/members")
     async def put_member(account_id: uuid.UUID, body: MemberRequest, user: dict = Depends(current_user)):
-        try:
-            rows = await as_user(user, "select row_to_json(m) from billing.add_account_member(%s, %s, %s, %s, %s) m",
-                                 (account_id, body.user_id, body.role, body.spend_limit, body.spend_limit_period))
-        except psycopg.Error as e:
-            return db_error(e)
+        rows = await as_user(user, "select row_to_json(m) from billing.add_account_member(%s, %s, %s, %s, %s) m",
+                             (account_id, body.user_id, body.role, body.spend_limit, body.spend_limit_period))
         return rows[0][0]
 
     @app.delete("/api/accounts/{account_id}/members/{member_id}")
     async def delete_member(account_id: uuid.UUID, member_id: uuid.UUID, user: dict = Depends(current_user)):
-        try:
-            removed = (await as_user(user, "select billing.remove_account_member(%s, %s)", (account_id, member_id)))[0][0]
-        except psycopg.Error as e:
-            return db_error(e)
+        removed = (await as_user(user, "select billing.remove_account_member(%s, %s)", (account_id, member_id)))[0][0]
         return {"removed": removed}
 
     if web_dir:
