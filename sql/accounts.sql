@@ -59,28 +59,34 @@ end
 $$;
 
 -- Counts p_amount in a member's spending of the current period (a new period starts from 0), or
--- raises PT402 whose DETAIL starts with 'member limit' when that would exceed the member's spend
--- limit. Returns the period's start. The caller holds the account's lock.
+-- raises 42501 when p_user_id is not a member, or PT402 whose DETAIL starts with 'member limit'
+-- when the spending would exceed the member's spend limit. Returns the period's start. The caller
+-- holds the account's lock. One UPDATE (a team consume runs this on every call); the period start
+-- is billing_internal.limit_period_start's, written out so no function call is made per row.
 create function billing_internal.charge_member(p_account_id uuid, p_user_id uuid, p_amount bigint) returns timestamptz
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_member billing.account_members;
   v_start timestamptz;
   v_spent bigint;
+  v_limit bigint;
+  v_period text;
 begin
-  select m.* into v_member from billing.account_members m
-   where m.account_id = p_account_id and m.user_id = p_user_id;
-  v_start := billing_internal.limit_period_start(v_member.spend_limit_period);
-  v_spent := case when v_member.period_start is not distinct from v_start then v_member.period_spent else 0 end;
-  if v_member.spend_limit is not null and v_spent::numeric + p_amount > v_member.spend_limit then
+  update billing.account_members m
+     set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC',
+         period_spent = least(case when m.period_start is not distinct from
+                                         pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC'
+                                   then m.period_spent else 0 end::numeric + p_amount,
+                              9223372036854775807)::bigint
+   where m.account_id = p_account_id and m.user_id = p_user_id
+  returning m.period_start, m.period_spent, m.spend_limit, m.spend_limit_period into v_start, v_spent, v_limit, v_period;
+  if not found then
+    perform billing_internal.require_member(p_account_id, p_user_id);  -- raises 42501
+  elsif v_limit is not null and v_spent > v_limit then
     raise exception using errcode = 'PT402', message = 'member spend limit reached',
-      detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, v_spent,
-                                 v_member.spend_limit, v_member.spend_limit_period),
+      detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, v_spent - p_amount,
+                                 v_limit, v_period),
       hint = 'An owner or admin of the account can raise the limit; it resets when the period ends (UTC).';
   end if;
-  update billing.account_members m
-     set period_start = v_start, period_spent = least(v_spent::numeric + p_amount, 9223372036854775807)::bigint
-   where m.account_id = p_account_id and m.user_id = p_user_id;
   return v_start;
 end
 $$;

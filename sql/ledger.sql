@@ -350,7 +350,8 @@ begin
     if not p_create then
       return null;
     end if;
-    insert into billing.balances (account_id) values (p_account_id) on conflict (account_id) do nothing;
+    insert into billing.balances (account_id, plan_code) values (p_account_id, billing_internal.account_plan(p_account_id))
+    on conflict (account_id) do nothing;
     select b.* into v_row from billing.balances b where b.account_id = p_account_id for update;
   end if;
   perform billing_internal.flush_head(p_account_id);
@@ -482,6 +483,7 @@ declare
   v_after bigint;
   v_id bigint;
   v_flags integer;
+  v_counted bigint[];
   v_row billing.balances;
   v_drawn bigint[];
 begin
@@ -509,29 +511,46 @@ begin
   end if;
 
   -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
-  -- grant covers the amount. One UPDATE (which also locks the account's balance row) and one INSERT
-  -- in a single statement. Without a key it is a plain INSERT; with one, ON CONFLICT makes a key
-  -- seen before insert nothing. The result goes out through the OUT parameters and RETURN NEXT (no
-  -- extra query, unlike RETURN QUERY).
+  -- grant covers the amount. One statement: the UPDATE of the balance row (which also locks it), the
+  -- INSERT of the usage row, and the count of the call against each rate limit of the account's plan
+  -- (an UPDATE of its counter row; with no limits configured it scans an empty table). A counter is
+  -- updated only after the debit has locked the balance row, as by every writer of counters. Without
+  -- a key the usage row is a plain INSERT; with one, ON CONFLICT makes a key seen before insert
+  -- nothing, and nothing is counted. What is left to do: v_flags 1 the balance crossed an alert
+  -- level, 2 a limit is now over (PT429); v_uncounted lists the limits counted so far when a limit
+  -- had no counter row for this statement to update (the account's first call under it), else NULL.
+  -- The result goes out through the OUT parameters and RETURN NEXT.
   if p_idempotency_key is null then
     with debit as (
       update billing.balances b
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
+    ), counted as (
+      update billing.rate_limit_usage u
+         set used = case when u.window_start = w.start then u.used else 0 end
+                    + case l.metric when 'tokens' then p_amount else 1 end,
+             window_start = w.start
+        from debit d join billing.rate_limits l on l.plan_code is not distinct from d.plan_code,
+             lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
+                                                                       / l.window_seconds) * l.window_seconds)::double precision)) w(start)
+       where u.account_id = d.account_id and u.limit_id = l.id
+      returning u.limit_id, u.used > l.max_amount as over
     )
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
-    -- in the same statement: 1 if the balance crossed an alert level, + 2 if any rate limit exists
     returning id, token_usage.balance_after,
-              (select (d.spendable < d.alert_below or d.spendable >= d.alert_above) is true from debit d)::integer
-              + 2 * (select exists (select 1 from billing.rate_limits))::integer
-         into usage_id, balance_after, v_flags;
+              (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
+                      + 2 * (exists (select 1 from counted c where c.over))::integer from debit d),
+              (select array(select c.limit_id from counted c) from debit d
+                where (select count(*) from billing.rate_limits l where l.plan_code is not distinct from d.plan_code)
+                      > (select count(*) from counted))
+         into usage_id, balance_after, v_flags, v_counted;
     if found then
-      if v_flags <> 0 then
-        perform billing_internal.after_debit(p_user_id, p_amount, v_flags);
+      if v_flags <> 0 or v_counted is not null then
+        perform billing_internal.after_debit(p_user_id, p_amount, v_flags, v_counted);
       end if;
       tokens_charged := p_amount;
       replayed := false;
@@ -544,22 +563,35 @@ begin
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
     ), usage as (
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
         from debit d
       on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
       returning id
+    ), counted as (
+      update billing.rate_limit_usage u
+         set used = case when u.window_start = w.start then u.used else 0 end
+                    + case l.metric when 'tokens' then p_amount else 1 end,
+             window_start = w.start
+        from debit d join billing.rate_limits l on l.plan_code is not distinct from d.plan_code,
+             lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
+                                                                       / l.window_seconds) * l.window_seconds)::double precision)) w(start)
+       where u.account_id = d.account_id and u.limit_id = l.id and exists (select from usage)
+      returning u.limit_id, u.used > l.max_amount as over
     )
-    select d.spendable, (select u.id from usage u),
+    select d.spendable, (select n.id from usage n),
            ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-           + 2 * (select exists (select 1 from billing.rate_limits))::integer
-      into v_after, v_id, v_flags from debit d;
+           + 2 * (exists (select 1 from counted c where c.over))::integer,
+           (select array(select c.limit_id from counted c)
+             where (select count(*) from billing.rate_limits l where l.plan_code is not distinct from d.plan_code)
+                   > (select count(*) from counted))
+      into v_after, v_id, v_flags, v_counted from debit d;
 
     if v_id is not null then
-      if v_flags <> 0 then
-        perform billing_internal.after_debit(p_user_id, p_amount, v_flags);
+      if v_flags <> 0 or v_counted is not null then
+        perform billing_internal.after_debit(p_user_id, p_amount, v_flags, v_counted);
       end if;
       usage_id := v_id;
       tokens_charged := p_amount;
@@ -613,13 +645,15 @@ declare
   v_id bigint;
 begin
   perform 1 from billing.balances b where b.account_id = p_account_id for update;
-  perform billing_internal.require_member(p_account_id, p_user_id);
-  if p_key is not null and exists (select 1 from billing.token_usage u where u.account_id = p_account_id
-                                      and u.user_id = p_user_id and u.idempotency_key = p_key) then
-    return query select * from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key);
-    return;
+  if p_key is not null then
+    perform billing_internal.require_member(p_account_id, p_user_id);
+    if exists (select 1 from billing.token_usage u where u.account_id = p_account_id
+                  and u.user_id = p_user_id and u.idempotency_key = p_key) then
+      return query select * from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key);
+      return;
+    end if;
   end if;
-  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);
+  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);  -- checks membership too
   update billing.balances b
      set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
    where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
@@ -641,7 +675,9 @@ begin
   insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
-  perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
+  if exists (select 1 from billing.rate_limits l where l.plan_code is not distinct from v_row.plan_code) then
+    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
+  end if;
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
@@ -978,16 +1014,21 @@ $$;
 comment on function billing.run_maintenance(integer) is
   'Expires grants and holds that are due, rolls up usage for get_usage_history, and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
 
--- What a fast-path debit found in its own statement (v_flags): 1 the balance crossed an alert
--- level, 2 rate limits exist. Kept out of consume_tokens so the common case runs nothing more.
-create function billing_internal.after_debit(p_account_id uuid, p_amount bigint, p_flags integer) returns void
+-- What a fast-path debit left to do (consume_tokens: v_flags and v_counted). Kept out of
+-- consume_tokens so the common case runs nothing more.
+create function billing_internal.after_debit(p_account_id uuid, p_amount bigint, p_flags integer,
+                                             p_counted bigint[]) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
+  if p_flags & 2 = 2 then
+    perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
+  end if;
+  if p_counted is not null then
+    -- limits without a counter row the debit statement could update: counted here (inserting it)
+    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1, p_counted);
+  end if;
   if p_flags & 1 = 1 then
     perform billing_internal.queue_alert_check(p_account_id);
-  end if;
-  if p_flags & 2 = 2 then
-    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
   end if;
 end
 $$;
@@ -1050,7 +1091,8 @@ begin
     perform billing_internal.set_alert_levels(old.account_id, array[null, null]::bigint[]);
     return old;
   end if;
-  insert into billing.balances (account_id) values (new.account_id) on conflict (account_id) do nothing;
+  insert into billing.balances (account_id, plan_code) values (new.account_id, billing_internal.account_plan(new.account_id))
+  on conflict (account_id) do nothing;
   select b.spendable into v_spendable from billing.balances b where b.account_id = new.account_id;
   if tg_op = 'INSERT' or new.low_balance_threshold is distinct from old.low_balance_threshold then
     new.low_balance_armed := new.low_balance_threshold is not null and v_spendable >= new.low_balance_threshold;

@@ -37,27 +37,62 @@ begin
 end
 $$;
 
--- Counts a call (p_requests calls, p_tokens credits) against every limit of the account's plan, or
--- raises PT429 naming the limit that frees up last. Returns the windows it counted in ({{limit_id,
--- window start as epoch seconds}, ...}) for a reservation to correct later. The caller holds the
--- account's balance lock, so calls of one account are counted one after the other.
-create function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer)
+-- balances.plan_code follows account_plan. A subscription written (by a webhook or by hand) updates
+-- its account's row, creating it if need be, so that a balance row inserted concurrently, before the
+-- subscription committed, is updated too. The row is locked as by every writer, so a consume counts
+-- against the plan in force when it ran.
+create function billing_internal.subscription_written() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_account uuid;
+begin
+  foreach v_account in array array[old.account_id, new.account_id] loop
+    if v_account is not null then
+      insert into billing.balances as b (account_id, plan_code)
+      values (v_account, billing_internal.account_plan(v_account))
+      on conflict (account_id) do update set plan_code = excluded.plan_code
+       where b.plan_code is distinct from excluded.plan_code;
+    end if;
+  end loop;
+  return null;
+end
+$$;
+
+-- A plan's code renamed (rate_limits follow by ON UPDATE CASCADE): the balance rows follow too.
+-- Both triggers are definers: service_role manages the catalog but writes no ledger table.
+create function billing_internal.plan_code_renamed() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+  update billing.balances b set plan_code = new.code where b.plan_code = old.code;
+  return null;
+end
+$$;
+
+create trigger user_subscriptions_plan_code after insert or update or delete on billing.user_subscriptions
+  for each row execute function billing_internal.subscription_written();
+create trigger plans_code_renamed after update of code on billing.plans
+  for each row when (old.code is distinct from new.code) execute function billing_internal.plan_code_renamed();
+
+-- Counts a call (p_requests calls, p_tokens credits) against every limit of the account's plan but
+-- those in p_counted_already, or raises PT429 (billing_internal.raise_rate_limited). Returns the
+-- windows it counted in ({{limit_id, window start as epoch seconds}, ...}) for a reservation to
+-- correct later. The caller holds the account's balance lock, so calls of one account are counted
+-- one after the other. consume_tokens' fast path updates existing counters in its own debit
+-- statement and leaves the rest to this function.
+create function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer,
+                                                  p_counted_already bigint[] default '{}')
 returns bigint[]
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_windows bigint[];
-  v_breached bigint;
-  v_used_before bigint;
-  v_limit billing.rate_limits;
-  v_amount bigint;
-  v_ends timestamptz;
+  v_breached boolean;
 begin
   with applicable as (
-    select l.id, l.window_seconds, l.max_amount,
-           case l.metric when 'tokens' then p_tokens else p_requests end as amount,
+    select l.id, l.max_amount, case l.metric when 'tokens' then p_tokens else p_requests end as amount,
            billing_internal.rate_window_start(l.window_seconds, pg_catalog.now()) as window_start
       from billing.rate_limits l
-     where l.plan_code is not distinct from (select billing_internal.account_plan(p_account_id))
+     where l.plan_code is not distinct from (select b.plan_code from billing.balances b where b.account_id = p_account_id)
+       and l.id <> all (p_counted_already)
   ), counted as (
     insert into billing.rate_limit_usage as u (account_id, limit_id, window_start, used)
     select p_account_id, a.id, a.window_start, a.amount from applicable a where a.amount > 0
@@ -67,30 +102,55 @@ begin
     returning u.limit_id, u.used
   )
   select pg_catalog.array_agg(array[a.id, pg_catalog.date_part('epoch', a.window_start)::bigint] order by a.id),
-         (pg_catalog.array_agg(a.id order by a.window_start + pg_catalog.make_interval(secs => a.window_seconds) desc, a.id)
-            filter (where c.used > a.max_amount))[1],
-         (pg_catalog.array_agg(c.used - a.amount order by a.window_start + pg_catalog.make_interval(secs => a.window_seconds) desc, a.id)
-            filter (where c.used > a.max_amount))[1]
-    into v_windows, v_breached, v_used_before
+         pg_catalog.bool_or(c.used > a.max_amount)
+    into v_windows, v_breached
     from applicable a join counted c on c.limit_id = a.id;
-  if v_breached is not null then
-    select l.* into v_limit from billing.rate_limits l where l.id = v_breached;
-    v_amount := case v_limit.metric when 'tokens' then p_tokens else p_requests end;
-    v_ends := billing_internal.rate_window_start(v_limit.window_seconds, pg_catalog.now())
-              + pg_catalog.make_interval(secs => v_limit.window_seconds);
-    if v_amount > v_limit.max_amount then
-      raise exception using errcode = 'PT429', message = 'rate limit reached',
-        detail = pg_catalog.format('limit %s per %ss: used %s of %s; this call needs %s, more than the limit',
-                                   v_limit.metric, v_limit.window_seconds, v_used_before, v_limit.max_amount, v_amount),
-        hint = 'Ask for less in one call, or move to a plan with a higher limit.';
-    end if;
-    raise exception using errcode = 'PT429', message = 'rate limit reached',
-      detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_limit.metric,
-                                 v_limit.window_seconds, v_used_before, v_limit.max_amount,
-                                 greatest(1, pg_catalog.ceil(pg_catalog.date_part('epoch', v_ends - pg_catalog.clock_timestamp())))::bigint),
-      hint = pg_catalog.format('The window ends at %s.', v_ends);
+  if v_breached then
+    perform billing_internal.raise_rate_limited(p_account_id, p_tokens, p_requests);
   end if;
   return v_windows;
+end
+$$;
+
+-- PT429 for a call that took p_tokens credits / p_requests calls and so went over a limit of the
+-- account's plan in the current window; names the limit that frees up last. Does nothing when no
+-- limit is over (the caller found none).
+create function billing_internal.raise_rate_limited(p_account_id uuid, p_tokens bigint, p_requests integer)
+returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_metric text;
+  v_window_seconds integer;
+  v_max bigint;
+  v_used bigint;
+  v_amount bigint;
+  v_ends timestamptz;
+begin
+  select l.metric, l.window_seconds, l.max_amount, u.used, case l.metric when 'tokens' then p_tokens else p_requests end
+    into v_metric, v_window_seconds, v_max, v_used, v_amount
+    from billing.rate_limit_usage u join billing.rate_limits l on l.id = u.limit_id
+   where u.account_id = p_account_id and u.used > l.max_amount
+     and case l.metric when 'tokens' then p_tokens else p_requests end > 0
+     and l.plan_code is not distinct from (select b.plan_code from billing.balances b where b.account_id = p_account_id)
+     and u.window_start = billing_internal.rate_window_start(l.window_seconds, pg_catalog.now())
+   order by u.window_start + pg_catalog.make_interval(secs => l.window_seconds) desc, l.id
+   limit 1;
+  if not found then
+    return;
+  end if;
+  v_ends := billing_internal.rate_window_start(v_window_seconds, pg_catalog.now())
+            + pg_catalog.make_interval(secs => v_window_seconds);
+  if v_amount > v_max then
+    raise exception using errcode = 'PT429', message = 'rate limit reached',
+      detail = pg_catalog.format('limit %s per %ss: used %s of %s; this call needs %s, more than the limit',
+                                 v_metric, v_window_seconds, v_used - v_amount, v_max, v_amount),
+      hint = 'Ask for less in one call, or move to a plan with a higher limit.';
+  end if;
+  raise exception using errcode = 'PT429', message = 'rate limit reached',
+    detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_metric, v_window_seconds,
+                               v_used - v_amount, v_max,
+                               greatest(1, pg_catalog.ceil(pg_catalog.date_part('epoch', v_ends - pg_catalog.clock_timestamp())))::bigint),
+    hint = pg_catalog.format('The window ends at %s.', v_ends);
 end
 $$;
 

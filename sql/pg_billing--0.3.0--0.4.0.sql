@@ -22,7 +22,8 @@
 --   spent. Rebuilding those keys rewrites the indexes of token_grants, token_usage and
 --   token_reservations (docs/dba.md: upgrade cost). stripe_customers no longer references
 --   auth.users: a team account is not a user.
--- * rate limits per plan (rate_limits, rate_limit_usage; token_reservations.rate_windows) and LLM
+-- * rate limits per plan (rate_limits, rate_limit_usage; token_reservations.rate_windows;
+--   balances.plan_code, kept by triggers on user_subscriptions and plans) and LLM
 --   prices per model (model_prices), with llm_cost, record_llm_usage, reserve_llm_usage and
 --   commit_llm_usage; get_usage_history returns LLM token counts.
 -- * the outbox (billing.outbox, claim_outbox / ack_outbox / nack_outbox) and per-account
@@ -76,7 +77,7 @@ alter table billing.stripe_customers rename column user_id to account_id;
 alter table billing.user_subscriptions rename column user_id to account_id;
 alter index billing.user_subscriptions_user_id rename to user_subscriptions_account_id;
 alter table billing.balances rename column user_id to account_id;
-alter table billing.balances add column alert_below bigint, add column alert_above bigint;
+alter table billing.balances add column alert_below bigint, add column alert_above bigint, add column plan_code text;
 alter table billing.payment_transactions rename column user_id to account_id;
 alter index billing.payment_transactions_user rename to payment_transactions_account;
 
@@ -206,7 +207,7 @@ create table billing.rate_limit_usage (
   window_start timestamptz not null,
   used         billing.token_count not null,
   primary key (account_id, limit_id)
-);
+) with (fillfactor = 50); -- room for HOT updates: every call under a limit updates its counters
 create index rate_limit_usage_limit_id on billing.rate_limit_usage (limit_id);
 create table billing.model_prices (
   model                    text not null check (pg_catalog.length(model) between 1 and 200),
@@ -434,7 +435,7 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'llm_cost_of_wrapper';
 
--- SQL functions new or changed in 0.4.0 (117 of 117)
+-- SQL functions new or changed in 0.4.0 (120 of 120)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -775,7 +776,8 @@ begin
     if not p_create then
       return null;
     end if;
-    insert into billing.balances (account_id) values (p_account_id) on conflict (account_id) do nothing;
+    insert into billing.balances (account_id, plan_code) values (p_account_id, billing_internal.account_plan(p_account_id))
+    on conflict (account_id) do nothing;
     select b.* into v_row from billing.balances b where b.account_id = p_account_id for update;
   end if;
   perform billing_internal.flush_head(p_account_id);
@@ -891,6 +893,7 @@ declare
   v_after bigint;
   v_id bigint;
   v_flags integer;
+  v_counted bigint[];
   v_row billing.balances;
   v_drawn bigint[];
 begin
@@ -918,29 +921,46 @@ begin
   end if;
 
   -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
-  -- grant covers the amount. One UPDATE (which also locks the account's balance row) and one INSERT
-  -- in a single statement. Without a key it is a plain INSERT; with one, ON CONFLICT makes a key
-  -- seen before insert nothing. The result goes out through the OUT parameters and RETURN NEXT (no
-  -- extra query, unlike RETURN QUERY).
+  -- grant covers the amount. One statement: the UPDATE of the balance row (which also locks it), the
+  -- INSERT of the usage row, and the count of the call against each rate limit of the account's plan
+  -- (an UPDATE of its counter row; with no limits configured it scans an empty table). A counter is
+  -- updated only after the debit has locked the balance row, as by every writer of counters. Without
+  -- a key the usage row is a plain INSERT; with one, ON CONFLICT makes a key seen before insert
+  -- nothing, and nothing is counted. What is left to do: v_flags 1 the balance crossed an alert
+  -- level, 2 a limit is now over (PT429); v_uncounted lists the limits counted so far when a limit
+  -- had no counter row for this statement to update (the account's first call under it), else NULL.
+  -- The result goes out through the OUT parameters and RETURN NEXT.
   if p_idempotency_key is null then
     with debit as (
       update billing.balances b
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
+    ), counted as (
+      update billing.rate_limit_usage u
+         set used = case when u.window_start = w.start then u.used else 0 end
+                    + case l.metric when 'tokens' then p_amount else 1 end,
+             window_start = w.start
+        from debit d join billing.rate_limits l on l.plan_code is not distinct from d.plan_code,
+             lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
+                                                                       / l.window_seconds) * l.window_seconds)::double precision)) w(start)
+       where u.account_id = d.account_id and u.limit_id = l.id
+      returning u.limit_id, u.used > l.max_amount as over
     )
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
-    -- in the same statement: 1 if the balance crossed an alert level, + 2 if any rate limit exists
     returning id, token_usage.balance_after,
-              (select (d.spendable < d.alert_below or d.spendable >= d.alert_above) is true from debit d)::integer
-              + 2 * (select exists (select 1 from billing.rate_limits))::integer
-         into usage_id, balance_after, v_flags;
+              (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
+                      + 2 * (exists (select 1 from counted c where c.over))::integer from debit d),
+              (select array(select c.limit_id from counted c) from debit d
+                where (select count(*) from billing.rate_limits l where l.plan_code is not distinct from d.plan_code)
+                      > (select count(*) from counted))
+         into usage_id, balance_after, v_flags, v_counted;
     if found then
-      if v_flags <> 0 then
-        perform billing_internal.after_debit(p_user_id, p_amount, v_flags);
+      if v_flags <> 0 or v_counted is not null then
+        perform billing_internal.after_debit(p_user_id, p_amount, v_flags, v_counted);
       end if;
       tokens_charged := p_amount;
       replayed := false;
@@ -953,22 +973,35 @@ begin
          set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
     ), usage as (
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
         from debit d
       on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
       returning id
+    ), counted as (
+      update billing.rate_limit_usage u
+         set used = case when u.window_start = w.start then u.used else 0 end
+                    + case l.metric when 'tokens' then p_amount else 1 end,
+             window_start = w.start
+        from debit d join billing.rate_limits l on l.plan_code is not distinct from d.plan_code,
+             lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
+                                                                       / l.window_seconds) * l.window_seconds)::double precision)) w(start)
+       where u.account_id = d.account_id and u.limit_id = l.id and exists (select from usage)
+      returning u.limit_id, u.used > l.max_amount as over
     )
-    select d.spendable, (select u.id from usage u),
+    select d.spendable, (select n.id from usage n),
            ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-           + 2 * (select exists (select 1 from billing.rate_limits))::integer
-      into v_after, v_id, v_flags from debit d;
+           + 2 * (exists (select 1 from counted c where c.over))::integer,
+           (select array(select c.limit_id from counted c)
+             where (select count(*) from billing.rate_limits l where l.plan_code is not distinct from d.plan_code)
+                   > (select count(*) from counted))
+      into v_after, v_id, v_flags, v_counted from debit d;
 
     if v_id is not null then
-      if v_flags <> 0 then
-        perform billing_internal.after_debit(p_user_id, p_amount, v_flags);
+      if v_flags <> 0 or v_counted is not null then
+        perform billing_internal.after_debit(p_user_id, p_amount, v_flags, v_counted);
       end if;
       usage_id := v_id;
       tokens_charged := p_amount;
@@ -1018,13 +1051,15 @@ declare
   v_id bigint;
 begin
   perform 1 from billing.balances b where b.account_id = p_account_id for update;
-  perform billing_internal.require_member(p_account_id, p_user_id);
-  if p_key is not null and exists (select 1 from billing.token_usage u where u.account_id = p_account_id
-                                      and u.user_id = p_user_id and u.idempotency_key = p_key) then
-    return query select * from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key);
-    return;
+  if p_key is not null then
+    perform billing_internal.require_member(p_account_id, p_user_id);
+    if exists (select 1 from billing.token_usage u where u.account_id = p_account_id
+                  and u.user_id = p_user_id and u.idempotency_key = p_key) then
+      return query select * from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key);
+      return;
+    end if;
   end if;
-  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);
+  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);  -- checks membership too
   update billing.balances b
      set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
    where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
@@ -1046,7 +1081,9 @@ begin
   insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
-  perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
+  if exists (select 1 from billing.rate_limits l where l.plan_code is not distinct from v_row.plan_code) then
+    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
+  end if;
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
@@ -1371,14 +1408,19 @@ $$;
 comment on function billing.run_maintenance(integer) is
   'Expires grants and holds that are due, rolls up usage for get_usage_history, and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
 
-create or replace function billing_internal.after_debit(p_account_id uuid, p_amount bigint, p_flags integer) returns void
+create or replace function billing_internal.after_debit(p_account_id uuid, p_amount bigint, p_flags integer,
+                                             p_counted bigint[]) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
+  if p_flags & 2 = 2 then
+    perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
+  end if;
+  if p_counted is not null then
+    -- limits without a counter row the debit statement could update: counted here (inserting it)
+    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1, p_counted);
+  end if;
   if p_flags & 1 = 1 then
     perform billing_internal.queue_alert_check(p_account_id);
-  end if;
-  if p_flags & 2 = 2 then
-    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
   end if;
 end
 $$;
@@ -1424,7 +1466,8 @@ begin
     perform billing_internal.set_alert_levels(old.account_id, array[null, null]::bigint[]);
     return old;
   end if;
-  insert into billing.balances (account_id) values (new.account_id) on conflict (account_id) do nothing;
+  insert into billing.balances (account_id, plan_code) values (new.account_id, billing_internal.account_plan(new.account_id))
+  on conflict (account_id) do nothing;
   select b.spendable into v_spendable from billing.balances b where b.account_id = new.account_id;
   if tg_op = 'INSERT' or new.low_balance_threshold is distinct from old.low_balance_threshold then
     new.low_balance_armed := new.low_balance_threshold is not null and v_spendable >= new.low_balance_threshold;
@@ -1478,23 +1521,27 @@ $$;
 create or replace function billing_internal.charge_member(p_account_id uuid, p_user_id uuid, p_amount bigint) returns timestamptz
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_member billing.account_members;
   v_start timestamptz;
   v_spent bigint;
+  v_limit bigint;
+  v_period text;
 begin
-  select m.* into v_member from billing.account_members m
-   where m.account_id = p_account_id and m.user_id = p_user_id;
-  v_start := billing_internal.limit_period_start(v_member.spend_limit_period);
-  v_spent := case when v_member.period_start is not distinct from v_start then v_member.period_spent else 0 end;
-  if v_member.spend_limit is not null and v_spent::numeric + p_amount > v_member.spend_limit then
+  update billing.account_members m
+     set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC',
+         period_spent = least(case when m.period_start is not distinct from
+                                         pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC'
+                                   then m.period_spent else 0 end::numeric + p_amount,
+                              9223372036854775807)::bigint
+   where m.account_id = p_account_id and m.user_id = p_user_id
+  returning m.period_start, m.period_spent, m.spend_limit, m.spend_limit_period into v_start, v_spent, v_limit, v_period;
+  if not found then
+    perform billing_internal.require_member(p_account_id, p_user_id);  -- raises 42501
+  elsif v_limit is not null and v_spent > v_limit then
     raise exception using errcode = 'PT402', message = 'member spend limit reached',
-      detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, v_spent,
-                                 v_member.spend_limit, v_member.spend_limit_period),
+      detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, v_spent - p_amount,
+                                 v_limit, v_period),
       hint = 'An owner or admin of the account can raise the limit; it resets when the period ends (UTC).';
   end if;
-  update billing.account_members m
-     set period_start = v_start, period_spent = least(v_spent::numeric + p_amount, 9223372036854775807)::bigint
-   where m.account_id = p_account_id and m.user_id = p_user_id;
   return v_start;
 end
 $$;
@@ -1674,23 +1721,45 @@ begin
 end
 $$;
 
-create or replace function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer)
+create or replace function billing_internal.subscription_written() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_account uuid;
+begin
+  foreach v_account in array array[old.account_id, new.account_id] loop
+    if v_account is not null then
+      insert into billing.balances as b (account_id, plan_code)
+      values (v_account, billing_internal.account_plan(v_account))
+      on conflict (account_id) do update set plan_code = excluded.plan_code
+       where b.plan_code is distinct from excluded.plan_code;
+    end if;
+  end loop;
+  return null;
+end
+$$;
+
+create or replace function billing_internal.plan_code_renamed() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+  update billing.balances b set plan_code = new.code where b.plan_code = old.code;
+  return null;
+end
+$$;
+
+create or replace function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer,
+                                                  p_counted_already bigint[] default '{}')
 returns bigint[]
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_windows bigint[];
-  v_breached bigint;
-  v_used_before bigint;
-  v_limit billing.rate_limits;
-  v_amount bigint;
-  v_ends timestamptz;
+  v_breached boolean;
 begin
   with applicable as (
-    select l.id, l.window_seconds, l.max_amount,
-           case l.metric when 'tokens' then p_tokens else p_requests end as amount,
+    select l.id, l.max_amount, case l.metric when 'tokens' then p_tokens else p_requests end as amount,
            billing_internal.rate_window_start(l.window_seconds, pg_catalog.now()) as window_start
       from billing.rate_limits l
-     where l.plan_code is not distinct from (select billing_internal.account_plan(p_account_id))
+     where l.plan_code is not distinct from (select b.plan_code from billing.balances b where b.account_id = p_account_id)
+       and l.id <> all (p_counted_already)
   ), counted as (
     insert into billing.rate_limit_usage as u (account_id, limit_id, window_start, used)
     select p_account_id, a.id, a.window_start, a.amount from applicable a where a.amount > 0
@@ -1700,30 +1769,52 @@ begin
     returning u.limit_id, u.used
   )
   select pg_catalog.array_agg(array[a.id, pg_catalog.date_part('epoch', a.window_start)::bigint] order by a.id),
-         (pg_catalog.array_agg(a.id order by a.window_start + pg_catalog.make_interval(secs => a.window_seconds) desc, a.id)
-            filter (where c.used > a.max_amount))[1],
-         (pg_catalog.array_agg(c.used - a.amount order by a.window_start + pg_catalog.make_interval(secs => a.window_seconds) desc, a.id)
-            filter (where c.used > a.max_amount))[1]
-    into v_windows, v_breached, v_used_before
+         pg_catalog.bool_or(c.used > a.max_amount)
+    into v_windows, v_breached
     from applicable a join counted c on c.limit_id = a.id;
-  if v_breached is not null then
-    select l.* into v_limit from billing.rate_limits l where l.id = v_breached;
-    v_amount := case v_limit.metric when 'tokens' then p_tokens else p_requests end;
-    v_ends := billing_internal.rate_window_start(v_limit.window_seconds, pg_catalog.now())
-              + pg_catalog.make_interval(secs => v_limit.window_seconds);
-    if v_amount > v_limit.max_amount then
-      raise exception using errcode = 'PT429', message = 'rate limit reached',
-        detail = pg_catalog.format('limit %s per %ss: used %s of %s; this call needs %s, more than the limit',
-                                   v_limit.metric, v_limit.window_seconds, v_used_before, v_limit.max_amount, v_amount),
-        hint = 'Ask for less in one call, or move to a plan with a higher limit.';
-    end if;
-    raise exception using errcode = 'PT429', message = 'rate limit reached',
-      detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_limit.metric,
-                                 v_limit.window_seconds, v_used_before, v_limit.max_amount,
-                                 greatest(1, pg_catalog.ceil(pg_catalog.date_part('epoch', v_ends - pg_catalog.clock_timestamp())))::bigint),
-      hint = pg_catalog.format('The window ends at %s.', v_ends);
+  if v_breached then
+    perform billing_internal.raise_rate_limited(p_account_id, p_tokens, p_requests);
   end if;
   return v_windows;
+end
+$$;
+
+create or replace function billing_internal.raise_rate_limited(p_account_id uuid, p_tokens bigint, p_requests integer)
+returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_metric text;
+  v_window_seconds integer;
+  v_max bigint;
+  v_used bigint;
+  v_amount bigint;
+  v_ends timestamptz;
+begin
+  select l.metric, l.window_seconds, l.max_amount, u.used, case l.metric when 'tokens' then p_tokens else p_requests end
+    into v_metric, v_window_seconds, v_max, v_used, v_amount
+    from billing.rate_limit_usage u join billing.rate_limits l on l.id = u.limit_id
+   where u.account_id = p_account_id and u.used > l.max_amount
+     and case l.metric when 'tokens' then p_tokens else p_requests end > 0
+     and l.plan_code is not distinct from (select b.plan_code from billing.balances b where b.account_id = p_account_id)
+     and u.window_start = billing_internal.rate_window_start(l.window_seconds, pg_catalog.now())
+   order by u.window_start + pg_catalog.make_interval(secs => l.window_seconds) desc, l.id
+   limit 1;
+  if not found then
+    return;
+  end if;
+  v_ends := billing_internal.rate_window_start(v_window_seconds, pg_catalog.now())
+            + pg_catalog.make_interval(secs => v_window_seconds);
+  if v_amount > v_max then
+    raise exception using errcode = 'PT429', message = 'rate limit reached',
+      detail = pg_catalog.format('limit %s per %ss: used %s of %s; this call needs %s, more than the limit',
+                                 v_metric, v_window_seconds, v_used - v_amount, v_max, v_amount),
+      hint = 'Ask for less in one call, or move to a plan with a higher limit.';
+  end if;
+  raise exception using errcode = 'PT429', message = 'rate limit reached',
+    detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_metric, v_window_seconds,
+                               v_used - v_amount, v_max,
+                               greatest(1, pg_catalog.ceil(pg_catalog.date_part('epoch', v_ends - pg_catalog.clock_timestamp())))::bigint),
+    hint = pg_catalog.format('The window ends at %s.', v_ends);
 end
 $$;
 
@@ -3080,6 +3171,18 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
     from billing.token_usage u join billing.accounts a on a.id = u.account_id and a.kind = 'team'
    where u.user_id is null
   union all
+  -- the cached plan of consume's rate limits, against the subscriptions (as account_plan orders them)
+  select 'rate-limit plan differs from the subscription', b.account_id,
+         pg_catalog.format('balances.plan_code %s, current subscription''s plan %s', coalesce(b.plan_code, 'none'),
+                           coalesce(cur.code, 'none'))
+    from billing.balances b
+    left join (select distinct on (s.account_id) s.account_id, p.code
+                 from billing.user_subscriptions s join billing.plans p on p.id = s.plan_id
+                where s.status in ('active', 'trialing', 'past_due')
+                order by s.account_id, s.current_period_end desc nulls last, s.stripe_subscription_id) cur
+      on cur.account_id = b.account_id
+   where b.plan_code is distinct from cur.code
+  union all
   select 'frozen above the dispute hold', g.account_id,
          pg_catalog.format('grant %s: frozen %s, freeze_target %s', g.id, g.frozen, g.freeze_target)
     from billing.token_grants g where g.frozen > g.freeze_target
@@ -3745,6 +3848,13 @@ begin
   end loop;
 end
 $$;
+
+-- Each balance row knows the plan whose rate limits apply; triggers keep it (limits.sql).
+update billing.balances b set plan_code = billing_internal.account_plan(b.account_id);
+create trigger user_subscriptions_plan_code after insert or update or delete on billing.user_subscriptions
+  for each row execute function billing_internal.subscription_written();
+create trigger plans_code_renamed after update of code on billing.plans
+  for each row when (old.code is distinct from new.code) execute function billing_internal.plan_code_renamed();
 
 -- The triggers of the outbox and the automations (their functions are above).
 create trigger outbox_notify after insert on billing.outbox for each statement

@@ -176,7 +176,10 @@ create table billing.balances (
   -- that leaves spendable below alert_below, or at or above alert_above, queues the account in
   -- billing.alert_checks, whose automations run at commit.
   alert_below    bigint,
-  alert_above    bigint
+  alert_above    bigint,
+  -- The plan whose rate limits apply to the account (billing_internal.account_plan; NULL: none), kept
+  -- by triggers on user_subscriptions and plans, so a consume finds its limits on the row it locks.
+  plan_code      text
 ) with (fillfactor = 70); -- room for HOT updates: every consume updates this row
 
 create table billing.token_grants (
@@ -435,7 +438,7 @@ create table billing.rate_limit_usage (
   window_start timestamptz not null,
   used         billing.token_count not null,
   primary key (account_id, limit_id)
-);
+) with (fillfactor = 50); -- room for HOT updates: every call under a limit updates its counters
 create index rate_limit_usage_limit_id on billing.rate_limit_usage (limit_id);
 
 -- Usage summed per account, member, UTC hour and model (metadata ->> 'model'): run_maintenance adds

@@ -100,6 +100,18 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
     from billing.token_usage u join billing.accounts a on a.id = u.account_id and a.kind = 'team'
    where u.user_id is null
   union all
+  -- the cached plan of consume's rate limits, against the subscriptions (as account_plan orders them)
+  select 'rate-limit plan differs from the subscription', b.account_id,
+         pg_catalog.format('balances.plan_code %s, current subscription''s plan %s', coalesce(b.plan_code, 'none'),
+                           coalesce(cur.code, 'none'))
+    from billing.balances b
+    left join (select distinct on (s.account_id) s.account_id, p.code
+                 from billing.user_subscriptions s join billing.plans p on p.id = s.plan_id
+                where s.status in ('active', 'trialing', 'past_due')
+                order by s.account_id, s.current_period_end desc nulls last, s.stripe_subscription_id) cur
+      on cur.account_id = b.account_id
+   where b.plan_code is distinct from cur.code
+  union all
   select 'frozen above the dispute hold', g.account_id,
          pg_catalog.format('grant %s: frozen %s, freeze_target %s', g.id, g.frozen, g.freeze_target)
     from billing.token_grants g where g.frozen > g.freeze_target

@@ -156,6 +156,7 @@ export type Database = {
           head_remaining: number
           held: number
           next_event_at: string | null
+          plan_code: string | null
           spendable: number
           updated_at: string
         }
@@ -168,6 +169,7 @@ export type Database = {
           head_remaining?: number
           held?: number
           next_event_at?: string | null
+          plan_code?: string | null
           spendable?: number
           updated_at?: string
         }
@@ -180,6 +182,7 @@ export type Database = {
           head_remaining?: number
           held?: number
           next_event_at?: string | null
+          plan_code?: string | null
           spendable?: number
           updated_at?: string
         }

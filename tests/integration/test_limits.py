@@ -143,6 +143,72 @@ def test_a_change_of_limits_or_plan_applies_at_once(db):
         assert c.execute("select billing_internal.account_plan(%s)", (user,)).fetchone()[0] is None
 
 
+def counters(db, user):
+    return dict(db.all("select l.metric, u.used from billing.rate_limit_usage u"
+                       " join billing.rate_limits l on l.id = u.limit_id where u.account_id = %s", (user,)))
+
+
+def test_a_limit_added_to_the_plan_counts_from_the_next_call_and_nothing_counts_twice(db):
+    # the debit statement updates the counters that exist; a limit without one is counted after it
+    user, plan = limited_user(db, [("tokens", 3600, 100)])
+    away_from_window_end(3600)
+    db.one("select * from billing.consume_tokens(%s, 10)", (user,))
+    with db.service() as c:
+        c.execute("insert into billing.rate_limits (plan_code, metric, window_seconds, max_amount)"
+                  " values (%s, 'requests', 3600, 2)", (plan,))
+    db.one("select * from billing.consume_tokens(%s, 5)", (user,))
+    assert counters(db, user) == {"tokens": 15, "requests": 1}
+    db.one("select * from billing.consume_tokens(%s, 5, 'with-a-key')", (user,))
+    db.one("select * from billing.consume_tokens(%s, 5, 'with-a-key')", (user,))  # a replay counts nothing
+    assert counters(db, user) == {"tokens": 20, "requests": 2}
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.consume_tokens(%s, 1)", (user,))
+    assert sqlstate(e) == "PT429" and e.value.diag.message_detail.startswith("limit requests per 3600s: used 2 of 2")
+    assert counters(db, user) == {"tokens": 20, "requests": 2}
+    assert db.balance(user) == 10_000 - 20
+
+
+def test_the_plan_a_consume_counts_against_follows_subscriptions_and_renamed_plans(db):
+    user, plan = limited_user(db, [("tokens", 3600, 100)])
+    away_from_window_end(3600)
+    db.one("select * from billing.consume_tokens(%s, 60)", (user,))
+    with db.service() as c:
+        c.execute("update billing.plans set code = %s where code = %s", (plan + "-renamed", plan))
+        with pytest.raises(psycopg.Error) as e:  # the limit followed the rename, and so did the account
+            c.execute("select * from billing.consume_tokens(%s, 50)", (user,))
+        assert e.value.diag.message_detail.startswith("limit tokens per 3600s: used 60 of 100")
+        c.execute("insert into billing.plans (code, stripe_price_id, tokens_per_period) values (%s, %s, 1)",
+                  (plan + "-free", f"price_{plan}-free"))
+        c.execute("update billing.user_subscriptions set plan_id = (select id from billing.plans where code = %s)"
+                  " where account_id = %s", (plan + "-free", user))
+        c.execute("select * from billing.consume_tokens(%s, 50)", (user,))  # a plan without limits
+        c.execute("update billing.user_subscriptions set plan_id = (select id from billing.plans where code = %s)"
+                  " where account_id = %s", (plan + "-renamed", user))
+        with pytest.raises(psycopg.Error) as e:  # back on the limited plan: its count of this window
+            c.execute("select * from billing.consume_tokens(%s, 50)", (user,))
+        assert e.value.diag.message_detail.startswith("limit tokens per 3600s: used 60 of 100")
+        c.execute("update billing.user_subscriptions set status = 'canceled' where account_id = %s", (user,))
+        c.execute("select * from billing.consume_tokens(%s, 50)", (user,))  # no plan, no limits here
+    assert db.one("select plan_code from billing.balances where account_id = %s", (user,))[0] is None
+    assert db.ledger_problems() == []
+    # verify_ledger compares the plan each balance row caches with the subscriptions
+    with connect(db.name, autocommit=False) as c:
+        c.execute("update billing.balances set plan_code = %s where account_id = %s", (plan + "-renamed", user))
+        found = c.execute("select invariant from billing.verify_ledger() where account_id = %s", (user,)).fetchall()
+        c.rollback()
+    assert found == [("rate-limit plan differs from the subscription",)]
+
+
+def test_a_subscription_written_before_the_first_grant_limits_the_account(db):
+    user, _ = limited_user(db, [("requests", 3600, 1)], tokens=0)  # no balance row until now
+    away_from_window_end(3600)
+    db.grant(user, 100)
+    db.one("select * from billing.consume_tokens(%s, 1)", (user,))
+    with pytest.raises(psycopg.Error) as e:
+        db.one("select * from billing.consume_tokens(%s, 1)", (user,))
+    assert sqlstate(e) == "PT429"
+
+
 def test_reservations_count_when_made_and_are_corrected_at_commit_release_and_expiry(db):
     user, _ = limited_user(db, [("tokens", 3600, 100), ("requests", 3600, 5)])
     away_from_window_end(3600)
