@@ -10,6 +10,9 @@ import platform
 import pwd
 import re
 import subprocess
+import time
+
+import psycopg
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "bench" / "scripts"
@@ -68,6 +71,62 @@ def pgbench(a, script, seconds):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return int(re.search(r"number of transactions actually processed: (\d+)", out).group(1)), \
         float(re.search(r"tps = ([\d.]+)", out).group(1))
+
+
+def io_per_transaction(a, dbname, script, seconds):
+    """WAL records, full-page images and bytes, and blocks PostgreSQL had to read into shared_buffers
+    (from the OS), per transaction of one pgbench run that starts right after a checkpoint, as the
+    growth runs of `make bench` do."""
+    wal = "select wal_records, wal_fpi, wal_bytes from pg_stat_wal"
+    blocks = "select blks_read, blks_hit from pg_stat_database where datname = current_database()"
+    with psycopg.connect(host=a.host, port=a.port, dbname=dbname, user="postgres", autocommit=True) as c:
+        c.execute("checkpoint")
+        w0, b0 = c.execute(wal).fetchone(), c.execute(blocks).fetchone()
+    n, tps = pgbench(argparse.Namespace(**{**vars(a), "dbname": dbname}), script, seconds)
+    time.sleep(1.5)  # backends flush their statistics when they exit
+    with psycopg.connect(host=a.host, port=a.port, dbname=dbname, user="postgres", autocommit=True) as c:
+        w1, b1 = c.execute(wal).fetchone(), c.execute(blocks).fetchone()
+        usage_rows, heap, pk = c.execute(
+            "select count(*), pg_relation_size('billing.token_usage'), pg_relation_size('billing.token_usage_pkey')"
+            " from billing.token_usage").fetchone()
+    return {"tps": tps, "records": (w1[0] - w0[0]) / n, "fpi": (w1[1] - w0[1]) / n, "wal_bytes": float(w1[2] - w0[2]) / n,
+            "read": (b1[0] - b0[0]) / n, "hit": (b1[1] - b0[1]) / n, "rows": usage_rows, "heap": heap, "pk": pk}
+
+
+def growth_evidence(a):
+    """The growth ratio of `make bench` (consume with +10M usage rows vs before), taken apart: the
+    same consume in a fresh database of the same 10,000 funded users and in the bench database."""
+    small = "pg_billing_profile_small"
+    with psycopg.connect(host=a.host, port=a.port, dbname="postgres", user="postgres", autocommit=True) as c:
+        c.execute(f"drop database if exists {small} with (force)")
+        c.execute(f"create database {small}")
+        shared_buffers = c.execute("show shared_buffers").fetchone()[0]
+    with psycopg.connect(host=a.host, port=a.port, dbname=small, user="postgres", autocommit=True) as c:
+        c.execute("set client_min_messages = warning")
+        c.execute((ROOT / "sql" / "supabase-compat.sql").read_text())
+        c.execute("create extension pg_billing")
+        c.execute((ROOT / "bench" / "setup.sql").read_text())
+        c.execute("vacuum analyze")
+    runs = []
+    for _ in range(2):  # interleaved
+        for dbname in (small, a.dbname):
+            pgbench(argparse.Namespace(**{**vars(a), "dbname": dbname}), "consume_ours.sql", 2)
+            runs.append((dbname, io_per_transaction(a, dbname, "consume_ours.sql", a.seconds)))
+    lines = ["## Growth: the same consume in a small and in a large database", "",
+             f"`consume_tokens` (10,000 users, no key) right after a checkpoint, in a fresh database of the bench's "
+             f"users ({small}) and in the `make bench` database, interleaved; shared_buffers {shared_buffers}. "
+             "Per transaction: WAL records, full-page images (FPI) and WAL bytes; blocks read into shared buffers "
+             "from the OS and blocks found there.", "",
+             "| database | usage rows | token_usage heap / primary key | tps | WAL records | FPI | WAL bytes | blocks read | blocks hit |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for dbname, r in runs:
+        lines.append(f"| {dbname} | {r['rows']:,} | {r['heap'] / 2**20:,.0f} MB / {r['pk'] / 2**20:,.0f} MB | {r['tps']:,.0f} | "
+                     f"{r['records']:.2f} | {r['fpi']:.2f} | {r['wal_bytes']:,.0f} | {r['read']:.2f} | {r['hit']:.1f} |")
+    small_r = [r for d, r in runs if d == small][-1]
+    lines += ["", "Bytes per usage row in the small database, where every row is a consume's: heap "
+              f"{small_r['heap'] / small_r['rows']:.0f}, primary key {small_r['pk'] / small_r['rows']:.0f} "
+              f"({small_r['rows']:,} rows).", ""]
+    return lines
 
 
 def main():
@@ -132,6 +191,7 @@ def main():
     lines += ["", "Top symbols:", "", "| self % | symbol |", "|---|---|"]
     for pct, kernel, sym in symbols[:40]:
         lines.append(f"| {pct:.2f} | {'[k] ' if kernel else ''}`{sym}` |")
+    lines += [""] + growth_evidence(a)
     text = "\n".join(lines) + "\n"
     (ROOT / "bench" / "results" / "profile.md").write_text(text)
     print(text)

@@ -480,9 +480,10 @@ create function billing.consume_tokens(
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_role text := pg_catalog.current_setting('role');
-  v_after bigint;
   v_id bigint;
   v_flags integer;
+  v_over boolean;
+  v_missing boolean;
   v_counted bigint[];
   v_row billing.balances;
   v_drawn bigint[];
@@ -511,15 +512,11 @@ begin
   end if;
 
   -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
-  -- grant covers the amount. One statement: the UPDATE of the balance row (which also locks it), the
-  -- INSERT of the usage row, and the count of the call against each rate limit of the account's plan
-  -- (an UPDATE of its counter row; with no limits configured it scans an empty table). A counter is
-  -- updated only after the debit has locked the balance row, as by every writer of counters. Without
-  -- a key the usage row is a plain INSERT; with one, ON CONFLICT makes a key seen before insert
-  -- nothing, and nothing is counted. What is left to do: v_flags 1 the balance crossed an alert
-  -- level, 2 a limit is now over (PT429); v_uncounted lists the limits counted so far when a limit
-  -- had no counter row for this statement to update (the account's first call under it), else NULL.
-  -- The result goes out through the OUT parameters and RETURN NEXT.
+  -- grant covers the amount. One statement: the UPDATE of the balance row (which also locks it) and
+  -- the INSERT of the usage row. Without a key it is a plain INSERT; with one, ON CONFLICT makes a
+  -- key seen before insert nothing. The statement also says (v_flags) what is left to do: 1 the
+  -- balance crossed an alert level, plus 2 × the number of rate limits of the account's plan
+  -- (balances.plan_code). The result goes out through the OUT parameters and RETURN NEXT.
   if p_idempotency_key is null then
     with debit as (
       update billing.balances b
@@ -527,36 +524,16 @@ begin
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
       returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
-    ), counted as (
-      update billing.rate_limit_usage u
-         set used = case when u.window_start = w.start then u.used else 0 end
-                    + case l.metric when 'tokens' then p_amount else 1 end,
-             window_start = w.start
-        from debit d join billing.rate_limits l on l.plan_code is not distinct from d.plan_code,
-             lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
-                                                                       / l.window_seconds) * l.window_seconds)::double precision)) w(start)
-       where u.account_id = d.account_id and u.limit_id = l.id
-      returning u.limit_id, u.used > l.max_amount as over
     )
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
     returning id, token_usage.balance_after,
               (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-                      + 2 * (exists (select 1 from counted c where c.over))::integer from debit d),
-              (select array(select c.limit_id from counted c) from debit d
-                where (select count(*) from billing.rate_limits l where l.plan_code is not distinct from d.plan_code)
-                      > (select count(*) from counted))
-         into usage_id, balance_after, v_flags, v_counted;
-    if found then
-      if v_flags <> 0 or v_counted is not null then
-        perform billing_internal.after_debit(p_user_id, p_amount, v_flags, v_counted);
-      end if;
-      tokens_charged := p_amount;
-      replayed := false;
-      return next;
-      return;
-    end if;
+                      + 2 * (select pg_catalog.count(*) from billing.rate_limits l
+                              where l.plan_code is not distinct from d.plan_code)::integer
+                 from debit d)
+         into usage_id, balance_after, v_flags;
   else
     with debit as (
       update billing.balances b
@@ -570,42 +547,59 @@ begin
         from debit d
       on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
       returning id
-    ), counted as (
-      update billing.rate_limit_usage u
-         set used = case when u.window_start = w.start then u.used else 0 end
-                    + case l.metric when 'tokens' then p_amount else 1 end,
-             window_start = w.start
-        from debit d join billing.rate_limits l on l.plan_code is not distinct from d.plan_code,
-             lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
-                                                                       / l.window_seconds) * l.window_seconds)::double precision)) w(start)
-       where u.account_id = d.account_id and u.limit_id = l.id and exists (select from usage)
-      returning u.limit_id, u.used > l.max_amount as over
     )
     select d.spendable, (select n.id from usage n),
            ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-           + 2 * (exists (select 1 from counted c where c.over))::integer,
-           (select array(select c.limit_id from counted c)
-             where (select count(*) from billing.rate_limits l where l.plan_code is not distinct from d.plan_code)
-                   > (select count(*) from counted))
-      into v_after, v_id, v_flags, v_counted from debit d;
-
-    if v_id is not null then
-      if v_flags <> 0 or v_counted is not null then
-        perform billing_internal.after_debit(p_user_id, p_amount, v_flags, v_counted);
-      end if;
-      usage_id := v_id;
-      tokens_charged := p_amount;
-      balance_after := v_after;
-      replayed := false;
-      return next;
-      return;
-    elsif v_after is not null then
+           + 2 * (select pg_catalog.count(*) from billing.rate_limits l
+                   where l.plan_code is not distinct from d.plan_code)::integer
+      into balance_after, usage_id, v_flags from debit d;
+    if usage_id is null and balance_after is not null then
       -- The key was used before (or by a racing call that committed first): undo the debit.
       update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
        where b.account_id = p_user_id;
       return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
       return;
     end if;
+  end if;
+
+  if usage_id is not null then
+    if v_flags = 0 then  -- the common case: nothing more to do
+      tokens_charged := p_amount;
+      replayed := false;
+      return next;
+      return;
+    end if;
+    if v_flags >= 2 then
+      -- Count the call against the plan's limits, still under the balance row's lock: the counters
+      -- that exist in one UPDATE (not an upsert: ON CONFLICT locks the row with a WAL record of its
+      -- own first); a limit without one yet (the account's first call under it) is counted by
+      -- take_rate_limits, which inserts it. billing_internal.rate_window_start, written out.
+      with counted as (
+        update billing.rate_limit_usage u
+           set used = case when u.window_start = w.start then u.used else 0 end
+                      + case l.metric when 'tokens' then p_amount else 1 end,
+               window_start = w.start
+          from billing.balances b join billing.rate_limits l on l.plan_code is not distinct from b.plan_code,
+               lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
+                                                          / l.window_seconds) * l.window_seconds)::double precision)) w(start)
+         where b.account_id = p_user_id and u.account_id = p_user_id and u.limit_id = l.id
+        returning u.limit_id, u.used > l.max_amount as over
+      )
+      select coalesce(pg_catalog.bool_or(c.over), false), pg_catalog.array_agg(c.limit_id), v_flags / 2 > pg_catalog.count(*)
+        into v_over, v_counted, v_missing from counted c;
+      if v_over then
+        perform billing_internal.raise_rate_limited(p_user_id, p_amount, 1);
+      elsif v_missing then
+        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1, coalesce(v_counted, '{}'));
+      end if;
+    end if;
+    if v_flags & 1 = 1 then
+      perform billing_internal.queue_alert_check(p_user_id);
+    end if;
+    tokens_charged := p_amount;
+    replayed := false;
+    return next;
+    return;
   end if;
 
   -- Slow path: lock, flush the head, settle what is due, then spend across grants in order.
@@ -1013,25 +1007,6 @@ end
 $$;
 comment on function billing.run_maintenance(integer) is
   'Expires grants and holds that are due, rolls up usage for get_usage_history, and deletes outbox events acknowledged 30 days ago; schedule with pg_cron, e.g. every minute.';
-
--- What a fast-path debit left to do (consume_tokens: v_flags and v_counted). Kept out of
--- consume_tokens so the common case runs nothing more.
-create function billing_internal.after_debit(p_account_id uuid, p_amount bigint, p_flags integer,
-                                             p_counted bigint[]) returns void
-language plpgsql set search_path = pg_catalog, pg_temp as $$
-begin
-  if p_flags & 2 = 2 then
-    perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
-  end if;
-  if p_counted is not null then
-    -- limits without a counter row the debit statement could update: counted here (inserting it)
-    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1, p_counted);
-  end if;
-  if p_flags & 1 = 1 then
-    perform billing_internal.queue_alert_check(p_account_id);
-  end if;
-end
-$$;
 
 -- The account's balance crossed one of its alert levels (balances.alert_below / alert_above) in
 -- this transaction: its automations run at commit (constraint trigger alert_checks_run), once

@@ -113,8 +113,8 @@ end
 $$;
 
 -- PT429 for a call that took p_tokens credits / p_requests calls and so went over a limit of the
--- account's plan in the current window; names the limit that frees up last. Does nothing when no
--- limit is over (the caller found none).
+-- account's plan in the current window; names the limit that frees up last. Called only when the
+-- count found a limit over: finding none here is an internal error, never a pass.
 create function billing_internal.raise_rate_limited(p_account_id uuid, p_tokens bigint, p_requests integer)
 returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
@@ -136,7 +136,8 @@ begin
    order by u.window_start + pg_catalog.make_interval(secs => l.window_seconds) desc, l.id
    limit 1;
   if not found then
-    return;
+    raise exception using errcode = 'XX000', message = 'pg_billing: a rate limit was counted over but is not found',
+      detail = pg_catalog.format('account %s', p_account_id);
   end if;
   v_ends := billing_internal.rate_window_start(v_window_seconds, pg_catalog.now())
             + pg_catalog.make_interval(secs => v_window_seconds);

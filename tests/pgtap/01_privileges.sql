@@ -87,7 +87,6 @@ with fns(schema, fn, args, who) as (values
   ('billing_internal', 'run_automations', '{uuid,bigint}', 'owner'),
   ('billing_internal', 'run_alert_check', '{}', 'owner'),
   ('billing_internal', 'queue_alert_check', '{uuid}', 'owner'),
-  ('billing_internal', 'after_debit', '{uuid,bigint,integer,bigint[]}', 'owner'),
   ('billing_internal', 'settings_changed', '{}', 'owner'),
   ('billing', 'verify_ledger', '{}', 'service'),
   ('billing', 'verify_stripe_signature', '{text,text,text,integer}', 'service'),
