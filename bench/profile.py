@@ -65,9 +65,9 @@ def server_cpu(postmaster_pid, uid):
     return total / TICK
 
 
-def pgbench(a, script, seconds):
+def pgbench(a, script, seconds, dbname=None):
     cmd = ["pgbench", "-n", "-M", "prepared", "-h", a.host, "-p", str(a.port), "-U", "postgres", "-c", "8", "-j", "2",
-           "-T", str(seconds), "-f", str(SCRIPTS / script), a.dbname]
+           "-T", str(seconds), "-f", str(SCRIPTS / script), dbname or a.dbname]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return int(re.search(r"number of transactions actually processed: (\d+)", out).group(1)), \
         float(re.search(r"tps = ([\d.]+)", out).group(1))
@@ -82,7 +82,7 @@ def io_per_transaction(a, dbname, script, seconds):
     with psycopg.connect(host=a.host, port=a.port, dbname=dbname, user="postgres", autocommit=True) as c:
         c.execute("checkpoint")
         w0, b0 = c.execute(wal).fetchone(), c.execute(blocks).fetchone()
-    n, tps = pgbench(argparse.Namespace(**{**vars(a), "dbname": dbname}), script, seconds)
+    n, tps = pgbench(a, script, seconds, dbname)
     time.sleep(1.5)  # backends flush their statistics when they exit
     with psycopg.connect(host=a.host, port=a.port, dbname=dbname, user="postgres", autocommit=True) as c:
         w1, b1 = c.execute(wal).fetchone(), c.execute(blocks).fetchone()
@@ -110,7 +110,7 @@ def growth_evidence(a):
     runs = []
     for _ in range(2):  # interleaved
         for dbname in (small, a.dbname):
-            pgbench(argparse.Namespace(**{**vars(a), "dbname": dbname}), "consume_ours.sql", 2)
+            pgbench(a, "consume_ours.sql", 2, dbname)
             runs.append((dbname, io_per_transaction(a, dbname, "consume_ours.sql", a.seconds)))
     lines = ["## Growth: the same consume in a small and in a large database", "",
              f"`consume_tokens` (10,000 users, no key) right after a checkpoint, in a fresh database of the bench's "

@@ -77,8 +77,8 @@ create trigger plans_code_renamed after update of code on billing.plans
 -- those in p_counted_already, or raises PT429 (billing_internal.raise_rate_limited). Returns the
 -- windows it counted in ({{limit_id, window start as epoch seconds}, ...}) for a reservation to
 -- correct later. The caller holds the account's balance lock, so calls of one account are counted
--- one after the other. consume_tokens' fast path updates existing counters in its own debit
--- statement and leaves the rest to this function.
+-- one after the other. consume_tokens' fast path updates the counters that exist itself, with a
+-- plain UPDATE after its debit, and leaves the limits without one to this function.
 create function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer,
                                                   p_counted_already bigint[] default '{}')
 returns bigint[]

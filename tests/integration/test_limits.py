@@ -149,7 +149,7 @@ def counters(db, user):
 
 
 def test_a_limit_added_to_the_plan_counts_from_the_next_call_and_nothing_counts_twice(db):
-    # the debit statement updates the counters that exist; a limit without one is counted after it
+    # consume's fast path updates the counters that exist; a limit without one is counted after it
     user, plan = limited_user(db, [("tokens", 3600, 100)])
     away_from_window_end(3600)
     db.one("select * from billing.consume_tokens(%s, 10)", (user,))
