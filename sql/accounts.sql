@@ -50,7 +50,8 @@ end
 $$;
 
 -- The start of the calendar period (UTC) a spend limit counts in; NULL for no period.
--- (PL/pgSQL: a team consume calls it, see billing_internal.rate_window_start.)
+-- PL/pgSQL, like every helper a consume calls: a SQL function with a SET clause is not inlined and
+-- is planned again on every call.
 create function billing_internal.limit_period_start(p_period text) returns timestamptz
 language plpgsql stable parallel safe set search_path = pg_catalog, pg_temp as $$
 begin

@@ -350,8 +350,7 @@ begin
     if not p_create then
       return null;
     end if;
-    insert into billing.balances (account_id, plan_code) values (p_account_id, billing_internal.account_plan(p_account_id))
-    on conflict (account_id) do nothing;
+    perform billing_internal.new_balance(p_account_id);
     select b.* into v_row from billing.balances b where b.account_id = p_account_id for update;
   end if;
   perform billing_internal.flush_head(p_account_id);
@@ -482,9 +481,6 @@ declare
   v_role text := pg_catalog.current_setting('role');
   v_id bigint;
   v_flags integer;
-  v_over boolean;
-  v_missing boolean;
-  v_counted bigint[];
   v_row billing.balances;
   v_drawn bigint[];
 begin
@@ -514,33 +510,37 @@ begin
   -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
   -- grant covers the amount. One statement: the UPDATE of the balance row (which also locks it) and
   -- the INSERT of the usage row. Without a key it is a plain INSERT; with one, ON CONFLICT makes a
-  -- key seen before insert nothing. The statement also says (v_flags) what is left to do: 1 the
-  -- balance crossed an alert level, plus 2 × the number of rate limits of the account's plan
-  -- (balances.plan_code). The result goes out through the OUT parameters and RETURN NEXT.
+  -- key seen before insert nothing. The UPDATE also counts the call against the rate limits of the
+  -- account's plan (balances.rate_state; NULL, and no call, without limits). The statement says
+  -- (v_flags) what is left to do: 1 the balance crossed an alert level, 2 the call went over a rate
+  -- limit. The result goes out through the OUT parameters and RETURN NEXT.
   if p_idempotency_key is null then
     with debit as (
       update billing.balances b
-         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+             rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above,
+                billing_internal.rate_over(b.rate_state, p_amount, 1) as over_rate_limit
     )
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
     returning id, token_usage.balance_after,
               (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-                      + 2 * (select pg_catalog.count(*) from billing.rate_limits l
-                              where l.plan_code is not distinct from d.plan_code)::integer
+                      + 2 * (d.over_rate_limit is true)::integer
                  from debit d)
          into usage_id, balance_after, v_flags;
   else
     with debit as (
       update billing.balances b
-         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+             rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above,
+                billing_internal.rate_over(b.rate_state, p_amount, 1) as over_rate_limit
     ), usage as (
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
@@ -550,12 +550,13 @@ begin
     )
     select d.spendable, (select n.id from usage n),
            ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-           + 2 * (select pg_catalog.count(*) from billing.rate_limits l
-                   where l.plan_code is not distinct from d.plan_code)::integer
+           + 2 * (d.over_rate_limit is true)::integer
       into balance_after, usage_id, v_flags from debit d;
     if usage_id is null and balance_after is not null then
-      -- The key was used before (or by a racing call that committed first): undo the debit.
-      update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
+      -- The key was used before (or by a racing call that committed first): undo the debit and its count.
+      update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount,
+             rate_state = billing_internal.rate_given_back(b.rate_state, billing_internal.rate_windows(b.rate_state, p_amount, 1),
+                                                           p_amount, 1)
        where b.account_id = p_user_id;
       return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
       return;
@@ -570,28 +571,7 @@ begin
       return;
     end if;
     if v_flags >= 2 then
-      -- Count the call against the plan's limits, still under the balance row's lock: the counters
-      -- that exist in one UPDATE (not an upsert: ON CONFLICT locks the row with a WAL record of its
-      -- own first); a limit without one yet (the account's first call under it) is counted by
-      -- take_rate_limits, which inserts it. billing_internal.rate_window_start, written out.
-      with counted as (
-        update billing.rate_limit_usage u
-           set used = case when u.window_start = w.start then u.used else 0 end
-                      + case l.metric when 'tokens' then p_amount else 1 end,
-               window_start = w.start
-          from billing.balances b join billing.rate_limits l on l.plan_code is not distinct from b.plan_code,
-               lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
-                                                          / l.window_seconds) * l.window_seconds)::double precision)) w(start)
-         where b.account_id = p_user_id and u.account_id = p_user_id and u.limit_id = l.id
-        returning u.limit_id, u.used > l.max_amount as over
-      )
-      select coalesce(pg_catalog.bool_or(c.over), false), pg_catalog.array_agg(c.limit_id), v_flags / 2 > pg_catalog.count(*)
-        into v_over, v_counted, v_missing from counted c;
-      if v_over then
-        perform billing_internal.raise_rate_limited(p_user_id, p_amount, 1);
-      elsif v_missing then
-        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1, coalesce(v_counted, '{}'));
-      end if;
+      perform billing_internal.raise_rate_limited(p_user_id, p_amount, 1);
     end if;
     if v_flags & 1 = 1 then
       perform billing_internal.queue_alert_check(p_user_id);
@@ -649,11 +629,15 @@ begin
   end if;
   perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);  -- checks membership too
   update billing.balances b
-     set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+     set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+         rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
    where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
      and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
   returning b.* into v_row;
   if found then
+    if billing_internal.rate_over(v_row.rate_state, p_amount, 1) then
+      perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
+    end if;
     v_drawn := array[[v_row.head_grant_id, p_amount]];
     if v_row.spendable < v_row.alert_below or v_row.spendable >= v_row.alert_above then
       perform billing_internal.queue_alert_check(p_account_id);
@@ -665,13 +649,11 @@ begin
     end if;
     v_drawn := billing_internal.burn(p_account_id, p_amount, false);
     v_row := billing_internal.recompute_balance(p_account_id);
+    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
   end if;
   insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
-  if exists (select 1 from billing.rate_limits l where l.plan_code is not distinct from v_row.plan_code) then
-    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
-  end if;
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
@@ -1066,8 +1048,7 @@ begin
     perform billing_internal.set_alert_levels(old.account_id, array[null, null]::bigint[]);
     return old;
   end if;
-  insert into billing.balances (account_id, plan_code) values (new.account_id, billing_internal.account_plan(new.account_id))
-  on conflict (account_id) do nothing;
+  perform billing_internal.new_balance(new.account_id);
   select b.spendable into v_spendable from billing.balances b where b.account_id = new.account_id;
   if tg_op = 'INSERT' or new.low_balance_threshold is distinct from old.low_balance_threshold then
     new.low_balance_armed := new.low_balance_threshold is not null and v_spendable >= new.low_balance_threshold;

@@ -1,11 +1,14 @@
 -- pg_billing: rate limits per plan, and LLM usage priced per model.
 --
 -- Rate limits: fixed windows aligned to the Unix epoch (a window of W seconds starts at every
--- multiple of W, in UTC). Each (account, limit) has one row with the current window's start and
--- what was used in it; the ledger functions count a call after its debit, under the account's
--- balance lock, so concurrent calls of one account are counted one after the other and a limit is
--- never exceeded. A window boundary resets the count (a burst of up to twice the limit across a
--- boundary is the known cost of fixed windows, README "Limits").
+-- multiple of W, in UTC). An account's counters live in its balance row (balances.rate_state, one
+-- per limit of its plan: the limit's definition, the current window's start and what it counted;
+-- arithmetic in Rust, pg_billing_core::rate). The ledger functions count a call in the UPDATE that
+-- debits the account, or right after it, under the row's lock, so concurrent calls of one account
+-- are counted one after the other and a limit is never exceeded. A window boundary resets the count
+-- (a burst of up to twice the limit across a boundary is the known cost of fixed windows, README
+-- "Limits"). Triggers copy the definitions into the rows whenever a plan, a subscription or a limit
+-- changes, so a change applies from the next call.
 --
 -- Prices: credits per million tokens (billing.model_prices), the cost computed in Rust
 -- (billing_internal.llm_cost_of: integer arithmetic, rounded up once). An unknown model, or one
@@ -13,17 +16,6 @@
 --
 -- SQLSTATEs: PT429 a limit reached (DETAIL `limit <metric> per <W>s: used U of M; retry after Ns`),
 -- 22023 invalid arguments or unknown model, 22003 a cost above 2^63-1 credits.
-
--- The start of the fixed window of p_window_seconds that contains p_at.
--- PL/pgSQL, like every helper a consume calls: a SQL function with a SET clause is not inlined and
--- is planned again on every call (measured: a consume under one rate limit ran at 0.38x without).
-create function billing_internal.rate_window_start(p_window_seconds integer, p_at timestamptz) returns timestamptz
-language plpgsql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
-begin
-  return pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', p_at) / p_window_seconds)
-                                  * p_window_seconds)::double precision);
-end
-$$;
 
 -- The plan whose limits apply to an account: its current subscription's (active, trialing or
 -- past_due; the latest period first), else NULL.
@@ -37,6 +29,37 @@ begin
 end
 $$;
 
+-- The limits of a plan (NULL: of accounts without a plan) as billing_internal.rate_rebuilt takes
+-- them: {id, metric (0 requests, 1 tokens), window_seconds, max_amount, ...}.
+create function billing_internal.plan_limits(p_plan_code text) returns bigint[]
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select pg_catalog.array_agg(f.value order by l.id, f.n)
+    from billing.rate_limits l
+   cross join lateral pg_catalog.unnest(array[l.id, case l.metric when 'tokens' then 1 else 0 end, l.window_seconds,
+                                              l.max_amount]) with ordinality as f(value, n)
+   where l.plan_code is not distinct from p_plan_code
+$$;
+
+-- An account's counters once its plan is p_plan_code: one per limit of the plan, keeping the counts
+-- of p_state (a limit the plan no longer has is kept, counting nothing, until its window ends, so a
+-- move back within the window keeps the count).
+create function billing_internal.plan_rate_state(p_plan_code text, p_state bigint[]) returns bigint[]
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select billing_internal.rate_rebuilt(p_state, billing_internal.plan_limits(p_plan_code), pg_catalog.now())
+$$;
+
+-- Inserts an account's balance row, with its plan and counters, unless it has one.
+create function billing_internal.new_balance(p_account_id uuid) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_plan text := billing_internal.account_plan(p_account_id);
+begin
+  insert into billing.balances (account_id, plan_code, rate_state)
+  values (p_account_id, v_plan, billing_internal.plan_rate_state(v_plan, null))
+  on conflict (account_id) do nothing;
+end
+$$;
+
 -- balances.plan_code follows account_plan. A subscription written (by a webhook or by hand) updates
 -- its account's row, creating it if need be, so that a balance row inserted concurrently, before the
 -- subscription committed, is updated too. The row is locked as by every writer, so a consume counts
@@ -45,12 +68,15 @@ create function billing_internal.subscription_written() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_account uuid;
+  v_plan text;
 begin
   foreach v_account in array array[old.account_id, new.account_id] loop
     if v_account is not null then
-      insert into billing.balances as b (account_id, plan_code)
-      values (v_account, billing_internal.account_plan(v_account))
-      on conflict (account_id) do update set plan_code = excluded.plan_code
+      v_plan := billing_internal.account_plan(v_account);
+      insert into billing.balances as b (account_id, plan_code, rate_state)
+      values (v_account, v_plan, billing_internal.plan_rate_state(v_plan, null))
+      on conflict (account_id) do update
+         set plan_code = excluded.plan_code, rate_state = billing_internal.plan_rate_state(excluded.plan_code, b.rate_state)
        where b.plan_code is distinct from excluded.plan_code;
     end if;
   end loop;
@@ -58,12 +84,34 @@ begin
 end
 $$;
 
--- A plan's code renamed (rate_limits follow by ON UPDATE CASCADE): the balance rows follow too.
--- Both triggers are definers: service_role manages the catalog but writes no ledger table.
+-- A plan's code renamed (rate_limits follow by ON UPDATE CASCADE, whose trigger below may run
+-- before or after this one): the balance rows follow, and their counters are rebuilt either way.
+-- The triggers are definers: service_role manages the catalog but writes no ledger table.
 create function billing_internal.plan_code_renamed() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 begin
-  update billing.balances b set plan_code = new.code where b.plan_code = old.code;
+  update billing.balances b set plan_code = new.code, rate_state = billing_internal.plan_rate_state(new.code, b.rate_state)
+   where b.plan_code = old.code;
+  return null;
+end
+$$;
+
+-- Limits added, changed or removed: the counters of every account of the plans concerned are
+-- rebuilt (a statement over balances: a catalog change locks the rows it rebuilds, as a consume does).
+create function billing_internal.rate_limits_changed() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+  if tg_op = 'INSERT' then
+    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
+     where exists (select 1 from new_limits n where n.plan_code is not distinct from b.plan_code);
+  elsif tg_op = 'DELETE' then
+    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
+     where exists (select 1 from old_limits o where o.plan_code is not distinct from b.plan_code);
+  else
+    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
+     where exists (select 1 from old_limits o where o.plan_code is not distinct from b.plan_code)
+        or exists (select 1 from new_limits n where n.plan_code is not distinct from b.plan_code);
+  end if;
   return null;
 end
 $$;
@@ -72,40 +120,32 @@ create trigger user_subscriptions_plan_code after insert or update or delete on 
   for each row execute function billing_internal.subscription_written();
 create trigger plans_code_renamed after update of code on billing.plans
   for each row when (old.code is distinct from new.code) execute function billing_internal.plan_code_renamed();
+create trigger rate_limits_added after insert on billing.rate_limits referencing new table as new_limits
+  for each statement execute function billing_internal.rate_limits_changed();
+create trigger rate_limits_updated after update on billing.rate_limits
+  referencing old table as old_limits new table as new_limits
+  for each statement execute function billing_internal.rate_limits_changed();
+create trigger rate_limits_removed after delete on billing.rate_limits referencing old table as old_limits
+  for each statement execute function billing_internal.rate_limits_changed();
 
--- Counts a call (p_requests calls, p_tokens credits) against every limit of the account's plan but
--- those in p_counted_already, or raises PT429 (billing_internal.raise_rate_limited). Returns the
--- windows it counted in ({{limit_id, window start as epoch seconds}, ...}) for a reservation to
--- correct later. The caller holds the account's balance lock, so calls of one account are counted
--- one after the other. consume_tokens' fast path updates the counters that exist itself, with a
--- plain UPDATE after its debit, and leaves the limits without one to this function.
-create function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer,
-                                                  p_counted_already bigint[] default '{}')
+-- Counts a call (p_requests calls, p_tokens credits) against every limit of the account's plan, or
+-- raises PT429 (billing_internal.raise_rate_limited). Returns the windows it counted in ({limit_id,
+-- window start as epoch seconds, ...}) for a reservation to give back later; NULL without limits.
+-- The caller holds the account's balance lock. consume_tokens counts in its debit's UPDATE instead.
+create function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer)
 returns bigint[]
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
+  v_over boolean;
   v_windows bigint[];
-  v_breached boolean;
 begin
-  with applicable as (
-    select l.id, l.max_amount, case l.metric when 'tokens' then p_tokens else p_requests end as amount,
-           billing_internal.rate_window_start(l.window_seconds, pg_catalog.now()) as window_start
-      from billing.rate_limits l
-     where l.plan_code is not distinct from (select b.plan_code from billing.balances b where b.account_id = p_account_id)
-       and l.id <> all (p_counted_already)
-  ), counted as (
-    insert into billing.rate_limit_usage as u (account_id, limit_id, window_start, used)
-    select p_account_id, a.id, a.window_start, a.amount from applicable a where a.amount > 0
-    on conflict (account_id, limit_id) do update
-       set used = case when u.window_start = excluded.window_start then u.used else 0 end + excluded.used,
-           window_start = excluded.window_start
-    returning u.limit_id, u.used
-  )
-  select pg_catalog.array_agg(array[a.id, pg_catalog.date_part('epoch', a.window_start)::bigint] order by a.id),
-         pg_catalog.bool_or(c.used > a.max_amount)
-    into v_windows, v_breached
-    from applicable a join counted c on c.limit_id = a.id;
-  if v_breached then
+  update billing.balances b
+     set rate_state = billing_internal.rate_counted(b.rate_state, p_tokens, p_requests, pg_catalog.now())
+   where b.account_id = p_account_id and b.rate_state is not null
+  returning billing_internal.rate_over(b.rate_state, p_tokens, p_requests),
+            billing_internal.rate_windows(b.rate_state, p_tokens, p_requests)
+       into v_over, v_windows;
+  if v_over then
     perform billing_internal.raise_rate_limited(p_account_id, p_tokens, p_requests);
   end if;
   return v_windows;
@@ -119,37 +159,27 @@ create function billing_internal.raise_rate_limited(p_account_id uuid, p_tokens 
 returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
+  v_refusal bigint[];  -- {limit_id, metric, window_seconds, max_amount, used, amount, window_start}
   v_metric text;
-  v_window_seconds integer;
-  v_max bigint;
-  v_used bigint;
-  v_amount bigint;
   v_ends timestamptz;
 begin
-  select l.metric, l.window_seconds, l.max_amount, u.used, case l.metric when 'tokens' then p_tokens else p_requests end
-    into v_metric, v_window_seconds, v_max, v_used, v_amount
-    from billing.rate_limit_usage u join billing.rate_limits l on l.id = u.limit_id
-   where u.account_id = p_account_id and u.used > l.max_amount
-     and case l.metric when 'tokens' then p_tokens else p_requests end > 0
-     and l.plan_code is not distinct from (select b.plan_code from billing.balances b where b.account_id = p_account_id)
-     and u.window_start = billing_internal.rate_window_start(l.window_seconds, pg_catalog.now())
-   order by u.window_start + pg_catalog.make_interval(secs => l.window_seconds) desc, l.id
-   limit 1;
-  if not found then
+  select billing_internal.rate_refusal(b.rate_state, p_tokens, p_requests) into v_refusal
+    from billing.balances b where b.account_id = p_account_id;
+  if v_refusal is null then
     raise exception using errcode = 'XX000', message = 'pg_billing: a rate limit was counted over but is not found',
       detail = pg_catalog.format('account %s', p_account_id);
   end if;
-  v_ends := billing_internal.rate_window_start(v_window_seconds, pg_catalog.now())
-            + pg_catalog.make_interval(secs => v_window_seconds);
-  if v_amount > v_max then
+  v_metric := case v_refusal[2] when 1 then 'tokens' else 'requests' end;
+  v_ends := pg_catalog.to_timestamp((v_refusal[7] + v_refusal[3])::double precision);
+  if v_refusal[6] > v_refusal[4] then
     raise exception using errcode = 'PT429', message = 'rate limit reached',
       detail = pg_catalog.format('limit %s per %ss: used %s of %s; this call needs %s, more than the limit',
-                                 v_metric, v_window_seconds, v_used - v_amount, v_max, v_amount),
+                                 v_metric, v_refusal[3], v_refusal[5] - v_refusal[6], v_refusal[4], v_refusal[6]),
       hint = 'Ask for less in one call, or move to a plan with a higher limit.';
   end if;
   raise exception using errcode = 'PT429', message = 'rate limit reached',
-    detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_metric, v_window_seconds,
-                               v_used - v_amount, v_max,
+    detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_metric, v_refusal[3],
+                               v_refusal[5] - v_refusal[6], v_refusal[4],
                                greatest(1, pg_catalog.ceil(pg_catalog.date_part('epoch', v_ends - pg_catalog.clock_timestamp())))::bigint),
     hint = pg_catalog.format('The window ends at %s.', v_ends);
 end
@@ -160,12 +190,9 @@ $$;
 create function billing_internal.return_rate_limits(p_account_id uuid, p_windows bigint[], p_tokens bigint,
                                                     p_requests integer) returns void
 language sql set search_path = pg_catalog, pg_temp as $$
-  update billing.rate_limit_usage u
-     set used = greatest(0, u.used - case l.metric when 'tokens' then p_tokens else p_requests end)
-    from billing.rate_limits l, pg_catalog.generate_subscripts(p_windows, 1) as i
-   where pg_catalog.cardinality(p_windows) > 0
-     and u.account_id = p_account_id and u.limit_id = p_windows[i][1] and l.id = u.limit_id
-     and u.window_start = pg_catalog.to_timestamp(p_windows[i][2]::double precision)
+  update billing.balances b
+     set rate_state = billing_internal.rate_given_back(b.rate_state, p_windows, p_tokens, p_requests)
+   where b.account_id = p_account_id and b.rate_state is not null and pg_catalog.cardinality(p_windows) > 0
 $$;
 
 -- The prices of a model in force at p_at, or 22023.

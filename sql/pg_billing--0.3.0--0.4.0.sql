@@ -22,8 +22,9 @@
 --   spent. Rebuilding those keys rewrites the indexes of token_grants, token_usage and
 --   token_reservations (docs/dba.md: upgrade cost). stripe_customers no longer references
 --   auth.users: a team account is not a user.
--- * rate limits per plan (rate_limits, rate_limit_usage; token_reservations.rate_windows;
---   balances.plan_code, kept by triggers on user_subscriptions and plans) and LLM
+-- * rate limits per plan (rate_limits; balances.plan_code and the counters balances.rate_state,
+--   kept by triggers on user_subscriptions, plans and rate_limits, read through the view
+--   rate_limit_usage; token_reservations.rate_windows) and LLM
 --   prices per model (model_prices), with llm_cost, record_llm_usage, reserve_llm_usage and
 --   commit_llm_usage; get_usage_history returns LLM token counts.
 -- * the outbox (billing.outbox, claim_outbox / ack_outbox / nack_outbox) and per-account
@@ -77,7 +78,8 @@ alter table billing.stripe_customers rename column user_id to account_id;
 alter table billing.user_subscriptions rename column user_id to account_id;
 alter index billing.user_subscriptions_user_id rename to user_subscriptions_account_id;
 alter table billing.balances rename column user_id to account_id;
-alter table billing.balances add column alert_below bigint, add column alert_above bigint, add column plan_code text;
+alter table billing.balances add column alert_below bigint, add column alert_above bigint, add column plan_code text,
+  add column rate_state bigint[];
 alter table billing.payment_transactions rename column user_id to account_id;
 alter index billing.payment_transactions_user rename to payment_transactions_account;
 
@@ -201,14 +203,15 @@ create table billing.rate_limits (
   unique nulls not distinct (plan_code, metric, window_seconds)
 );
 comment on table billing.rate_limits is 'Rate limits per plan (plan_code NULL: accounts without an active plan), per fixed UTC window.';
-create table billing.rate_limit_usage (
-  account_id   uuid not null,
-  limit_id     bigint not null references billing.rate_limits (id) on delete cascade,
-  window_start timestamptz not null,
-  used         billing.token_count not null,
-  primary key (account_id, limit_id)
-) with (fillfactor = 50); -- room for HOT updates: every call under a limit updates its counters
-create index rate_limit_usage_limit_id on billing.rate_limit_usage (limit_id);
+create view billing.rate_limit_usage with (security_invoker = true) as
+select b.account_id, b.rate_state[i + 1] as limit_id, pg_catalog.to_timestamp(w.start::double precision) as window_start,
+       case when b.rate_state[i + 6] = w.start then b.rate_state[i + 7] else 0 end as used
+  from billing.balances b
+ cross join lateral pg_catalog.generate_series(0, pg_catalog.cardinality(b.rate_state) - 1, 7) as i
+ cross join lateral (select (pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()) / b.rate_state[i + 4])
+                             * b.rate_state[i + 4])::bigint) as w(start)
+ where b.rate_state[i + 2] = 1;
+comment on view billing.rate_limit_usage is 'Use of each rate limit of the account''s plan in the current window.';
 create table billing.model_prices (
   model                    text not null check (pg_catalog.length(model) between 1 and 200),
   input_per_million        bigint not null check (input_per_million >= 0),
@@ -308,7 +311,6 @@ alter table billing.stripe_disputes enable row level security;
 alter table billing.grant_purchases enable row level security;
 alter table billing.purchase_payments enable row level security;
 alter table billing.rate_limits enable row level security;
-alter table billing.rate_limit_usage enable row level security;
 alter table billing.model_prices enable row level security;
 alter table billing.account_settings enable row level security;
 alter table billing.outbox enable row level security;
@@ -331,7 +333,7 @@ end
 $$;
 
 -- @rust burn_allocation adjustment_targets adjusted_grant given_back_grant decode_stripe_event stripe_signature_check
--- @rust llm_cost_of
+-- @rust llm_cost_of rate_counted rate_over rate_refusal rate_windows rate_given_back rate_rebuilt
 -- 0.3.0's Rust helpers: the claw-back ones are replaced (billing_internal.adjustment_targets,
 -- adjusted_grant), the others move to billing_internal.
 drop function billing._refund_share(bigint, bigint, bigint);
@@ -435,7 +437,63 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'llm_cost_of_wrapper';
 
--- SQL functions new or changed in 0.4.0 (119 of 119)
+CREATE  FUNCTION billing_internal."rate_counted"(
+	"p_state" bigint[], /* Array < i64 > */
+	"p_tokens" bigint, /* i64 */
+	"p_requests" INT, /* i32 */
+	"p_now" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS bigint[] /* Vec < i64 > */
+IMMUTABLE STRICT PARALLEL SAFE  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rate_counted_wrapper';
+
+CREATE  FUNCTION billing_internal."rate_over"(
+	"p_state" bigint[], /* Array < i64 > */
+	"p_tokens" bigint, /* i64 */
+	"p_requests" INT /* i32 */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rate_over_wrapper';
+
+CREATE  FUNCTION billing_internal."rate_refusal"(
+	"p_state" bigint[], /* Array < i64 > */
+	"p_tokens" bigint, /* i64 */
+	"p_requests" INT /* i32 */
+) RETURNS bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+IMMUTABLE STRICT PARALLEL SAFE  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rate_refusal_wrapper';
+
+CREATE  FUNCTION billing_internal."rate_windows"(
+	"p_state" bigint[], /* Array < i64 > */
+	"p_tokens" bigint, /* i64 */
+	"p_requests" INT /* i32 */
+) RETURNS bigint[] /* Vec < i64 > */
+IMMUTABLE STRICT PARALLEL SAFE  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rate_windows_wrapper';
+
+CREATE  FUNCTION billing_internal."rate_given_back"(
+	"p_state" bigint[], /* Array < i64 > */
+	"p_windows" bigint[], /* Array < i64 > */
+	"p_tokens" bigint, /* i64 */
+	"p_requests" INT /* i32 */
+) RETURNS bigint[] /* Vec < i64 > */
+IMMUTABLE STRICT PARALLEL SAFE  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rate_given_back_wrapper';
+
+CREATE  FUNCTION billing_internal."rate_rebuilt"(
+	"p_state" bigint[], /* :: std :: option :: Option < Array < i64 > > */
+	"p_limits" bigint[], /* :: std :: option :: Option < Array < i64 > > */
+	"p_now" timestamp with time zone /* Option < TimestampWithTimeZone > */
+) RETURNS bigint[] /* :: std :: option :: Option < Vec < i64 > > */
+IMMUTABLE PARALLEL SAFE  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rate_rebuilt_wrapper';
+
+-- SQL functions new or changed in 0.4.0 (122 of 122)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -776,8 +834,7 @@ begin
     if not p_create then
       return null;
     end if;
-    insert into billing.balances (account_id, plan_code) values (p_account_id, billing_internal.account_plan(p_account_id))
-    on conflict (account_id) do nothing;
+    perform billing_internal.new_balance(p_account_id);
     select b.* into v_row from billing.balances b where b.account_id = p_account_id for update;
   end if;
   perform billing_internal.flush_head(p_account_id);
@@ -892,9 +949,6 @@ declare
   v_role text := pg_catalog.current_setting('role');
   v_id bigint;
   v_flags integer;
-  v_over boolean;
-  v_missing boolean;
-  v_counted bigint[];
   v_row billing.balances;
   v_drawn bigint[];
 begin
@@ -924,33 +978,37 @@ begin
   -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
   -- grant covers the amount. One statement: the UPDATE of the balance row (which also locks it) and
   -- the INSERT of the usage row. Without a key it is a plain INSERT; with one, ON CONFLICT makes a
-  -- key seen before insert nothing. The statement also says (v_flags) what is left to do: 1 the
-  -- balance crossed an alert level, plus 2 × the number of rate limits of the account's plan
-  -- (balances.plan_code). The result goes out through the OUT parameters and RETURN NEXT.
+  -- key seen before insert nothing. The UPDATE also counts the call against the rate limits of the
+  -- account's plan (balances.rate_state; NULL, and no call, without limits). The statement says
+  -- (v_flags) what is left to do: 1 the balance crossed an alert level, 2 the call went over a rate
+  -- limit. The result goes out through the OUT parameters and RETURN NEXT.
   if p_idempotency_key is null then
     with debit as (
       update billing.balances b
-         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+             rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above,
+                billing_internal.rate_over(b.rate_state, p_amount, 1) as over_rate_limit
     )
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
     returning id, token_usage.balance_after,
               (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-                      + 2 * (select pg_catalog.count(*) from billing.rate_limits l
-                              where l.plan_code is not distinct from d.plan_code)::integer
+                      + 2 * (d.over_rate_limit is true)::integer
                  from debit d)
          into usage_id, balance_after, v_flags;
   else
     with debit as (
       update billing.balances b
-         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+             rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
        where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
          and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above, b.plan_code
+      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above,
+                billing_internal.rate_over(b.rate_state, p_amount, 1) as over_rate_limit
     ), usage as (
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
@@ -960,12 +1018,13 @@ begin
     )
     select d.spendable, (select n.id from usage n),
            ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-           + 2 * (select pg_catalog.count(*) from billing.rate_limits l
-                   where l.plan_code is not distinct from d.plan_code)::integer
+           + 2 * (d.over_rate_limit is true)::integer
       into balance_after, usage_id, v_flags from debit d;
     if usage_id is null and balance_after is not null then
-      -- The key was used before (or by a racing call that committed first): undo the debit.
-      update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount
+      -- The key was used before (or by a racing call that committed first): undo the debit and its count.
+      update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount,
+             rate_state = billing_internal.rate_given_back(b.rate_state, billing_internal.rate_windows(b.rate_state, p_amount, 1),
+                                                           p_amount, 1)
        where b.account_id = p_user_id;
       return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
       return;
@@ -980,28 +1039,7 @@ begin
       return;
     end if;
     if v_flags >= 2 then
-      -- Count the call against the plan's limits, still under the balance row's lock: the counters
-      -- that exist in one UPDATE (not an upsert: ON CONFLICT locks the row with a WAL record of its
-      -- own first); a limit without one yet (the account's first call under it) is counted by
-      -- take_rate_limits, which inserts it. billing_internal.rate_window_start, written out.
-      with counted as (
-        update billing.rate_limit_usage u
-           set used = case when u.window_start = w.start then u.used else 0 end
-                      + case l.metric when 'tokens' then p_amount else 1 end,
-               window_start = w.start
-          from billing.balances b join billing.rate_limits l on l.plan_code is not distinct from b.plan_code,
-               lateral (select pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now())
-                                                          / l.window_seconds) * l.window_seconds)::double precision)) w(start)
-         where b.account_id = p_user_id and u.account_id = p_user_id and u.limit_id = l.id
-        returning u.limit_id, u.used > l.max_amount as over
-      )
-      select coalesce(pg_catalog.bool_or(c.over), false), pg_catalog.array_agg(c.limit_id), v_flags / 2 > pg_catalog.count(*)
-        into v_over, v_counted, v_missing from counted c;
-      if v_over then
-        perform billing_internal.raise_rate_limited(p_user_id, p_amount, 1);
-      elsif v_missing then
-        perform billing_internal.take_rate_limits(p_user_id, p_amount, 1, coalesce(v_counted, '{}'));
-      end if;
+      perform billing_internal.raise_rate_limited(p_user_id, p_amount, 1);
     end if;
     if v_flags & 1 = 1 then
       perform billing_internal.queue_alert_check(p_user_id);
@@ -1055,11 +1093,15 @@ begin
   end if;
   perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);  -- checks membership too
   update billing.balances b
-     set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount
+     set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+         rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
    where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
      and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
   returning b.* into v_row;
   if found then
+    if billing_internal.rate_over(v_row.rate_state, p_amount, 1) then
+      perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
+    end if;
     v_drawn := array[[v_row.head_grant_id, p_amount]];
     if v_row.spendable < v_row.alert_below or v_row.spendable >= v_row.alert_above then
       perform billing_internal.queue_alert_check(p_account_id);
@@ -1071,13 +1113,11 @@ begin
     end if;
     v_drawn := billing_internal.burn(p_account_id, p_amount, false);
     v_row := billing_internal.recompute_balance(p_account_id);
+    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
   end if;
   insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
   returning id into v_id;
-  if exists (select 1 from billing.rate_limits l where l.plan_code is not distinct from v_row.plan_code) then
-    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
-  end if;
   return query select v_id, p_amount, v_row.spendable::bigint, false;
 end
 $$;
@@ -1443,8 +1483,7 @@ begin
     perform billing_internal.set_alert_levels(old.account_id, array[null, null]::bigint[]);
     return old;
   end if;
-  insert into billing.balances (account_id, plan_code) values (new.account_id, billing_internal.account_plan(new.account_id))
-  on conflict (account_id) do nothing;
+  perform billing_internal.new_balance(new.account_id);
   select b.spendable into v_spendable from billing.balances b where b.account_id = new.account_id;
   if tg_op = 'INSERT' or new.low_balance_threshold is distinct from old.low_balance_threshold then
     new.low_balance_armed := new.low_balance_threshold is not null and v_spendable >= new.low_balance_threshold;
@@ -1680,14 +1719,6 @@ begin
 end
 $$;
 
-create or replace function billing_internal.rate_window_start(p_window_seconds integer, p_at timestamptz) returns timestamptz
-language plpgsql immutable parallel safe set search_path = pg_catalog, pg_temp as $$
-begin
-  return pg_catalog.to_timestamp((pg_catalog.floor(pg_catalog.date_part('epoch', p_at) / p_window_seconds)
-                                  * p_window_seconds)::double precision);
-end
-$$;
-
 create or replace function billing_internal.account_plan(p_account_id uuid) returns text
 language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 begin
@@ -1698,16 +1729,44 @@ begin
 end
 $$;
 
+create or replace function billing_internal.plan_limits(p_plan_code text) returns bigint[]
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select pg_catalog.array_agg(f.value order by l.id, f.n)
+    from billing.rate_limits l
+   cross join lateral pg_catalog.unnest(array[l.id, case l.metric when 'tokens' then 1 else 0 end, l.window_seconds,
+                                              l.max_amount]) with ordinality as f(value, n)
+   where l.plan_code is not distinct from p_plan_code
+$$;
+
+create or replace function billing_internal.plan_rate_state(p_plan_code text, p_state bigint[]) returns bigint[]
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select billing_internal.rate_rebuilt(p_state, billing_internal.plan_limits(p_plan_code), pg_catalog.now())
+$$;
+
+create or replace function billing_internal.new_balance(p_account_id uuid) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_plan text := billing_internal.account_plan(p_account_id);
+begin
+  insert into billing.balances (account_id, plan_code, rate_state)
+  values (p_account_id, v_plan, billing_internal.plan_rate_state(v_plan, null))
+  on conflict (account_id) do nothing;
+end
+$$;
+
 create or replace function billing_internal.subscription_written() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_account uuid;
+  v_plan text;
 begin
   foreach v_account in array array[old.account_id, new.account_id] loop
     if v_account is not null then
-      insert into billing.balances as b (account_id, plan_code)
-      values (v_account, billing_internal.account_plan(v_account))
-      on conflict (account_id) do update set plan_code = excluded.plan_code
+      v_plan := billing_internal.account_plan(v_account);
+      insert into billing.balances as b (account_id, plan_code, rate_state)
+      values (v_account, v_plan, billing_internal.plan_rate_state(v_plan, null))
+      on conflict (account_id) do update
+         set plan_code = excluded.plan_code, rate_state = billing_internal.plan_rate_state(excluded.plan_code, b.rate_state)
        where b.plan_code is distinct from excluded.plan_code;
     end if;
   end loop;
@@ -1718,38 +1777,44 @@ $$;
 create or replace function billing_internal.plan_code_renamed() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 begin
-  update billing.balances b set plan_code = new.code where b.plan_code = old.code;
+  update billing.balances b set plan_code = new.code, rate_state = billing_internal.plan_rate_state(new.code, b.rate_state)
+   where b.plan_code = old.code;
   return null;
 end
 $$;
 
-create or replace function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer,
-                                                  p_counted_already bigint[] default '{}')
+create or replace function billing_internal.rate_limits_changed() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+  if tg_op = 'INSERT' then
+    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
+     where exists (select 1 from new_limits n where n.plan_code is not distinct from b.plan_code);
+  elsif tg_op = 'DELETE' then
+    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
+     where exists (select 1 from old_limits o where o.plan_code is not distinct from b.plan_code);
+  else
+    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
+     where exists (select 1 from old_limits o where o.plan_code is not distinct from b.plan_code)
+        or exists (select 1 from new_limits n where n.plan_code is not distinct from b.plan_code);
+  end if;
+  return null;
+end
+$$;
+
+create or replace function billing_internal.take_rate_limits(p_account_id uuid, p_tokens bigint, p_requests integer)
 returns bigint[]
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
+  v_over boolean;
   v_windows bigint[];
-  v_breached boolean;
 begin
-  with applicable as (
-    select l.id, l.max_amount, case l.metric when 'tokens' then p_tokens else p_requests end as amount,
-           billing_internal.rate_window_start(l.window_seconds, pg_catalog.now()) as window_start
-      from billing.rate_limits l
-     where l.plan_code is not distinct from (select b.plan_code from billing.balances b where b.account_id = p_account_id)
-       and l.id <> all (p_counted_already)
-  ), counted as (
-    insert into billing.rate_limit_usage as u (account_id, limit_id, window_start, used)
-    select p_account_id, a.id, a.window_start, a.amount from applicable a where a.amount > 0
-    on conflict (account_id, limit_id) do update
-       set used = case when u.window_start = excluded.window_start then u.used else 0 end + excluded.used,
-           window_start = excluded.window_start
-    returning u.limit_id, u.used
-  )
-  select pg_catalog.array_agg(array[a.id, pg_catalog.date_part('epoch', a.window_start)::bigint] order by a.id),
-         pg_catalog.bool_or(c.used > a.max_amount)
-    into v_windows, v_breached
-    from applicable a join counted c on c.limit_id = a.id;
-  if v_breached then
+  update billing.balances b
+     set rate_state = billing_internal.rate_counted(b.rate_state, p_tokens, p_requests, pg_catalog.now())
+   where b.account_id = p_account_id and b.rate_state is not null
+  returning billing_internal.rate_over(b.rate_state, p_tokens, p_requests),
+            billing_internal.rate_windows(b.rate_state, p_tokens, p_requests)
+       into v_over, v_windows;
+  if v_over then
     perform billing_internal.raise_rate_limited(p_account_id, p_tokens, p_requests);
   end if;
   return v_windows;
@@ -1760,37 +1825,27 @@ create or replace function billing_internal.raise_rate_limited(p_account_id uuid
 returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
+  v_refusal bigint[];  -- {limit_id, metric, window_seconds, max_amount, used, amount, window_start}
   v_metric text;
-  v_window_seconds integer;
-  v_max bigint;
-  v_used bigint;
-  v_amount bigint;
   v_ends timestamptz;
 begin
-  select l.metric, l.window_seconds, l.max_amount, u.used, case l.metric when 'tokens' then p_tokens else p_requests end
-    into v_metric, v_window_seconds, v_max, v_used, v_amount
-    from billing.rate_limit_usage u join billing.rate_limits l on l.id = u.limit_id
-   where u.account_id = p_account_id and u.used > l.max_amount
-     and case l.metric when 'tokens' then p_tokens else p_requests end > 0
-     and l.plan_code is not distinct from (select b.plan_code from billing.balances b where b.account_id = p_account_id)
-     and u.window_start = billing_internal.rate_window_start(l.window_seconds, pg_catalog.now())
-   order by u.window_start + pg_catalog.make_interval(secs => l.window_seconds) desc, l.id
-   limit 1;
-  if not found then
+  select billing_internal.rate_refusal(b.rate_state, p_tokens, p_requests) into v_refusal
+    from billing.balances b where b.account_id = p_account_id;
+  if v_refusal is null then
     raise exception using errcode = 'XX000', message = 'pg_billing: a rate limit was counted over but is not found',
       detail = pg_catalog.format('account %s', p_account_id);
   end if;
-  v_ends := billing_internal.rate_window_start(v_window_seconds, pg_catalog.now())
-            + pg_catalog.make_interval(secs => v_window_seconds);
-  if v_amount > v_max then
+  v_metric := case v_refusal[2] when 1 then 'tokens' else 'requests' end;
+  v_ends := pg_catalog.to_timestamp((v_refusal[7] + v_refusal[3])::double precision);
+  if v_refusal[6] > v_refusal[4] then
     raise exception using errcode = 'PT429', message = 'rate limit reached',
       detail = pg_catalog.format('limit %s per %ss: used %s of %s; this call needs %s, more than the limit',
-                                 v_metric, v_window_seconds, v_used - v_amount, v_max, v_amount),
+                                 v_metric, v_refusal[3], v_refusal[5] - v_refusal[6], v_refusal[4], v_refusal[6]),
       hint = 'Ask for less in one call, or move to a plan with a higher limit.';
   end if;
   raise exception using errcode = 'PT429', message = 'rate limit reached',
-    detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_metric, v_window_seconds,
-                               v_used - v_amount, v_max,
+    detail = pg_catalog.format('limit %s per %ss: used %s of %s; retry after %ss', v_metric, v_refusal[3],
+                               v_refusal[5] - v_refusal[6], v_refusal[4],
                                greatest(1, pg_catalog.ceil(pg_catalog.date_part('epoch', v_ends - pg_catalog.clock_timestamp())))::bigint),
     hint = pg_catalog.format('The window ends at %s.', v_ends);
 end
@@ -1799,12 +1854,9 @@ $$;
 create or replace function billing_internal.return_rate_limits(p_account_id uuid, p_windows bigint[], p_tokens bigint,
                                                     p_requests integer) returns void
 language sql set search_path = pg_catalog, pg_temp as $$
-  update billing.rate_limit_usage u
-     set used = greatest(0, u.used - case l.metric when 'tokens' then p_tokens else p_requests end)
-    from billing.rate_limits l, pg_catalog.generate_subscripts(p_windows, 1) as i
-   where pg_catalog.cardinality(p_windows) > 0
-     and u.account_id = p_account_id and u.limit_id = p_windows[i][1] and l.id = u.limit_id
-     and u.window_start = pg_catalog.to_timestamp(p_windows[i][2]::double precision)
+  update billing.balances b
+     set rate_state = billing_internal.rate_given_back(b.rate_state, p_windows, p_tokens, p_requests)
+   where b.account_id = p_account_id and b.rate_state is not null and pg_catalog.cardinality(p_windows) > 0
 $$;
 
 create or replace function billing_internal.model_price(p_model text, p_at timestamptz) returns billing.model_prices
@@ -3161,6 +3213,20 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
       on cur.account_id = b.account_id
    where b.plan_code is distinct from cur.code
   union all
+  -- the counters a debit checks, against the limits of the account's plan (ids and definitions)
+  select 'rate-limit counters differ from the plan''s limits', b.account_id,
+         pg_catalog.format('plan %s, balances.rate_state %s', coalesce(b.plan_code, 'none'), coalesce(b.rate_state::text, 'NULL'))
+    from billing.balances b
+   where coalesce(pg_catalog.cardinality(b.rate_state), 0) % 7 <> 0
+      or (select pg_catalog.array_agg(pg_catalog.format('%s %s %s %s', b.rate_state[i + 1], b.rate_state[i + 3],
+                                                        b.rate_state[i + 4], b.rate_state[i + 5]) order by b.rate_state[i + 1])
+            from pg_catalog.generate_series(0, pg_catalog.cardinality(b.rate_state) - 1, 7) as i
+           where b.rate_state[i + 2] = 1)
+         is distinct from
+         (select pg_catalog.array_agg(pg_catalog.format('%s %s %s %s', l.id, case l.metric when 'tokens' then 1 else 0 end,
+                                                        l.window_seconds, l.max_amount) order by l.id)
+            from billing.rate_limits l where l.plan_code is not distinct from b.plan_code)
+  union all
   select 'frozen above the dispute hold', g.account_id,
          pg_catalog.format('grant %s: frozen %s, freeze_target %s', g.id, g.frozen, g.freeze_target)
     from billing.token_grants g where g.frozen > g.freeze_target
@@ -3624,18 +3690,18 @@ declare
   v_table text;
   v_done text[] := '{}'::text[];
   -- Tables `authenticated` reads, and which of their rows (always also: an admin JWT reads all):
-  -- every member of an account reads its balance, grants, subscription and rate-limit use; a member
+  -- every member of an account reads its balance, grants and subscription (and, through the view
+  -- rate_limit_usage over balances, with the reader's rights, its rate-limit use); a member
   -- reads their own usage, holds and membership; owners and admins read all of an account's rows (a
   -- user owns their personal account). Each expression starts from account_id, the leading column
   -- of every key.
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
-                                          'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
+                                          'user_subscriptions', 'stripe_customers',
                                           'payment_transactions', 'promo_redemptions', 'account_settings',
                                           'token_usage', 'token_reservations', 'usage_rollups', 'usage_rollups_daily'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
-    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
@@ -3712,6 +3778,7 @@ begin
       foreach v_table in array c_user_tables loop
         execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
       end loop;
+      execute pg_catalog.format('grant select on billing.rate_limit_usage to %I', v_role);
       foreach v_fn in array c_user_functions loop
         execute pg_catalog.format('grant execute on function %s to %I', v_fn, v_role);
       end loop;
@@ -3827,12 +3894,20 @@ begin
 end
 $$;
 
--- Each balance row knows the plan whose rate limits apply; triggers keep it (limits.sql).
+-- Each balance row knows the plan whose rate limits apply; triggers keep it and the counters
+-- (limits.sql). 0.3.0 had no limits: every rate_state stays NULL until one is added.
 update billing.balances b set plan_code = billing_internal.account_plan(b.account_id);
 create trigger user_subscriptions_plan_code after insert or update or delete on billing.user_subscriptions
   for each row execute function billing_internal.subscription_written();
 create trigger plans_code_renamed after update of code on billing.plans
   for each row when (old.code is distinct from new.code) execute function billing_internal.plan_code_renamed();
+create trigger rate_limits_added after insert on billing.rate_limits referencing new table as new_limits
+  for each statement execute function billing_internal.rate_limits_changed();
+create trigger rate_limits_updated after update on billing.rate_limits
+  referencing old table as old_limits new table as new_limits
+  for each statement execute function billing_internal.rate_limits_changed();
+create trigger rate_limits_removed after delete on billing.rate_limits referencing old table as old_limits
+  for each statement execute function billing_internal.rate_limits_changed();
 
 -- The triggers of the outbox and the automations (their functions are above).
 create trigger outbox_notify after insert on billing.outbox for each statement

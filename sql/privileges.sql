@@ -25,18 +25,18 @@ declare
   v_table text;
   v_done text[] := '{}'::text[];
   -- Tables `authenticated` reads, and which of their rows (always also: an admin JWT reads all):
-  -- every member of an account reads its balance, grants, subscription and rate-limit use; a member
+  -- every member of an account reads its balance, grants and subscription (and, through the view
+  -- rate_limit_usage over balances, with the reader's rights, its rate-limit use); a member
   -- reads their own usage, holds and membership; owners and admins read all of an account's rows (a
   -- user owns their personal account). Each expression starts from account_id, the leading column
   -- of every key.
   c_user_tables constant text[] := array['accounts', 'account_members', 'balances', 'token_grants',
-                                          'user_subscriptions', 'rate_limit_usage', 'stripe_customers',
+                                          'user_subscriptions', 'stripe_customers',
                                           'payment_transactions', 'promo_redemptions', 'account_settings',
                                           'token_usage', 'token_reservations', 'usage_rollups', 'usage_rollups_daily'];
   c_readers constant text[] := array[
     'id = any ((select billing_internal.member_account_ids())::uuid[])',
     'user_id = (select billing_internal.auth_uid()) or account_id = any ((select billing_internal.managed_account_ids())::uuid[])',
-    'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
     'account_id = any ((select billing_internal.member_account_ids())::uuid[])',
@@ -113,6 +113,7 @@ begin
       foreach v_table in array c_user_tables loop
         execute pg_catalog.format('grant select on billing.%I to %I', v_table, v_role);
       end loop;
+      execute pg_catalog.format('grant select on billing.rate_limit_usage to %I', v_role);
       foreach v_fn in array c_user_functions loop
         execute pg_catalog.format('grant execute on function %s to %I', v_fn, v_role);
       end loop;

@@ -177,9 +177,13 @@ create table billing.balances (
   -- billing.alert_checks, whose automations run at commit.
   alert_below    bigint,
   alert_above    bigint,
-  -- The plan whose rate limits apply to the account (billing_internal.account_plan; NULL: none), kept
-  -- by triggers on user_subscriptions and plans, so a consume finds its limits on the row it locks.
-  plan_code      text
+  -- The plan whose rate limits apply to the account (billing_internal.account_plan; NULL: none), and
+  -- the account's counters of those limits (pg_billing_core::rate: 7 bigints per limit, its
+  -- definition copied from billing.rate_limits, the window and what it counted; NULL: no limit),
+  -- both kept by triggers on user_subscriptions, plans and rate_limits. The debit that locks this
+  -- row counts the call in the same UPDATE, so a limit costs a consume no other row or statement.
+  plan_code      text,
+  rate_state     bigint[]
 ) with (fillfactor = 70); -- room for HOT updates: every consume updates this row
 
 create table billing.token_grants (
@@ -260,7 +264,7 @@ create table billing.token_reservations (
   settled_at      timestamptz,
   user_id         uuid,                          -- the member who holds it; null: the account's own user
   limit_period_start timestamptz,                -- the member's spend-limit period the hold counts in
-  rate_windows    bigint[],                      -- {{limit_id, window start (epoch s)}, ...} it counted in
+  rate_windows    bigint[],                      -- {limit_id, window start (epoch s), ...} it counted in
   primary key (account_id, id)
 );
 create index token_reservations_id on billing.token_reservations (id);
@@ -431,15 +435,17 @@ create table billing.rate_limits (
 );
 comment on table billing.rate_limits is 'Rate limits per plan (plan_code NULL: accounts without an active plan), per fixed UTC window.';
 
--- What each account used of each limit in its current window (a row is reset when its window ends).
-create table billing.rate_limit_usage (
-  account_id   uuid not null,
-  limit_id     bigint not null references billing.rate_limits (id) on delete cascade,
-  window_start timestamptz not null,
-  used         billing.token_count not null,
-  primary key (account_id, limit_id)
-) with (fillfactor = 50); -- room for HOT updates: every call under a limit updates its counters
-create index rate_limit_usage_limit_id on billing.rate_limit_usage (limit_id);
+-- What each account used of each limit of its plan in the current window, read from
+-- balances.rate_state (with the reader's rights: the balance rows row-level security lets them see).
+create view billing.rate_limit_usage with (security_invoker = true) as
+select b.account_id, b.rate_state[i + 1] as limit_id, pg_catalog.to_timestamp(w.start::double precision) as window_start,
+       case when b.rate_state[i + 6] = w.start then b.rate_state[i + 7] else 0 end as used
+  from billing.balances b
+ cross join lateral pg_catalog.generate_series(0, pg_catalog.cardinality(b.rate_state) - 1, 7) as i
+ cross join lateral (select (pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()) / b.rate_state[i + 4])
+                             * b.rate_state[i + 4])::bigint) as w(start)
+ where b.rate_state[i + 2] = 1;
+comment on view billing.rate_limit_usage is 'Use of each rate limit of the account''s plan in the current window.';
 
 -- Usage summed per account, member, UTC hour and model (metadata ->> 'model'): run_maintenance adds
 -- the usage rows created before usage_rollup_state.rolled_up_to (billing_internal.roll_up_usage);
@@ -563,7 +569,6 @@ alter table billing.stripe_disputes enable row level security;
 alter table billing.grant_purchases enable row level security;
 alter table billing.purchase_payments enable row level security;
 alter table billing.rate_limits enable row level security;
-alter table billing.rate_limit_usage enable row level security;
 alter table billing.model_prices enable row level security;
 alter table billing.account_settings enable row level security;
 alter table billing.outbox enable row level security;

@@ -112,6 +112,20 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
       on cur.account_id = b.account_id
    where b.plan_code is distinct from cur.code
   union all
+  -- the counters a debit checks, against the limits of the account's plan (ids and definitions)
+  select 'rate-limit counters differ from the plan''s limits', b.account_id,
+         pg_catalog.format('plan %s, balances.rate_state %s', coalesce(b.plan_code, 'none'), coalesce(b.rate_state::text, 'NULL'))
+    from billing.balances b
+   where coalesce(pg_catalog.cardinality(b.rate_state), 0) % 7 <> 0
+      or (select pg_catalog.array_agg(pg_catalog.format('%s %s %s %s', b.rate_state[i + 1], b.rate_state[i + 3],
+                                                        b.rate_state[i + 4], b.rate_state[i + 5]) order by b.rate_state[i + 1])
+            from pg_catalog.generate_series(0, pg_catalog.cardinality(b.rate_state) - 1, 7) as i
+           where b.rate_state[i + 2] = 1)
+         is distinct from
+         (select pg_catalog.array_agg(pg_catalog.format('%s %s %s %s', l.id, case l.metric when 'tokens' then 1 else 0 end,
+                                                        l.window_seconds, l.max_amount) order by l.id)
+            from billing.rate_limits l where l.plan_code is not distinct from b.plan_code)
+  union all
   select 'frozen above the dispute hold', g.account_id,
          pg_catalog.format('grant %s: frozen %s, freeze_target %s', g.id, g.frozen, g.freeze_target)
     from billing.token_grants g where g.frozen > g.freeze_target

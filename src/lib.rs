@@ -24,7 +24,13 @@ extension_sql_file!(
         "schema",
         sql_api::ledger::burn_allocation,
         sql_api::ledger::adjusted_grant,
-        sql_api::ledger::given_back_grant
+        sql_api::ledger::given_back_grant,
+        sql_api::rate::rate_counted,
+        sql_api::rate::rate_over,
+        sql_api::rate::rate_refusal,
+        sql_api::rate::rate_windows,
+        sql_api::rate::rate_given_back,
+        sql_api::rate::rate_rebuilt
     ]
 );
 extension_sql_file!("../sql/accounts.sql", name = "accounts", requires = ["ledger"]);

@@ -157,6 +157,7 @@ export type Database = {
           held: number
           next_event_at: string | null
           plan_code: string | null
+          rate_state: number[] | null
           spendable: number
           updated_at: string
         }
@@ -170,6 +171,7 @@ export type Database = {
           held?: number
           next_event_at?: string | null
           plan_code?: string | null
+          rate_state?: number[] | null
           spendable?: number
           updated_at?: string
         }
@@ -183,6 +185,7 @@ export type Database = {
           held?: number
           next_event_at?: string | null
           plan_code?: string | null
+          rate_state?: number[] | null
           spendable?: number
           updated_at?: string
         }
@@ -483,34 +486,6 @@ export type Database = {
           purchase_id?: string
         }
         Relationships: []
-      }
-      rate_limit_usage: {
-        Row: {
-          account_id: string
-          limit_id: number
-          used: number
-          window_start: string
-        }
-        Insert: {
-          account_id: string
-          limit_id: number
-          used: number
-          window_start: string
-        }
-        Update: {
-          account_id?: string
-          limit_id?: number
-          used?: number
-          window_start?: string
-        }
-        Relationships: [
-          {
-            foreignKeyName: "rate_limit_usage_limit_id_fkey"
-            columns: ["limit_id"]
-            referencedRelation: "rate_limits"
-            referencedColumns: ["id"]
-          },
-        ]
       }
       rate_limits: {
         Row: {
@@ -1038,7 +1013,15 @@ export type Database = {
       }
     }
     Views: {
-      [_ in never]: never
+      rate_limit_usage: {
+        Row: {
+          account_id: string | null
+          limit_id: number | null
+          used: number | null
+          window_start: string | null
+        }
+        Relationships: []
+      }
     }
     Functions: {
       ack_outbox: { Args: { p_ids: number[] }; Returns: number }

@@ -2,5 +2,6 @@
 
 pub mod ledger;
 pub mod pricing;
+pub mod rate;
 mod removed;
 pub mod stripe;

@@ -99,14 +99,21 @@ def test_every_limit_of_the_plan_applies_and_a_refusal_names_the_one_that_frees_
     assert e.value.diag.message_detail == "limit tokens per 3600s: used 0 of 100; this call needs 101, more than the limit"
 
 
+def window_starts(db, window_seconds, times):
+    """The window start a call at each of `times` counts in (billing_internal.rate_counted's clock)."""
+    return [r[0] for r in db.all(
+        "select pg_catalog.to_timestamp((billing_internal.rate_counted("
+        "  billing_internal.rate_rebuilt(null, array[1, 1, %s, 100]::bigint[], t), 1, 1, t))[6])"
+        " from unnest(%s::timestamptz[]) t", (window_seconds, times))]
+
+
 def test_window_boundaries_are_exact(db):
-    starts = db.all("select billing_internal.rate_window_start(3600, t) from unnest(array["
-                    "'2026-01-01 11:59:59.999999+00', '2026-01-01 12:00:00+00', '2026-01-01 12:59:59.999999+00',"
-                    "'2026-01-01 13:00:00+00']::timestamptz[]) t")
     hour = lambda h: dt.datetime(2026, 1, 1, h, tzinfo=dt.timezone.utc)  # noqa: E731
-    assert [s[0] for s in starts] == [hour(11), hour(12), hour(12), hour(13)]
-    assert db.one("select billing_internal.rate_window_start(86400, '2026-03-05 23:59:59+05')")[0] == \
-        dt.datetime(2026, 3, 5, tzinfo=dt.timezone.utc)  # windows are in UTC
+    assert window_starts(db, 3600, ["2026-01-01 11:59:59.999999+00", "2026-01-01 12:00:00+00",
+                                    "2026-01-01 12:59:59.999999+00", "2026-01-01 13:00:00+00"]) == \
+        [hour(11), hour(12), hour(12), hour(13)]
+    assert window_starts(db, 86400, ["2026-03-05 23:59:59+05"]) == \
+        [dt.datetime(2026, 3, 5, tzinfo=dt.timezone.utc)]  # windows are in UTC
     # a full window stays full until it ends; the first call of the next window starts from zero
     user, _ = limited_user(db, [("tokens", 3600, 100)])
     away_from_window_end(3600)
@@ -114,9 +121,9 @@ def test_window_boundaries_are_exact(db):
         c.execute("select * from billing.consume_tokens(%s, 100)", (user,))
         with pytest.raises(psycopg.Error):
             c.execute("select * from billing.consume_tokens(%s, 1)", (user,))
-        # the window ends: its row now belongs to the previous hour
-        c.execute("update billing.rate_limit_usage set window_start = window_start - interval '1 hour'"
-                  " where account_id = %s", (user,))
+        # the window ends: its counter now belongs to the previous hour (element 6: the window start)
+        c.execute("update billing.balances set rate_state[6] = rate_state[6] - 3600 where account_id = %s", (user,))
+        assert c.execute("select used from billing.rate_limit_usage where account_id = %s", (user,)).fetchone()[0] == 0
         c.execute("select * from billing.consume_tokens(%s, 60)", (user,))
         assert c.execute("select used from billing.rate_limit_usage where account_id = %s", (user,)).fetchone()[0] == 60
 
@@ -149,7 +156,7 @@ def counters(db, user):
 
 
 def test_a_limit_added_to_the_plan_counts_from_the_next_call_and_nothing_counts_twice(db):
-    # consume's fast path updates the counters that exist; a limit without one is counted after it
+    # a limit added to the plan reaches its accounts at once (their counters are rebuilt), the others' counts kept
     user, plan = limited_user(db, [("tokens", 3600, 100)])
     away_from_window_end(3600)
     db.one("select * from billing.consume_tokens(%s, 10)", (user,))
@@ -196,7 +203,18 @@ def test_the_plan_a_consume_counts_against_follows_subscriptions_and_renamed_pla
         c.execute("update billing.balances set plan_code = %s where account_id = %s", (plan + "-renamed", user))
         found = c.execute("select invariant from billing.verify_ledger() where account_id = %s", (user,)).fetchall()
         c.rollback()
-    assert found == [("rate-limit plan differs from the subscription",)]
+    # (its counters are still the plan's it had: they differ from the cached plan's limits too)
+    assert sorted(found) == [("rate-limit counters differ from the plan's limits",),
+                             ("rate-limit plan differs from the subscription",)]
+    # and the counters a debit checks with the plan's limits: a lost or altered counter is found
+    for damage in ("rate_state = null", "rate_state[5] = 1000", "rate_state = rate_state[1:6]"):
+        with connect(db.name, autocommit=False) as c:
+            c.execute("update billing.user_subscriptions set status = 'active' where account_id = %s", (user,))
+            assert c.execute("select invariant from billing.verify_ledger() where account_id = %s", (user,)).fetchall() == []
+            c.execute(f"update billing.balances set {damage} where account_id = %s", (user,))
+            found = c.execute("select invariant from billing.verify_ledger() where account_id = %s", (user,)).fetchall()
+            c.rollback()
+        assert found == [("rate-limit counters differ from the plan's limits",)], damage
 
 
 def test_a_subscription_written_before_the_first_grant_limits_the_account(db):
@@ -266,6 +284,28 @@ def test_limits_for_accounts_without_a_plan_and_for_a_teams_plan():
         with pytest.raises(psycopg.Error) as e:
             c.execute("select * from billing.consume_tokens(%s, 1, null, '{}', %s)", (paying, team))
         assert sqlstate(e) == "PT429"
+        # the limit removed: every account without a plan is unlimited at once; added again (a new
+        # limit): counted from zero, and the third call refused again
+        c.execute("delete from billing.rate_limits where plan_code is null")
+        for _ in range(3):
+            c.execute("select * from billing.consume_tokens(%s, 1)", (free,))
+        c.execute("insert into billing.rate_limits (plan_code, metric, window_seconds, max_amount)"
+                  " values (null, 'requests', 3600, 2)")
+        for _ in range(2):
+            c.execute("select * from billing.consume_tokens(%s, 1)", (free,))
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("select * from billing.consume_tokens(%s, 1)", (free,))
+        assert sqlstate(e) == "PT429"
+    # a user reads the use of their own accounts' limits (the view has the balance rows' policies)
+    with d.as_role("authenticated", sub=free, read_only=True) as c:
+        seen = c.execute("select account_id, used from billing.rate_limit_usage").fetchall()
+    assert sorted(seen) == sorted([(free, 2), (team, 0)])  # the team has not called since the limit came back
+    with d.as_role("authenticated", sub=paying, read_only=True) as c:
+        assert c.execute("select count(*) from billing.rate_limit_usage where account_id = %s", (free,)).fetchone()[0] == 0
+    with d.as_role("anon", read_only=True) as c:
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("select * from billing.rate_limit_usage")
+        assert sqlstate(e) == "42501"
     assert d.ledger_problems() == []
 
 

@@ -16,6 +16,14 @@ DEFINER_FOR_USERS = {"consume_tokens", "reserve_tokens", "commit_reservation", "
 UNPINNED = {"billing.get_balance(uuid,uuid)": ("plpgsql", "s"),
             "billing_internal.is_live(timestamp with time zone)": ("sql", "s"),
             "billing_internal.llm_count(jsonb,text)": ("sql", "i")}
+# Rust functions without a SET clause: they run no SQL, so no search_path reaches them, and the debit
+# that counts a rate limit calls them on every consume (src/sql_api/rate.rs).
+UNPINNED_RUST = {"billing_internal.rate_counted(bigint[],bigint,integer,timestamp with time zone)",
+                 "billing_internal.rate_over(bigint[],bigint,integer)",
+                 "billing_internal.rate_refusal(bigint[],bigint,integer)",
+                 "billing_internal.rate_windows(bigint[],bigint,integer)",
+                 "billing_internal.rate_given_back(bigint[],bigint[],bigint,integer)",
+                 "billing_internal.rate_rebuilt(bigint[],bigint[],timestamp with time zone)"}
 SQL_WORDS = {"select", "coalesce", "case", "when", "then", "else", "end", "from", "where", "and", "or", "any", "array",
              "operator", "is", "null", "not", "as", "exists", "in", "if", "perform", "into", "return", "found",
              "declare", "begin"}
@@ -31,7 +39,18 @@ def test_every_function_pins_search_path(db):  # splinter 0011, stricter: pg_tem
     unpinned = db.all(
         "select p.oid::regprocedure::text, p.proconfig from pg_proc p where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)"
         " and not ('search_path=pg_catalog, pg_temp' = any(coalesce(p.proconfig, '{}')))")
-    assert {r[0] for r in unpinned} == set(UNPINNED)
+    assert {r[0] for r in unpinned} == set(UNPINNED) | UNPINNED_RUST
+
+
+def test_unpinned_rust_functions_run_no_sql(db):
+    for fn in UNPINNED_RUST:
+        lang, definer, volatility = db.one(
+            "select l.lanname, p.prosecdef, p.provolatile from pg_proc p join pg_language l on l.oid = p.prolang"
+            " where p.oid = %s::regprocedure", (fn,))
+        # pure arithmetic in Rust (pg_billing_core::rate): nothing a search_path could redirect
+        assert (lang, definer, volatility) == ("c", False, "i"), fn
+    source = (README.parent / "src" / "sql_api" / "rate.rs").read_text()
+    assert "Spi" not in source and "spi" not in source
 
 
 def test_unpinned_functions_qualify_everything(db):
@@ -118,7 +137,7 @@ def test_policy_columns_are_indexed(db):
     """Every column a per-account policy starts from leads an index (Supabase RLS guidance)."""
     policies = db.all("select p.tablename, substring(p.qual from '^\\(*(\\w+)') from pg_policies p"
                       " where p.schemaname = 'billing' and p.policyname = 'own_rows'")
-    assert len(policies) == 14
+    assert len(policies) == 13
     for table, column in policies:
         assert db.one("select exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid"
                       " and a.attnum = i.indkey[0] where i.indrelid = ('billing.' || %s)::regclass and a.attname = %s)",

@@ -9,7 +9,7 @@ import pytest
 PER_ACCOUNT = {  # distributed by the account, co-located: one account's ledger lives on one node
     "accounts": "id", "account_members": "account_id", "balances": "account_id", "token_grants": "account_id",
     "token_usage": "account_id", "token_reservations": "account_id", "grant_purchases": "account_id",
-    "promo_redemptions": "account_id", "rate_limit_usage": "account_id", "account_settings": "account_id",
+    "promo_redemptions": "account_id", "account_settings": "account_id",
     "outbox": "account_id", "usage_rollups": "account_id", "usage_rollups_daily": "account_id",
     "alert_checks": "account_id",
 }

@@ -41,10 +41,14 @@ select table_privs_are('billing', e.tbl, e.role, e.privs::text[], e.role || ' on
 select tables_are('billing', array['plans', 'token_packs', 'webhook_secrets', 'promo_codes', 'stripe_customers',
   'user_subscriptions', 'balances', 'token_grants', 'token_usage', 'token_reservations', 'payment_transactions',
   'promo_redemptions', 'settings', 'stripe_payments', 'stripe_refunds', 'stripe_disputes', 'grant_purchases',
-  'purchase_payments', 'accounts', 'account_members', 'rate_limits', 'rate_limit_usage', 'model_prices',
+  'purchase_payments', 'accounts', 'account_members', 'rate_limits', 'model_prices',
   'account_settings', 'outbox', 'usage_rollups', 'usage_rollups_daily', 'usage_rollup_state', 'alert_checks'],
   'every billing table has its privileges listed above');
 select is((select count(*)::int from pg_tables where schemaname = 'billing' and not rowsecurity), 0, 'RLS on every table');
+-- The one view reads with its reader's rights, so the balance rows' policies apply to it.
+select views_are('billing', array['rate_limit_usage'], 'billing has one view');
+select ok((select 'security_invoker=true' = any(c.reloptions) from pg_class c where c.oid = 'billing.rate_limit_usage'::regclass),
+          'rate_limit_usage is security_invoker');
 
 -- The exposed schema holds the public API and nothing else: every helper is in billing_internal,
 -- which PostgREST never exposes (a supabase-js user sees exactly these functions).
@@ -112,7 +116,17 @@ with fns(schema, fn, args, who) as (values
   ('billing_internal', 'rolled_up_to', '{}', 'caller'),
   ('billing_internal', 'llm_count', '{jsonb,text}', 'caller'),
   ('billing_internal', 'roll_up_usage', '{}', 'owner'),
-  ('billing_internal', 'take_rate_limits', '{uuid,bigint,integer,bigint[]}', 'owner'),
+  ('billing_internal', 'take_rate_limits', '{uuid,bigint,integer}', 'owner'),
+  ('billing_internal', 'plan_limits', '{text}', 'owner'),
+  ('billing_internal', 'plan_rate_state', '{text,bigint[]}', 'owner'),
+  ('billing_internal', 'new_balance', '{uuid}', 'owner'),
+  ('billing_internal', 'rate_limits_changed', '{}', 'owner'),
+  ('billing_internal', 'rate_counted', '{bigint[],bigint,integer,"timestamp with time zone"}', 'owner'),
+  ('billing_internal', 'rate_over', '{bigint[],bigint,integer}', 'owner'),
+  ('billing_internal', 'rate_refusal', '{bigint[],bigint,integer}', 'owner'),
+  ('billing_internal', 'rate_windows', '{bigint[],bigint,integer}', 'owner'),
+  ('billing_internal', 'rate_given_back', '{bigint[],bigint[],bigint,integer}', 'owner'),
+  ('billing_internal', 'rate_rebuilt', '{bigint[],bigint[],"timestamp with time zone"}', 'owner'),
   ('billing_internal', 'raise_rate_limited', '{uuid,bigint,integer}', 'owner'),
   ('billing_internal', 'subscription_written', '{}', 'owner'),
   ('billing_internal', 'plan_code_renamed', '{}', 'owner'),
