@@ -90,7 +90,7 @@ fn limit_of(id: i64, metric: i64, window_seconds: i64, max_amount: i64) -> Optio
 /// Reads a state array; `None` when it is not one this module wrote (length, codes, ranges, a
 /// limit twice).
 pub fn decode(state: &[i64]) -> Option<Vec<Counter>> {
-    if state.len() % FIELDS != 0 {
+    if !state.len().is_multiple_of(FIELDS) {
         return None;
     }
     let ids: Vec<i64> = state.chunks_exact(FIELDS).map(|c| c[0]).collect();
@@ -136,7 +136,7 @@ pub fn encode(counters: &[Counter]) -> Vec<i64> {
 
 /// Reads limits given as a flat array of `id, metric, window_seconds, max_amount` per limit.
 pub fn decode_limits(limits: &[i64]) -> Option<Vec<Limit>> {
-    if limits.len() % 4 != 0 {
+    if !limits.len().is_multiple_of(4) {
         return None;
     }
     limits
