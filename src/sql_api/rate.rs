@@ -22,7 +22,7 @@ fn epoch_seconds(at: TimestampWithTimeZone) -> i64 {
     if !at.is_finite() {
         error!("pg_billing: a rate limit is counted at a finite time");
     }
-    i64::from(at.into_inner()).div_euclid(1_000_000) + EPOCH_2000
+    at.into_inner().div_euclid(1_000_000) + EPOCH_2000
 }
 
 fn requests(p_requests: i32) -> i64 {
