@@ -26,6 +26,9 @@ findings=$("${PSQL[@]}" -d pg_billing_lint -At -F ' | ' -c "
     from pg_proc p join pg_language l on l.oid = p.prolang and l.lanname = 'plpgsql'
    cross join lateral plpgsql_check_function_tb(p.oid,
                         relid => coalesce((select t.tgrelid from pg_trigger t where t.tgfoid = p.oid limit 1), 0),
+                        -- transition tables, by the names the function's triggers give them
+                        oldtable => (select max(t.tgoldtable) from pg_trigger t where t.tgfoid = p.oid),
+                        newtable => (select max(t.tgnewtable) from pg_trigger t where t.tgfoid = p.oid),
                         fatal_errors => false, extra_warnings => true, performance_warnings => false,
                         all_warnings => true) r
    where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)

@@ -502,8 +502,10 @@ begin
   end if;
   if p_account_id is not null and p_account_id <> p_user_id then
     -- A member spends from a team account: membership and spend limit under the account's lock.
-    return query select * from billing_internal.consume_as_member(p_account_id, p_user_id, p_amount,
-                                                                   p_idempotency_key, p_metadata);
+    select m.usage_id, m.tokens_charged, m.balance_after, m.replayed
+      into usage_id, tokens_charged, balance_after, replayed
+      from billing_internal.consume_as_member(p_account_id, p_user_id, p_amount, p_idempotency_key, p_metadata) m;
+    return next;
     return;
   end if;
 
@@ -605,36 +607,43 @@ $$;
 comment on function billing.consume_tokens(uuid, bigint, text, jsonb, uuid) is
   'Atomically debits tokens (soonest-expiring first) from the account (default: p_user_id''s personal account); PT402 when not enough or over the member''s limit, PT409 on a key reused with another amount.';
 
--- A member's consume from a team account. The account's balance row is locked first, as by every
--- writer of the account, and membership is checked under that lock, so a member removed by a
--- committed transaction spends nothing more. The debit is the personal fast path's one-row update
--- when the head grant covers it, else the slow path; the member's period spending is charged too.
+-- A member's consume from a team account. Every writer of an account locks its balance row first:
+-- here the debit's UPDATE takes it (or lock_and_settle, on the slow path, or with a key, a lock
+-- taken before the key is looked up), and the member is charged under it, so a member removed by a
+-- committed transaction spends nothing more. A refusal (not a member, over the member's limit, a
+-- rate limit) raises inside the transaction, which undoes the debit. Not set-returning: the caller
+-- reads one row, without a tuplestore in between.
 create function billing_internal.consume_as_member(p_account_id uuid, p_user_id uuid, p_amount bigint, p_key text,
-                                                   p_metadata jsonb)
-returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
+                                                   p_metadata jsonb, out usage_id bigint, out tokens_charged bigint,
+                                                   out balance_after bigint, out replayed boolean)
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_row billing.balances;
+  v_fast boolean;
   v_drawn bigint[];
-  v_id bigint;
 begin
-  perform 1 from billing.balances b where b.account_id = p_account_id for update;
   if p_key is not null then
+    perform 1 from billing.balances b where b.account_id = p_account_id for update;
     perform billing_internal.require_member(p_account_id, p_user_id);
     if exists (select 1 from billing.token_usage u where u.account_id = p_account_id
                   and u.user_id = p_user_id and u.idempotency_key = p_key) then
-      return query select * from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key);
+      select r.usage_id, r.tokens_charged, r.balance_after, r.replayed into usage_id, tokens_charged, balance_after, replayed
+        from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key) r;
       return;
     end if;
   end if;
-  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);  -- checks membership too
   update billing.balances b
      set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
          rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
    where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
      and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
   returning b.* into v_row;
-  if found then
+  v_fast := found;
+  if not v_fast then
+    v_row := billing_internal.lock_and_settle(p_account_id, false);
+  end if;
+  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);  -- checks membership too
+  if v_fast then
     if billing_internal.rate_over(v_row.rate_state, p_amount, 1) then
       perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
     end if;
@@ -643,7 +652,6 @@ begin
       perform billing_internal.queue_alert_check(p_account_id);
     end if;
   else
-    v_row := billing_internal.lock_and_settle(p_account_id, false);
     if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
       perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
     end if;
@@ -653,8 +661,10 @@ begin
   end if;
   insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
   values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
-  returning id into v_id;
-  return query select v_id, p_amount, v_row.spendable::bigint, false;
+  returning id into usage_id;
+  tokens_charged := p_amount;
+  balance_after := v_row.spendable;
+  replayed := false;
 end
 $$;
 
