@@ -72,6 +72,7 @@ declare
   v_limit bigint;
   v_period text;
 begin
+  -- consume_tokens writes this UPDATE out for a member's consume (a call costs its SET search_path)
   update billing.account_members m
      set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC',
          period_spent = least(case when m.period_start is not distinct from
@@ -83,12 +84,21 @@ begin
   if not found then
     perform billing_internal.require_member(p_account_id, p_user_id);  -- raises 42501
   elsif v_limit is not null and v_spent > v_limit then
-    raise exception using errcode = 'PT402', message = 'member spend limit reached',
-      detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, v_spent - p_amount,
-                                 v_limit, v_period),
-      hint = 'An owner or admin of the account can raise the limit; it resets when the period ends (UTC).';
+    perform billing_internal.raise_member_limit(p_amount, v_spent, v_limit, v_period);
   end if;
   return v_start;
+end
+$$;
+
+-- PT402 for a member's call of p_amount that took their period spending to p_spent, over p_limit.
+create function billing_internal.raise_member_limit(p_amount bigint, p_spent bigint, p_limit bigint, p_period text)
+returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  raise exception using errcode = 'PT402', message = 'member spend limit reached',
+    detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, p_spent - p_amount,
+                               p_limit, p_period),
+    hint = 'An owner or admin of the account can raise the limit; it resets when the period ends (UTC).';
 end
 $$;
 

@@ -951,6 +951,10 @@ declare
   v_flags integer;
   v_row billing.balances;
   v_drawn bigint[];
+  v_fast boolean;
+  v_spent bigint;
+  v_limit bigint;
+  v_period text;
 begin
   -- Checks inline (this is the hot path); the same rules as billing_internal.require_access.
   if v_role = 'authenticated' or v_role = 'anon' then
@@ -969,10 +973,67 @@ begin
     perform billing_internal.check_metadata(p_metadata);
   end if;
   if p_account_id is not null and p_account_id <> p_user_id then
-    -- A member spends from a team account: membership and spend limit under the account's lock.
-    select m.usage_id, m.tokens_charged, m.balance_after, m.replayed
-      into usage_id, tokens_charged, balance_after, replayed
-      from billing_internal.consume_as_member(p_account_id, p_user_id, p_amount, p_idempotency_key, p_metadata) m;
+    -- A member spends from a team account. Every writer of an account locks its balance row first:
+    -- here the debit's UPDATE takes it (or lock_and_settle on the slow path, or, with a key, a lock
+    -- taken before the key is looked up), and the member is charged under it, so a member removed
+    -- by a committed transaction spends nothing more. A refusal (not a member, over the member's
+    -- limit, a rate limit) raises inside the transaction, which undoes the debit. Written here, not
+    -- in helpers: each helper call's SET search_path cost a contended team consume about 10%.
+    if p_idempotency_key is not null then
+      perform 1 from billing.balances b where b.account_id = p_account_id for update;
+      perform billing_internal.require_member(p_account_id, p_user_id);
+      if exists (select 1 from billing.token_usage u where u.account_id = p_account_id
+                    and u.user_id = p_user_id and u.idempotency_key = p_idempotency_key) then
+        return query select * from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_idempotency_key);
+        return;
+      end if;
+    end if;
+    update billing.balances b
+       set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+           rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
+     where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
+       and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+    returning b.* into v_row;
+    v_fast := found;
+    if not v_fast then
+      v_row := billing_internal.lock_and_settle(p_account_id, false);
+    end if;
+    -- The member's period spending: billing_internal.charge_member's UPDATE, written out.
+    update billing.account_members m
+       set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC',
+           period_spent = least(case when m.period_start is not distinct from
+                                           pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC'
+                                     then m.period_spent else 0 end::numeric + p_amount,
+                                9223372036854775807)::bigint
+     where m.account_id = p_account_id and m.user_id = p_user_id
+    returning m.period_spent, m.spend_limit, m.spend_limit_period into v_spent, v_limit, v_period;
+    if not found then
+      perform billing_internal.require_member(p_account_id, p_user_id);  -- raises 42501
+    elsif v_limit is not null and v_spent > v_limit then
+      perform billing_internal.raise_member_limit(p_amount, v_spent, v_limit, v_period);
+    end if;
+    if v_fast then
+      if billing_internal.rate_over(v_row.rate_state, p_amount, 1) then
+        perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
+      end if;
+      v_drawn := array[[v_row.head_grant_id, p_amount]];
+      if v_row.spendable < v_row.alert_below or v_row.spendable >= v_row.alert_above then
+        perform billing_internal.queue_alert_check(p_account_id);
+      end if;
+    else
+      if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+        perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+      end if;
+      v_drawn := billing_internal.burn(p_account_id, p_amount, false);
+      v_row := billing_internal.recompute_balance(p_account_id);
+      perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
+    end if;
+    insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+    values (p_account_id, p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
+    returning id into usage_id;
+    tokens_charged := p_amount;
+    balance_after := v_row.spendable;
+    replayed := false;
     return next;
     return;
   end if;
@@ -1074,61 +1135,6 @@ end
 $$;
 comment on function billing.consume_tokens(uuid, bigint, text, jsonb, uuid) is
   'Atomically debits tokens (soonest-expiring first) from the account (default: p_user_id''s personal account); PT402 when not enough or over the member''s limit, PT409 on a key reused with another amount.';
-
-create or replace function billing_internal.consume_as_member(p_account_id uuid, p_user_id uuid, p_amount bigint, p_key text,
-                                                   p_metadata jsonb, out usage_id bigint, out tokens_charged bigint,
-                                                   out balance_after bigint, out replayed boolean)
-language plpgsql set search_path = pg_catalog, pg_temp as $$
-declare
-  v_row billing.balances;
-  v_fast boolean;
-  v_drawn bigint[];
-begin
-  if p_key is not null then
-    perform 1 from billing.balances b where b.account_id = p_account_id for update;
-    perform billing_internal.require_member(p_account_id, p_user_id);
-    if exists (select 1 from billing.token_usage u where u.account_id = p_account_id
-                  and u.user_id = p_user_id and u.idempotency_key = p_key) then
-      select r.usage_id, r.tokens_charged, r.balance_after, r.replayed into usage_id, tokens_charged, balance_after, replayed
-        from billing_internal.consume_replay(p_account_id, p_user_id, p_amount, p_key) r;
-      return;
-    end if;
-  end if;
-  update billing.balances b
-     set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
-         rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
-   where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
-     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-  returning b.* into v_row;
-  v_fast := found;
-  if not v_fast then
-    v_row := billing_internal.lock_and_settle(p_account_id, false);
-  end if;
-  perform billing_internal.charge_member(p_account_id, p_user_id, p_amount);  -- checks membership too
-  if v_fast then
-    if billing_internal.rate_over(v_row.rate_state, p_amount, 1) then
-      perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
-    end if;
-    v_drawn := array[[v_row.head_grant_id, p_amount]];
-    if v_row.spendable < v_row.alert_below or v_row.spendable >= v_row.alert_above then
-      perform billing_internal.queue_alert_check(p_account_id);
-    end if;
-  else
-    if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
-      perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
-    end if;
-    v_drawn := billing_internal.burn(p_account_id, p_amount, false);
-    v_row := billing_internal.recompute_balance(p_account_id);
-    perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
-  end if;
-  insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
-  values (p_account_id, p_user_id, p_amount, p_key, p_metadata, v_drawn, v_row.spendable)
-  returning id into usage_id;
-  tokens_charged := p_amount;
-  balance_after := v_row.spendable;
-  replayed := false;
-end
-$$;
 
 create or replace function billing_internal.insert_grant(
   p_account_id uuid, p_tokens bigint, p_reference text, p_kind text, p_expires_at timestamptz, p_metadata jsonb,
@@ -1550,6 +1556,7 @@ declare
   v_limit bigint;
   v_period text;
 begin
+  -- consume_tokens writes this UPDATE out for a member's consume (a call costs its SET search_path)
   update billing.account_members m
      set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC',
          period_spent = least(case when m.period_start is not distinct from
@@ -1561,12 +1568,20 @@ begin
   if not found then
     perform billing_internal.require_member(p_account_id, p_user_id);  -- raises 42501
   elsif v_limit is not null and v_spent > v_limit then
-    raise exception using errcode = 'PT402', message = 'member spend limit reached',
-      detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, v_spent - p_amount,
-                                 v_limit, v_period),
-      hint = 'An owner or admin of the account can raise the limit; it resets when the period ends (UTC).';
+    perform billing_internal.raise_member_limit(p_amount, v_spent, v_limit, v_period);
   end if;
   return v_start;
+end
+$$;
+
+create or replace function billing_internal.raise_member_limit(p_amount bigint, p_spent bigint, p_limit bigint, p_period text)
+returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+begin
+  raise exception using errcode = 'PT402', message = 'member spend limit reached',
+    detail = pg_catalog.format('member limit: requested %s, spent %s of %s this %s', p_amount, p_spent - p_amount,
+                               p_limit, p_period),
+    hint = 'An owner or admin of the account can raise the limit; it resets when the period ends (UTC).';
 end
 $$;
 

@@ -114,6 +114,10 @@ def test_limit_error_says_which_limit_and_resets_when_the_period_ends(db):
             consume(c, member, 1, account)
     assert sqlstate(e) == "PT402"
     assert e.value.diag.message_detail == "member limit: requested 1, spent 100 of 100 this week"
+    # a hold is charged by the same rule (consume_tokens writes charge_member's UPDATE out)
+    with db.service() as c, pytest.raises(psycopg.Error) as e:
+        c.execute("select * from billing.reserve_tokens(%s, 1, 'over', '1 hour', %s)", (member, account))
+    assert (sqlstate(e), e.value.diag.message_detail) == ("PT402", "member limit: requested 1, spent 100 of 100 this week")
     # a hold taken in the period counts in it, and gives back nothing to a later period
     with db.service() as c:
         c.execute("update billing.account_members set period_spent = 60 where account_id = %s and user_id = %s",

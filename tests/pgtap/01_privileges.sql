@@ -134,6 +134,7 @@ with fns(schema, fn, args, who) as (values
   ('billing_internal', 'hold', '{uuid,bigint,text,interval,uuid,jsonb}', 'owner'),
   ('billing_internal', 'commit_hold', '{uuid,bigint,jsonb}', 'owner'),
   ('billing_internal', 'charge_member', '{uuid,uuid,bigint}', 'owner'),
+  ('billing_internal', 'raise_member_limit', '{bigint,bigint,bigint,text}', 'owner'),
   ('billing_internal', 'refund_member', '{uuid,uuid,bigint,"timestamp with time zone"}', 'owner'),
   ('billing_internal', 'release_member_holds', '{uuid,uuid}', 'owner'),
   ('billing_internal', 'create_account', '{text,uuid}', 'owner'),
