@@ -1808,18 +1808,20 @@ $$;
 
 create or replace function billing_internal.rate_limits_changed() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_plans text[];  -- the plans whose limits changed (a NULL element: accounts without a plan)
 begin
   if tg_op = 'INSERT' then
-    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
-     where exists (select 1 from new_limits n where n.plan_code is not distinct from b.plan_code);
+    select pg_catalog.array_agg(distinct n.plan_code) into v_plans from new_limits n;
   elsif tg_op = 'DELETE' then
-    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
-     where exists (select 1 from old_limits o where o.plan_code is not distinct from b.plan_code);
+    select pg_catalog.array_agg(distinct o.plan_code) into v_plans from old_limits o;
   else
-    update billing.balances b set rate_state = billing_internal.plan_rate_state(b.plan_code, b.rate_state)
-     where exists (select 1 from old_limits o where o.plan_code is not distinct from b.plan_code)
-        or exists (select 1 from new_limits n where n.plan_code is not distinct from b.plan_code);
+    select pg_catalog.array_agg(distinct c.plan_code) into v_plans
+      from (select o.plan_code from old_limits o union all select n.plan_code from new_limits n) c;
   end if;
+  update billing.balances b set rate_state = billing_internal.rate_rebuilt(b.rate_state, p.limits, pg_catalog.now())
+    from (select c.code, billing_internal.plan_limits(c.code) as limits from pg_catalog.unnest(v_plans) as c(code)) p
+   where b.plan_code is not distinct from p.code;
   return null;
 end
 $$;
