@@ -131,6 +131,14 @@ create trigger rate_limits_updated after update on billing.rate_limits
 create trigger rate_limits_removed after delete on billing.rate_limits referencing old table as old_limits
   for each statement execute function billing_internal.rate_limits_changed();
 
+-- What each account used of each limit of its plan in the current window (billing_internal.rate_usage
+-- reads balances.rate_state), with the reader's rights: the balance rows' row-level security applies.
+create view billing.rate_limit_usage with (security_invoker = true) as
+select b.account_id, u.limit_id, pg_catalog.to_timestamp(u.window_start::double precision) as window_start, u.used
+  from billing.balances b
+ cross join lateral billing_internal.rate_usage(b.rate_state, pg_catalog.now()) as u;
+comment on view billing.rate_limit_usage is 'Use of each rate limit of the account''s plan in the current window.';
+
 -- Counts a call (p_requests calls, p_tokens credits) against every limit of the account's plan, or
 -- raises PT429 (billing_internal.raise_rate_limited). Returns the windows it counted in ({limit_id,
 -- window start as epoch seconds, ...}) for a reservation to give back later; NULL without limits.

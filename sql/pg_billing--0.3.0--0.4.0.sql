@@ -203,15 +203,6 @@ create table billing.rate_limits (
   unique nulls not distinct (plan_code, metric, window_seconds)
 );
 comment on table billing.rate_limits is 'Rate limits per plan (plan_code NULL: accounts without an active plan), per fixed UTC window.';
-create view billing.rate_limit_usage with (security_invoker = true) as
-select b.account_id, b.rate_state[i + 1] as limit_id, pg_catalog.to_timestamp(w.start::double precision) as window_start,
-       case when b.rate_state[i + 6] = w.start then b.rate_state[i + 7] else 0 end as used
-  from billing.balances b
- cross join lateral pg_catalog.generate_series(0, pg_catalog.cardinality(b.rate_state) - 1, 7) as i
- cross join lateral (select (pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()) / b.rate_state[i + 4])
-                             * b.rate_state[i + 4])::bigint) as w(start)
- where b.rate_state[i + 2] = 1;
-comment on view billing.rate_limit_usage is 'Use of each rate limit of the account''s plan in the current window.';
 create table billing.model_prices (
   model                    text not null check (pg_catalog.length(model) between 1 and 200),
   input_per_million        bigint not null check (input_per_million >= 0),
@@ -333,7 +324,7 @@ end
 $$;
 
 -- @rust burn_allocation adjustment_targets adjusted_grant given_back_grant decode_stripe_event stripe_signature_check
--- @rust llm_cost_of rate_counted rate_over rate_refusal rate_windows rate_given_back rate_rebuilt
+-- @rust llm_cost_of rate_counted rate_over rate_refusal rate_windows rate_given_back rate_rebuilt rate_usage
 -- 0.3.0's Rust helpers: the claw-back ones are replaced (billing_internal.adjustment_targets,
 -- adjusted_grant), the others move to billing_internal.
 drop function billing._refund_share(bigint, bigint, bigint);
@@ -492,6 +483,18 @@ CREATE  FUNCTION billing_internal."rate_rebuilt"(
 IMMUTABLE PARALLEL SAFE  
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rate_rebuilt_wrapper';
+
+CREATE  FUNCTION billing_internal."rate_usage"(
+	"p_state" bigint[], /* Array < i64 > */
+	"p_now" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS TABLE (
+	"limit_id" bigint,  /* i64 */
+	"window_start" bigint,  /* i64 */
+	"used" bigint  /* i64 */
+)
+IMMUTABLE STRICT PARALLEL SAFE  
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rate_usage_wrapper';
 
 -- SQL functions new or changed in 0.4.0 (122 of 122)
 
@@ -3767,6 +3770,7 @@ declare
     'billing_internal.member_limits(billing.account_members)', 'billing_internal.model_price(text, timestamptz)',
     'billing_internal.priced(billing.model_prices, bigint, bigint, bigint)',
     'billing_internal.llm_cost_of(bigint, bigint, bigint, bigint, bigint, bigint)', 'billing_internal.rolled_up_to()',
+    'billing_internal.rate_usage(bigint[], timestamptz)',
     'billing_internal.llm_count(jsonb, text)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',
@@ -3918,6 +3922,14 @@ begin
   end loop;
 end
 $$;
+
+-- What each account used of each limit of its plan in the current window (billing_internal.rate_usage
+-- reads balances.rate_state), with the reader's rights: the balance rows' row-level security applies.
+create view billing.rate_limit_usage with (security_invoker = true) as
+select b.account_id, u.limit_id, pg_catalog.to_timestamp(u.window_start::double precision) as window_start, u.used
+  from billing.balances b
+ cross join lateral billing_internal.rate_usage(b.rate_state, pg_catalog.now()) as u;
+comment on view billing.rate_limit_usage is 'Use of each rate limit of the account''s plan in the current window.';
 
 -- Each balance row knows the plan whose rate limits apply; triggers keep it and the counters
 -- (limits.sql). 0.3.0 had no limits: every rate_state stays NULL until one is added.

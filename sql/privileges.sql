@@ -77,6 +77,7 @@ declare
     'billing_internal.member_limits(billing.account_members)', 'billing_internal.model_price(text, timestamptz)',
     'billing_internal.priced(billing.model_prices, bigint, bigint, bigint)',
     'billing_internal.llm_cost_of(bigint, bigint, bigint, bigint, bigint, bigint)', 'billing_internal.rolled_up_to()',
+    'billing_internal.rate_usage(bigint[], timestamptz)',
     'billing_internal.llm_count(jsonb, text)'];
   c_service_functions constant text[] := array[
     'billing.grant_purchase(uuid, bigint, text, text, timestamptz, jsonb, uuid)',

@@ -435,17 +435,6 @@ create table billing.rate_limits (
 );
 comment on table billing.rate_limits is 'Rate limits per plan (plan_code NULL: accounts without an active plan), per fixed UTC window.';
 
--- What each account used of each limit of its plan in the current window, read from
--- balances.rate_state (with the reader's rights: the balance rows row-level security lets them see).
-create view billing.rate_limit_usage with (security_invoker = true) as
-select b.account_id, b.rate_state[i + 1] as limit_id, pg_catalog.to_timestamp(w.start::double precision) as window_start,
-       case when b.rate_state[i + 6] = w.start then b.rate_state[i + 7] else 0 end as used
-  from billing.balances b
- cross join lateral pg_catalog.generate_series(0, pg_catalog.cardinality(b.rate_state) - 1, 7) as i
- cross join lateral (select (pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()) / b.rate_state[i + 4])
-                             * b.rate_state[i + 4])::bigint) as w(start)
- where b.rate_state[i + 2] = 1;
-comment on view billing.rate_limit_usage is 'Use of each rate limit of the account''s plan in the current window.';
 
 -- Usage summed per account, member, UTC hour and model (metadata ->> 'model'): run_maintenance adds
 -- the usage rows created before usage_rollup_state.rolled_up_to (billing_internal.roll_up_usage);

@@ -37,7 +37,7 @@ extension_sql_file!("../sql/accounts.sql", name = "accounts", requires = ["ledge
 extension_sql_file!(
     "../sql/limits.sql",
     name = "limits",
-    requires = ["accounts", sql_api::pricing::llm_cost_of]
+    requires = ["accounts", sql_api::pricing::llm_cost_of, sql_api::rate::rate_usage]
 );
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["limits"]);
 extension_sql_file!(

@@ -55,6 +55,13 @@ impl Counter {
     pub fn window_end(&self) -> i64 {
         self.window_start.saturating_add(self.limit.window_seconds)
     }
+
+    /// The window current at `now` and what the counter has used of it (0 when its count is of
+    /// an earlier window).
+    pub fn current_use(&self, now: i64) -> (i64, i64) {
+        let start = window_start(now, self.limit.window_seconds);
+        (start, if self.window_start == start { self.used } else { 0 })
+    }
 }
 
 /// The start of the window of `window_seconds` that contains `now` (epoch seconds).
@@ -154,8 +161,7 @@ pub fn count(counters: &mut [Counter], tokens: i64, requests: i64, now: i64) {
         if amount <= 0 {
             continue;
         }
-        let start = window_start(now, c.limit.window_seconds);
-        let used = if c.window_start == start { c.used } else { 0 };
+        let (start, used) = c.current_use(now);
         c.window_start = start;
         c.used = used.saturating_add(amount);
     }
@@ -284,8 +290,10 @@ mod tests {
     fn a_new_window_starts_from_zero() {
         let mut c = fresh(&[limit(1, Metric::Tokens, HOUR, 100)], 0);
         count(&mut c, 100, 1, HOUR - 1);
+        assert_eq!(c[0].current_use(HOUR), (HOUR, 0), "the new window has used nothing yet");
         count(&mut c, 30, 1, HOUR);
         assert_eq!((c[0].window_start, c[0].used), (HOUR, 30));
+        assert_eq!(c[0].current_use(HOUR + 5), (HOUR, 30));
     }
 
     #[test]

@@ -90,6 +90,25 @@ pub fn rate_given_back(p_state: Array<i64>, p_windows: Array<i64>, p_tokens: i64
     rate::encode(&c)
 }
 
+/// The use of each limit of the account's plan in the window current at p_now (a count of an
+/// earlier window is 0): what billing.rate_limit_usage shows. Runs with the reader's rights.
+#[pg_extern(immutable, parallel_safe, strict, schema = "billing_internal", name = "rate_usage")]
+pub fn rate_usage(
+    p_state: Array<i64>,
+    p_now: TimestampWithTimeZone,
+) -> TableIterator<'static, (name!(limit_id, i64), name!(window_start, i64), name!(used, i64))> {
+    let now = epoch_seconds(p_now);
+    let rows: Vec<(i64, i64, i64)> = counters(&p_state)
+        .iter()
+        .filter(|c| c.active)
+        .map(|c| {
+            let (start, used) = c.current_use(now);
+            (c.limit.id, start, used)
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
 /// The state of an account whose plan has p_limits ({id, metric (0 requests, 1 tokens),
 /// window_seconds, max_amount, ...}; NULL or empty: none), from its state p_state (NULL: none);
 /// NULL when nothing is left to count.

@@ -23,7 +23,8 @@ UNPINNED_RUST = {"billing_internal.rate_counted(bigint[],bigint,integer,timestam
                  "billing_internal.rate_refusal(bigint[],bigint,integer)",
                  "billing_internal.rate_windows(bigint[],bigint,integer)",
                  "billing_internal.rate_given_back(bigint[],bigint[],bigint,integer)",
-                 "billing_internal.rate_rebuilt(bigint[],bigint[],timestamp with time zone)"}
+                 "billing_internal.rate_rebuilt(bigint[],bigint[],timestamp with time zone)",
+                 "billing_internal.rate_usage(bigint[],timestamp with time zone)"}
 SQL_WORDS = {"select", "coalesce", "case", "when", "then", "else", "end", "from", "where", "and", "or", "any", "array",
              "operator", "is", "null", "not", "as", "exists", "in", "if", "perform", "into", "return", "found",
              "declare", "begin"}

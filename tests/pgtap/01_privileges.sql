@@ -115,6 +115,7 @@ with fns(schema, fn, args, who) as (values
   ('billing_internal', 'llm_cost_of', '{bigint,bigint,bigint,bigint,bigint,bigint}', 'caller'),
   ('billing_internal', 'rolled_up_to', '{}', 'caller'),
   ('billing_internal', 'llm_count', '{jsonb,text}', 'caller'),
+  ('billing_internal', 'rate_usage', '{bigint[],"timestamp with time zone"}', 'caller'),
   ('billing_internal', 'roll_up_usage', '{}', 'owner'),
   ('billing_internal', 'take_rate_limits', '{uuid,bigint,integer}', 'owner'),
   ('billing_internal', 'plan_limits', '{text}', 'owner'),
@@ -164,7 +165,7 @@ select function_privs_are(a.schema, a.fn, a.args::text[], a.role,
 
 -- Of the internals, API roles may execute exactly the caller helpers above; anon none of them.
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
-            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 20, 'authenticated executes 20 internal helpers');
+            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 21, 'authenticated executes 21 internal helpers');
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
             and has_function_privilege('anon', p.oid, 'EXECUTE')), 0, 'anon executes no internal helper');
 select schema_privs_are('billing_internal', 'anon', '{}'::text[], 'anon has no usage on billing_internal');
