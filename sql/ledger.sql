@@ -426,25 +426,28 @@ $$;
 create function billing.get_balance(p_user_id uuid, p_account_id uuid default null) returns bigint
 language plpgsql stable as $$
 declare
-  v_account pg_catalog.uuid := p_user_id;
   v_spendable pg_catalog.int8;
 begin
-  if p_user_id is null
+  -- One test on the hot path, which a backend asking about a personal account passes: PL/pgSQL sets
+  -- each expression up again in every transaction.
+  if p_user_id is null or p_account_id is not null
      or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
-    perform billing_internal.check_balance_reader(p_user_id);
-  end if;
-  if p_account_id is not null and p_account_id operator(pg_catalog.<>) p_user_id then
-    perform billing_internal.require_member(p_account_id, p_user_id);
-    v_account := p_account_id;
+    if p_user_id is null
+       or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
+      perform billing_internal.check_balance_reader(p_user_id);
+    end if;
+    if p_account_id operator(pg_catalog.<>) p_user_id then
+      perform billing_internal.require_member(p_account_id, p_user_id);
+    end if;
   end if;
   select b.spendable into v_spendable
     from billing.balances b
-   where b.account_id operator(pg_catalog.=) v_account
+   where b.account_id operator(pg_catalog.=) coalesce(p_account_id, p_user_id)
      and (b.next_event_at is null or b.next_event_at operator(pg_catalog.>) pg_catalog.now());
   if found then
     return v_spendable;
   end if;
-  return billing_internal.spendable_now(v_account);
+  return billing_internal.spendable_now(coalesce(p_account_id, p_user_id));
 end
 $$;
 comment on function billing.get_balance(uuid, uuid) is
@@ -478,31 +481,40 @@ create function billing.consume_tokens(
 ) returns table (usage_id bigint, tokens_charged bigint, balance_after bigint, replayed boolean)
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
 declare
-  v_role text := pg_catalog.current_setting('role');
+  v_role text;
   v_id bigint;
   v_flags integer;
   v_row billing.balances;
   v_drawn bigint[];
-  v_fast boolean;
+  v_balance bigint;
   v_spent bigint;
   v_limit bigint;
   v_period text;
 begin
-  -- Checks inline (this is the hot path); the same rules as billing_internal.require_access.
-  if v_role = 'authenticated' or v_role = 'anon' then
-    perform billing_internal.require_access(p_user_id);
-  end if;
-  if p_user_id is null then
-    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
-  elsif p_amount is null or p_amount <= 0 then
-    perform billing_internal.check_amount('p_amount', p_amount);
-  elsif p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 255 then
-    perform billing_internal.check_key(p_idempotency_key);
-  end if;
-  if p_metadata is null then
-    p_metadata := '{}';
-  elsif pg_catalog.jsonb_typeof(p_metadata) <> 'object' then
-    perform billing_internal.check_metadata(p_metadata);
+  -- One test for every check a backend's call passes (PL/pgSQL sets each expression up again in
+  -- every transaction, so the hot path evaluates as few as it can): a browser caller, or an argument
+  -- to check. The checks inside are the rules of billing_internal.require_access and the check_*
+  -- helpers, with their errors.
+  if p_user_id is null or p_amount is null or p_amount <= 0 or p_metadata is null
+     or pg_catalog.jsonb_typeof(p_metadata) <> 'object'
+     or (p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 255)
+     or pg_catalog.current_setting('role') in ('authenticated', 'anon') then
+    v_role := pg_catalog.current_setting('role');
+    if v_role = 'authenticated' or v_role = 'anon' then
+      perform billing_internal.require_access(p_user_id);
+    end if;
+    if p_user_id is null then
+      raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+    elsif p_amount is null or p_amount <= 0 then
+      perform billing_internal.check_amount('p_amount', p_amount);
+    elsif p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 255 then
+      perform billing_internal.check_key(p_idempotency_key);
+    end if;
+    if p_metadata is null then
+      p_metadata := '{}';
+    elsif pg_catalog.jsonb_typeof(p_metadata) <> 'object' then
+      perform billing_internal.check_metadata(p_metadata);
+    end if;
   end if;
   if p_account_id is not null and p_account_id <> p_user_id then
     -- A member spends from a team account. Every writer of an account locks its balance row first:
@@ -520,14 +532,17 @@ begin
         return;
       end if;
     end if;
+    -- The debit, as on the personal fast path; v_flags as there (NULL: the fast path did not apply).
     update billing.balances b
        set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
            rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
      where b.account_id = p_account_id and b.head_remaining >= p_amount and b.debt = 0
        and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-    returning b.* into v_row;
-    v_fast := found;
-    if not v_fast then
+    returning b.spendable, array[[b.head_grant_id, p_amount]],
+              ((b.spendable < b.alert_below or b.spendable >= b.alert_above) is true)::integer
+              + 2 * (billing_internal.rate_over(b.rate_state, p_amount, 1) is true)::integer
+         into v_balance, v_drawn, v_flags;
+    if v_flags is null then
       v_row := billing_internal.lock_and_settle(p_account_id, false);
     end if;
     -- The member's period spending: billing_internal.charge_member's UPDATE, written out.
@@ -544,28 +559,22 @@ begin
     elsif v_limit is not null and v_spent > v_limit then
       perform billing_internal.raise_member_limit(p_amount, v_spent, v_limit, v_period);
     end if;
-    if v_fast then
-      if billing_internal.rate_over(v_row.rate_state, p_amount, 1) then
-        perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
-      end if;
-      v_drawn := array[[v_row.head_grant_id, p_amount]];
-      if v_row.spendable < v_row.alert_below or v_row.spendable >= v_row.alert_above then
-        perform billing_internal.queue_alert_check(p_account_id);
-      end if;
-    else
+    if v_flags is null then
       if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
         perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
       end if;
       v_drawn := billing_internal.burn(p_account_id, p_amount, false);
-      v_row := billing_internal.recompute_balance(p_account_id);
+      v_balance := (billing_internal.recompute_balance(p_account_id)).spendable;
       perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
+    elsif v_flags <> 0 then
+      if v_flags >= 2 then
+        perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
+      end if;
+      perform billing_internal.queue_alert_check(p_account_id);
     end if;
     insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
-    values (p_account_id, p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_row.spendable)
-    returning id into usage_id;
-    tokens_charged := p_amount;
-    balance_after := v_row.spendable;
-    replayed := false;
+    values (p_account_id, p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_balance)
+    returning id, token_usage.tokens, token_usage.balance_after, false into usage_id, tokens_charged, balance_after, replayed;
     return next;
     return;
   end if;
@@ -574,9 +583,9 @@ begin
   -- grant covers the amount. One statement: the UPDATE of the balance row (which also locks it) and
   -- the INSERT of the usage row. Without a key it is a plain INSERT; with one, ON CONFLICT makes a
   -- key seen before insert nothing. The UPDATE also counts the call against the rate limits of the
-  -- account's plan (balances.rate_state; NULL, and no call, without limits). The statement says
-  -- (v_flags) what is left to do: 1 the balance crossed an alert level, 2 the call went over a rate
-  -- limit. The result goes out through the OUT parameters and RETURN NEXT.
+  -- account's plan (balances.rate_state; NULL, and no call, without limits). The statement fills the
+  -- OUT parameters and says (v_flags) what is left to do: 1 the balance crossed an alert level, 2 the
+  -- call went over a rate limit, 4 the key was used before; NULL: the fast path did not apply.
   if p_idempotency_key is null then
     with debit as (
       update billing.balances b
@@ -590,11 +599,11 @@ begin
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
     select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
       from debit d
-    returning id, token_usage.balance_after,
+    returning id, token_usage.tokens, token_usage.balance_after, false,
               (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
                       + 2 * (d.over_rate_limit is true)::integer
                  from debit d)
-         into usage_id, balance_after, v_flags;
+         into usage_id, tokens_charged, balance_after, replayed, v_flags;
   else
     with debit as (
       update billing.balances b
@@ -611,36 +620,28 @@ begin
       on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
       returning id
     )
-    select d.spendable, (select n.id from usage n),
+    select n.id, p_amount, d.spendable, false,
            ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-           + 2 * (d.over_rate_limit is true)::integer
-      into balance_after, usage_id, v_flags from debit d;
-    if usage_id is null and balance_after is not null then
-      -- The key was used before (or by a racing call that committed first): undo the debit and its count.
-      update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount,
-             rate_state = billing_internal.rate_given_back(b.rate_state, billing_internal.rate_windows(b.rate_state, p_amount, 1),
-                                                           p_amount, 1)
-       where b.account_id = p_user_id;
-      return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
-      return;
-    end if;
+           + 2 * (d.over_rate_limit is true)::integer + 4 * (n.id is null)::integer
+      into usage_id, tokens_charged, balance_after, replayed, v_flags
+      from debit d left join usage n on true;
   end if;
-
-  if usage_id is not null then
-    if v_flags = 0 then  -- the common case: nothing more to do
-      tokens_charged := p_amount;
-      replayed := false;
-      return next;
-      return;
-    end if;
+  if v_flags = 0 then  -- the common case: nothing more to do
+    return next;
+    return;
+  elsif v_flags >= 4 then
+    -- The key was used before (or by a racing call that committed first): undo the debit and its count.
+    update billing.balances b set spendable = b.spendable + p_amount, head_remaining = b.head_remaining + p_amount,
+           rate_state = billing_internal.rate_given_back(b.rate_state, billing_internal.rate_windows(b.rate_state, p_amount, 1),
+                                                         p_amount, 1)
+     where b.account_id = p_user_id;
+    return query select * from billing_internal.consume_replay(p_user_id, null, p_amount, p_idempotency_key);
+    return;
+  elsif v_flags is not null then
     if v_flags >= 2 then
       perform billing_internal.raise_rate_limited(p_user_id, p_amount, 1);
     end if;
-    if v_flags & 1 = 1 then
-      perform billing_internal.queue_alert_check(p_user_id);
-    end if;
-    tokens_charged := p_amount;
-    replayed := false;
+    perform billing_internal.queue_alert_check(p_user_id);
     return next;
     return;
   end if;
