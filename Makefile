@@ -9,13 +9,13 @@ CLUSTER_DIR = $(shell bash scripts/cluster.sh dir)
 PSQL = PGOPTIONS=--client-min-messages=warning psql -h $(CLUSTER_DIR)/sock -p $(PORT) -U postgres -v ON_ERROR_STOP=1 -X -q
 DEMO_DB ?= pg_billing_demo
 
-.PHONY: help setup build install start stop run demo web test lint types test-unit test-pg test-integration test-pgtap test-example test-web bench bench-profile bench-ab clean
+.PHONY: help setup build install start stop run demo web test lint types test-unit test-pg test-integration test-pgtap test-example test-web bench bench-profile bench-ab bench-instructions clean
 
 help:
 	@echo "make run    set up, start a local cluster, install pg_billing, run the demo"
 	@echo "make test   set up if needed, run every test layer"
 	@echo "make web    the billing web app against the demo database (after make run)"
-	@echo "make setup | install | start | stop | lint | types | test-web | bench | clean"
+	@echo "make setup | install | start | stop | lint | types | test-web | bench | bench-instructions | clean"
 
 setup:
 	@bash scripts/setup.sh
@@ -130,6 +130,14 @@ bench-profile: setup
 	.venv/bin/python bench/profile.py --host $(BENCH_DIR)/sock --port $(BENCH_PORT) --datadir $(BENCH_DIR)/data
 	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh stop
 
+# Instructions per call of consume_tokens, get_balance and their baselines (valgrind, a single-user
+# backend on a cluster of its own): a count the machine's noise does not move. Results in
+# bench/results/instructions.md; a few minutes after the release build.
+bench-instructions: setup
+	rm -f $(EXTDIR)/pg_billing--*.sql
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+	.venv/bin/python bench/instructions.py --dir $(CURDIR)/.cluster-instructions --port 54370
+
 # A/B: this tree (or HEAD_REF=<git ref>) against another commit (BASE=<git ref>), both release builds on one cluster, runs
 # interleaved; results in bench/results/ab-latest.md. About 15 minutes (the base's first build).
 bench-ab: setup
@@ -138,4 +146,4 @@ bench-ab: setup
 clean: stop
 	@PG_BILLING_PORT=$(BENCH_PORT) PG_BILLING_CLUSTER_DIR=$(BENCH_DIR) bash scripts/cluster.sh stop
 	@PG_BILLING_PORT=54350 PG_BILLING_CLUSTER_DIR=$(CURDIR)/.cluster-crash bash scripts/cluster.sh stop
-	rm -rf .cluster .cluster-bench .cluster-crash target .venv
+	rm -rf .cluster .cluster-bench .cluster-crash .cluster-instructions target .venv

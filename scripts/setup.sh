@@ -7,7 +7,7 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 
 PACKAGES="postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-pgtap
           libtap-parser-sourcehandler-pgtap-perl pgbouncer python3-venv postgresql-15-plpgsql-check
-          postgresql-15-cron chromium"
+          postgresql-15-cron chromium valgrind"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,0 +1,137 @@
+"""Instructions per call of consume_tokens, get_balance and their baselines, counted by valgrind
+(callgrind) in a single-user backend: a count that does not move with the machine's noise, unlike the
+tps ratios of bench/run.py, so it shows where a change saves work and what the rest costs.
+
+Each workload is a PL/pgSQL loop body run N times, one transaction per iteration (as pgbench runs
+one per call); the count of a run with 300 iterations is subtracted from one with 1,300, so start-up
+and shutdown cancel, and the loop's own cost (the same body with nothing in it) is subtracted too.
+The cluster is a fresh one of its own with the bench's users (bench/setup.sql). Writes
+bench/results/instructions.md. Usage: bench/instructions.py --dir DIR --port PORT
+"""
+import argparse
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PGBIN = "/usr/lib/postgresql/15/bin"
+USER = "bench.uid(1 + i % 10000)"
+KEY = "'k' || i || '-' || clock_timestamp()"
+# consume_tokens' fast path for a personal account without a key (sql/ledger.sql), run bare: what
+# the statement costs without the function around it.
+FAST_STATEMENT = f"""
+with debit as (
+  update billing.balances b
+     set spendable = b.spendable - 1, head_remaining = b.head_remaining - 1,
+         rate_state = billing_internal.rate_counted(b.rate_state, 1, 1, pg_catalog.now())
+   where b.account_id = {USER} and b.head_remaining >= 1 and b.debt = 0
+     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+  returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above,
+            billing_internal.rate_over(b.rate_state, 1, 1) as over_rate_limit
+)
+insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
+select d.account_id, 1, '{{}}', array[[d.head_grant_id, 1::bigint]], d.spendable from debit d
+returning id, token_usage.tokens, token_usage.balance_after, false,
+          (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
+                  + 2 * (d.over_rate_limit is true)::integer from debit d) into r"""
+B = (f"with d as (update bench.accounts set tokens = tokens - 1 where user_id = {USER} and tokens >= 1"
+     " returning user_id, tokens) insert into bench.usage (user_id, tokens{k}) select user_id, 1{v} from d")
+# (label, loop body, loop it is measured against)
+WORKLOADS = [
+    ("loop", "perform 1", None),
+    ("loop with a key", f"perform {KEY}", None),
+    ("(b) UPDATE+INSERT CTE", B.format(k="", v=""), "loop"),
+    ("(b) inside a minimal PL/pgSQL function", f"perform bench.consume_cte_fn({USER}, 1)", "loop"),
+    ("(c) PL/pgSQL RPC", f"perform bench.consume_plpgsql({USER}, 1)", "loop"),
+    ("(c) as a Supabase RPC (definer)", f"perform bench.consume_plpgsql_definer({USER}, 1)", "loop"),
+    ("consume_tokens' fast statement, bare", FAST_STATEMENT, "loop"),
+    ("pg_billing consume_tokens", f"perform balance_after from billing.consume_tokens({USER}, 1)", "loop"),
+    ("(b) with a key", B.format(k=", idempotency_key", v=", " + KEY), "loop with a key"),
+    ("(c) with a key", f"perform bench.consume_plpgsql({USER}, 1, {KEY})", "loop with a key"),
+    ("(c) definer with a key", f"perform bench.consume_plpgsql_definer({USER}, 1, {KEY})", "loop with a key"),
+    ("consume_tokens with a key", f"perform balance_after from billing.consume_tokens({USER}, 1, {KEY})",
+     "loop with a key"),
+    ("primary-key lookup", f"perform tokens from bench.accounts where user_id = {USER}", "loop"),
+    ("pg_billing get_balance", f"perform billing.get_balance({USER})", "loop"),
+]
+RATIOS = [  # (label, numerator, denominator, target): ratios of work, so (b)/consume is consume's speed vs (b)
+    ("consume vs (b), no key", "pg_billing consume_tokens", "(b) UPDATE+INSERT CTE", 0.90),
+    ("consume vs (c), no key", "pg_billing consume_tokens", "(c) PL/pgSQL RPC", 1.0),
+    ("consume vs (c) definer, no key", "pg_billing consume_tokens", "(c) as a Supabase RPC (definer)", 1.0),
+    ("consume vs (b), key", "consume_tokens with a key", "(b) with a key", 0.90),
+    ("consume vs (c), key", "consume_tokens with a key", "(c) with a key", 1.0),
+    ("consume vs (c) definer, key", "consume_tokens with a key", "(c) definer with a key", 1.0),
+    ("get_balance vs PK lookup", "pg_billing get_balance", "primary-key lookup", 0.90),
+    ("(b) inside a minimal function vs (b): any function API", "(b) inside a minimal PL/pgSQL function",
+     "(b) UPDATE+INSERT CTE", None),
+    ("consume's fast statement vs (b): the tables and the statement", "consume_tokens' fast statement, bare",
+     "(b) UPDATE+INSERT CTE", None),
+]
+
+
+def as_postgres(cmd, **kw):
+    return subprocess.run(["sudo", "-u", "postgres"] + cmd, **kw)
+
+
+def instructions(data, body, n):
+    sql = (f"set synchronous_commit = off;\n\n"
+           f"do $$ declare r record; begin for i in 1..{n} loop {body}; commit; end loop; end $$;\n\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(sql)
+    pathlib.Path(f.name).chmod(0o644)
+    with open(f.name) as stdin:
+        out = as_postgres(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", f"{PGBIN}/postgres",
+                           "--single", "-j", "-D", data, "pg_billing_instructions"],
+                          stdin=stdin, capture_output=True, text=True)
+    pathlib.Path(f.name).unlink()
+    text = out.stdout + out.stderr
+    if "ERROR" in text or out.returncode != 0:
+        raise RuntimeError(f"single-user run failed:\n{text[-3000:]}")
+    return int(re.search(r"Collected : (\d+)", text).group(1))
+
+
+def per_call(data, body):
+    return (instructions(data, body, 1300) - instructions(data, body, 300)) / 1000
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True)
+    p.add_argument("--port", type=int, required=True)
+    a = p.parse_args()
+    env = dict(os.environ, PG_BILLING_PORT=str(a.port), PG_BILLING_CLUSTER_DIR=a.dir)
+    cluster = ["bash", str(ROOT / "scripts" / "cluster.sh")]
+    subprocess.run(cluster + ["start"], env=env, check=True)
+    psql = ["psql", "-h", f"{a.dir}/sock", "-p", str(a.port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-X", "-q"]
+    quiet = dict(env=dict(os.environ, PGOPTIONS="--client-min-messages=warning"), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(psql + ["-d", "postgres", "-c", "drop database if exists pg_billing_instructions",
+                           "-c", "create database pg_billing_instructions"], **quiet)
+    subprocess.run(psql + ["-d", "pg_billing_instructions", "-f", str(ROOT / "sql" / "supabase-compat.sql"),
+                           "-c", "create extension pg_billing", "-f", str(ROOT / "bench" / "setup.sql")], **quiet)
+    subprocess.run(cluster + ["stop"], env=env, check=True)
+    data = f"{a.dir}/data"
+    counts = {}
+    for label, body, base in WORKLOADS:
+        counts[label] = per_call(data, body)
+        print(f"{counts[label]:10,.0f}  {label}", flush=True)
+    net = {label: counts[label] - (counts[base] if base else 0) for label, _, base in WORKLOADS}
+    lines = ["# Instructions per call", "",
+             "Counted by valgrind (callgrind) in a single-user PostgreSQL 15 backend: N calls in a PL/pgSQL loop, "
+             "one transaction each, synchronous_commit off; the count at N = 300 subtracted from N = 1,300, and the "
+             "loop's own count subtracted. Written by `make bench-instructions` (bench/instructions.py). Fewer is "
+             "better; a ratio is the baseline's count over pg_billing's, so ≥ 1 means pg_billing does no more work "
+             "per call. Server work only: the protocol, the client and waiting are not in it (bench/results/latest.md "
+             "measures those).", "",
+             "| workload | instructions per call |", "|---|---|"]
+    lines += [f"| {label} | {net[label]:,.0f} |" for label, _, base in WORKLOADS if base]
+    lines += ["", "| ratio | value | target (tps) |", "|---|---|---|"]
+    for label, num, den, target in RATIOS:
+        lines.append(f"| {label} | {net[den] / net[num]:.2f} | {'' if target is None else f'≥ {target:.2f}'} |")
+    (ROOT / "bench" / "results" / "instructions.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
