@@ -18,6 +18,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PGBIN = "/usr/lib/postgresql/15/bin"
 USER = "bench.uid(1 + i % 10000)"
+MEMBER = "bench.uid(20001 + i % 8)"  # the team account's members (bench/setup.sql)
 KEY = "'k' || i || '-' || clock_timestamp()"
 # consume_tokens' fast path for a personal account without a key (sql/ledger.sql), run bare: what
 # the statement costs without the function around it.
@@ -54,7 +55,11 @@ WORKLOADS = [
     ("consume_tokens with a key", f"perform balance_after from billing.consume_tokens({USER}, 1, {KEY})",
      "loop with a key"),
     ("primary-key lookup", f"perform tokens from bench.accounts where user_id = {USER}", "loop"),
+    ("primary-key lookup inside a minimal PL/pgSQL function", f"perform bench.pk_lookup_fn({USER})", "loop"),
     ("pg_billing get_balance", f"perform billing.get_balance({USER})", "loop"),
+    ("hand-written team RPC", f"perform bench.consume_team_plpgsql({MEMBER}, bench.team(), 1)", "loop"),
+    ("pg_billing consume_tokens for a team member",
+     f"perform balance_after from billing.consume_tokens({MEMBER}, 1, null, '{{}}', bench.team())", "loop"),
 ]
 RATIOS = [  # (label, numerator, denominator, target): ratios of work, so (b)/consume is consume's speed vs (b)
     ("consume vs (b), no key", "pg_billing consume_tokens", "(b) UPDATE+INSERT CTE", 0.90),
@@ -64,6 +69,12 @@ RATIOS = [  # (label, numerator, denominator, target): ratios of work, so (b)/co
     ("consume vs (c), key", "consume_tokens with a key", "(c) with a key", 1.0),
     ("consume vs (c) definer, key", "consume_tokens with a key", "(c) definer with a key", 1.0),
     ("get_balance vs PK lookup", "pg_billing get_balance", "primary-key lookup", 0.90),
+    ("team consume vs hand-written team RPC", "pg_billing consume_tokens for a team member", "hand-written team RPC",
+     0.90),
+    ("get_balance vs the lookup inside a minimal function: get_balance's own work", "pg_billing get_balance",
+     "primary-key lookup inside a minimal PL/pgSQL function", None),
+    ("the lookup inside a minimal function vs the lookup: any function API",
+     "primary-key lookup inside a minimal PL/pgSQL function", "primary-key lookup", None),
     ("(b) inside a minimal function vs (b): any function API", "(b) inside a minimal PL/pgSQL function",
      "(b) UPDATE+INSERT CTE", None),
     ("consume's fast statement vs (b): the tables and the statement", "consume_tokens' fast statement, bare",

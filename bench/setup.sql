@@ -56,6 +56,15 @@ begin
   return v;
 end $$;
 
+-- The primary-key lookup inside the leanest PL/pgSQL function: what any function-based read costs
+-- on top of the lookup (get_balance's floor as a PL/pgSQL function).
+create function bench.pk_lookup_fn(p_user uuid) returns bigint language plpgsql stable as $$
+declare v bigint;
+begin
+  select tokens into v from bench.accounts where user_id = p_user;
+  return v;
+end $$;
+
 insert into bench.accounts select bench.uid(n), 1000000000000 from generate_series(1, 10000) n;
 select count(*) from (select billing.grant_purchase(bench.uid(n), 1000000000000, 'bench-' || n)
                         from generate_series(1, 10000) n) g;

@@ -57,17 +57,23 @@ create table billing.accounts (
   created_at timestamptz not null default now()
 );
 comment on table billing.accounts is 'Accounts that pay: team accounts (a personal account, id = the user''s id, needs no row).';
+-- A member's role and the calendar period of their spend limit: domains, not table CHECKs, like
+-- billing.token_count (docs/design.md: the executor re-reads a table's CHECKs at every statement that
+-- writes it, and every team consume updates its member's row). The remaining rule, a limit needs a period, is not a table
+-- CHECK either: add_account_member, the only writer of those columns, refuses it (22023), and
+-- verify_ledger() reports a row that breaks it.
+create domain billing.member_role as text constraint member_role_valid check (value in ('owner', 'admin', 'member'));
+create domain billing.spend_period as text constraint spend_period_valid check (value in ('day', 'week', 'month'));
 create table billing.account_members (
   account_id         uuid not null references billing.accounts (id) on delete cascade,
   user_id            uuid not null,
-  role               text not null default 'member' check (role in ('owner', 'admin', 'member')),
-  spend_limit        bigint check (spend_limit >= 0),
-  spend_limit_period text check (spend_limit_period in ('day', 'week', 'month')),
+  role               billing.member_role not null default 'member',
+  spend_limit        billing.token_count,
+  spend_limit_period billing.spend_period,
   period_start       timestamptz,
   period_spent       billing.token_count not null default 0,
   created_at         timestamptz not null default now(),
-  primary key (account_id, user_id),
-  check (spend_limit is null or spend_limit_period is not null)
+  primary key (account_id, user_id)
 );
 create index account_members_user on billing.account_members (user_id);
 alter table billing.accounts enable row level security;
@@ -3229,6 +3235,11 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   select 'team usage without a member', u.account_id, pg_catalog.format('usage %s', u.id)
     from billing.token_usage u join billing.accounts a on a.id = u.account_id and a.kind = 'team'
    where u.user_id is null
+  union all
+  -- the rule add_account_member enforces instead of a table CHECK (sql/schema.sql)
+  select 'member spend limit without a period', m.account_id, pg_catalog.format('member %s', m.user_id)
+    from billing.account_members m
+   where m.spend_limit is not null and m.spend_limit_period is null
   union all
   -- the cached plan of consume's rate limits, against the subscriptions (as account_plan orders them)
   select 'rate-limit plan differs from the subscription', b.account_id,

@@ -126,6 +126,12 @@ create index user_subscriptions_plan_id on billing.user_subscriptions (plan_id);
 -- statement that writes the table (a large share of a consume's server time: docs/design.md),
 -- while a domain's check is compiled once per backend (typcache). Every consume writes these columns.
 create domain billing.token_count as bigint constraint token_count_nonnegative check (value >= 0);
+-- A member's role and the calendar period of their spend limit: domains for the reason above (every
+-- team consume updates its member's row). The remaining rule, a limit needs a period, is not a table
+-- CHECK either: add_account_member, the only writer of those columns, refuses it (22023), and
+-- verify_ledger() reports a row that breaks it.
+create domain billing.member_role as text constraint member_role_valid check (value in ('owner', 'admin', 'member'));
+create domain billing.spend_period as text constraint spend_period_valid check (value in ('day', 'week', 'month'));
 
 -- Accounts that pay. A user's personal account has id = the user's id and exists without a row;
 -- pg_billing creates team rows only ('personal' is accepted for a row a DBA adds for reporting, and
@@ -144,14 +150,13 @@ comment on table billing.accounts is 'Accounts that pay: team accounts (a person
 create table billing.account_members (
   account_id         uuid not null references billing.accounts (id) on delete cascade,
   user_id            uuid not null,
-  role               text not null default 'member' check (role in ('owner', 'admin', 'member')),
-  spend_limit        bigint check (spend_limit >= 0),                           -- null: no limit
-  spend_limit_period text check (spend_limit_period in ('day', 'week', 'month')),
+  role               billing.member_role not null default 'member',
+  spend_limit        billing.token_count,                                       -- null: no limit
+  spend_limit_period billing.spend_period,
   period_start       timestamptz,
   period_spent       billing.token_count not null default 0,
   created_at         timestamptz not null default now(),
-  primary key (account_id, user_id),
-  check (spend_limit is null or spend_limit_period is not null)
+  primary key (account_id, user_id)
 );
 create index account_members_user on billing.account_members (user_id);
 

@@ -100,6 +100,11 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
     from billing.token_usage u join billing.accounts a on a.id = u.account_id and a.kind = 'team'
    where u.user_id is null
   union all
+  -- the rule add_account_member enforces instead of a table CHECK (sql/schema.sql)
+  select 'member spend limit without a period', m.account_id, pg_catalog.format('member %s', m.user_id)
+    from billing.account_members m
+   where m.spend_limit is not null and m.spend_limit_period is null
+  union all
   -- the cached plan of consume's rate limits, against the subscriptions (as account_plan orders them)
   select 'rate-limit plan differs from the subscription', b.account_id,
          pg_catalog.format('balances.plan_code %s, current subscription''s plan %s', coalesce(b.plan_code, 'none'),

@@ -425,6 +425,34 @@ def test_stripe_checkout_and_subscription_credit_the_team_named_in_metadata():
         assert d.one("select billing.get_balance(%s, %s)", (USER, account))[0] == 100500
 
 
+def test_member_rows_keep_their_rules_behind_the_functions_back(db):
+    """account_members has no table CHECKs (each team consume updates its member's row): domains keep
+    role, limit and period valid on any write, add_account_member refuses a limit without a period,
+    and verify_ledger reports such a row written behind its back."""
+    owner, member = db.user(), db.user()
+    account = team(db, owner, tokens=10)
+    add(db, account, member, limit=5, period="day")
+    for column, value in (("role", "'boss'"), ("spend_limit", "-1"), ("spend_limit_period", "'year'")):
+        with db.service() as c:
+            with pytest.raises(psycopg.Error) as e:
+                c.execute(f"update billing.account_members set {column} = {value} where account_id = %s and user_id = %s",
+                          (account, member))
+        assert sqlstate(e) == "23514", column
+    with pytest.raises(psycopg.Error) as e:
+        add(db, account, member, limit=5, period=None)
+    assert sqlstate(e) == "22023"
+    with db.service() as c:
+        c.execute("begin")
+        c.execute("update billing.account_members set spend_limit_period = null where account_id = %s and user_id = %s",
+                  (account, member))
+        problems = c.execute("select invariant from billing.verify_ledger() where account_id = %s", (account,)).fetchall()
+        c.execute("rollback")
+    assert problems == [("member spend limit without a period",)]
+    assert db.one("select role, spend_limit, spend_limit_period from billing.account_members"
+                  " where account_id = %s and user_id = %s", (account, member)) == ("member", 5, "day")
+    assert db.ledger_problems() == []
+
+
 def test_service_role_cannot_create_a_team_without_an_owner(db):
     with pytest.raises(psycopg.Error) as e:
         db.one("select billing.create_team_account('no owner')")

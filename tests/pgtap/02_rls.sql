@@ -67,7 +67,7 @@ select results_eq('select account_id::text, spendable::bigint from billing.balan
   'a member reads their own balance and the team''s');
 select results_eq('select user_id::text, tokens from billing.token_usage where account_id = ''00000000-0000-4000-8000-0000000000f1''',
   $$values ('00000000-0000-4000-8000-0000000000b2', 7::bigint)$$, 'a member reads only their own usage of the team');
-select results_eq('select user_id::text, spend_limit from billing.account_members',
+select results_eq('select user_id::text, spend_limit::bigint from billing.account_members',
   $$values ('00000000-0000-4000-8000-0000000000b2', 50::bigint)$$, 'a member reads only their own membership');
 select is((select billing.get_balance('00000000-0000-4000-8000-0000000000b2', '00000000-0000-4000-8000-0000000000f1')),
   290::bigint, 'a member reads the team balance');
