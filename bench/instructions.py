@@ -60,6 +60,9 @@ WORKLOADS = [
     ("hand-written team RPC", f"perform bench.consume_team_plpgsql({MEMBER}, bench.team(), 1)", "loop"),
     ("pg_billing consume_tokens for a team member",
      f"perform balance_after from billing.consume_tokens({MEMBER}, 1, null, '{{}}', bench.team())", "loop"),
+    ("pg_billing reserve_tokens + commit_reservation (one transaction)",
+     f"perform billing.commit_reservation(h.reservation_id, 1) from billing.reserve_tokens({USER}, 2, {KEY}) h",
+     "loop with a key"),
 ]
 RATIOS = [  # (label, numerator, denominator, target): ratios of work, so (b)/consume is consume's speed vs (b)
     ("consume vs (b), no key", "pg_billing consume_tokens", "(b) UPDATE+INSERT CTE", 0.90),

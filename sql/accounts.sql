@@ -55,7 +55,7 @@ $$;
 create function billing_internal.limit_period_start(p_period text) returns timestamptz
 language plpgsql stable parallel safe set search_path = pg_catalog, pg_temp as $$
 begin
-  return pg_catalog.date_trunc(p_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC';
+  return pg_catalog.date_trunc(p_period, pg_catalog.now(), 'UTC');
 end
 $$;
 
@@ -74,11 +74,10 @@ declare
 begin
   -- consume_tokens writes this UPDATE out for a member's consume (a call costs its SET search_path)
   update billing.account_members m
-     set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC',
+     set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now(), 'UTC'),
          period_spent = least(case when m.period_start is not distinct from
-                                         pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC'
-                                   then m.period_spent else 0 end::numeric + p_amount,
-                              9223372036854775807)::bigint
+                                         pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now(), 'UTC')
+                                   then m.period_spent else 0 end, 9223372036854775807 - p_amount) + p_amount
    where m.account_id = p_account_id and m.user_id = p_user_id
   returning m.period_start, m.period_spent, m.spend_limit, m.spend_limit_period into v_start, v_spent, v_limit, v_period;
   if not found then

@@ -490,6 +490,7 @@ declare
   v_spent bigint;
   v_limit bigint;
   v_period text;
+  v_over boolean;
 begin
   -- One test for every check a backend's call passes (PL/pgSQL sets each expression up again in
   -- every transaction, so the hot path evaluates as few as it can): a browser caller, or an argument
@@ -545,32 +546,36 @@ begin
     if v_flags is null then
       v_row := billing_internal.lock_and_settle(p_account_id, false);
     end if;
-    -- The member's period spending: billing_internal.charge_member's UPDATE, written out.
+    -- The member's period spending: billing_internal.charge_member's UPDATE, written out. v_over:
+    -- over the member's limit; NULL: not a member.
     update billing.account_members m
-       set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC',
+       set period_start = pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now(), 'UTC'),
            period_spent = least(case when m.period_start is not distinct from
-                                           pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now() at time zone 'UTC') at time zone 'UTC'
-                                     then m.period_spent else 0 end::numeric + p_amount,
-                                9223372036854775807)::bigint
+                                           pg_catalog.date_trunc(m.spend_limit_period, pg_catalog.now(), 'UTC')
+                                     then m.period_spent else 0 end, 9223372036854775807 - p_amount) + p_amount
      where m.account_id = p_account_id and m.user_id = p_user_id
-    returning m.period_spent, m.spend_limit, m.spend_limit_period into v_spent, v_limit, v_period;
-    if not found then
-      perform billing_internal.require_member(p_account_id, p_user_id);  -- raises 42501
-    elsif v_limit is not null and v_spent > v_limit then
-      perform billing_internal.raise_member_limit(p_amount, v_spent, v_limit, v_period);
-    end if;
-    if v_flags is null then
-      if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
-        perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+    returning m.period_spent, m.spend_limit, m.spend_limit_period, (m.period_spent > m.spend_limit) is true
+         into v_spent, v_limit, v_period, v_over;
+    -- One test on the hot path (a member within their limit, the fast path's debit, nothing crossed).
+    if v_flags is distinct from 0 or v_over is not false then
+      if v_over is null then
+        perform billing_internal.require_member(p_account_id, p_user_id);  -- raises 42501
+      elsif v_over then
+        perform billing_internal.raise_member_limit(p_amount, v_spent, v_limit, v_period);
       end if;
-      v_drawn := billing_internal.burn(p_account_id, p_amount, false);
-      v_balance := (billing_internal.recompute_balance(p_account_id)).spendable;
-      perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
-    elsif v_flags <> 0 then
-      if v_flags >= 2 then
-        perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
+      if v_flags is null then
+        if v_row.account_id is null or v_row.spendable < p_amount or v_row.debt > 0 then
+          perform billing_internal.raise_insufficient(p_amount, coalesce(v_row.spendable, 0), coalesce(v_row.debt, 0));
+        end if;
+        v_drawn := billing_internal.burn(p_account_id, p_amount, false);
+        v_balance := (billing_internal.recompute_balance(p_account_id)).spendable;
+        perform billing_internal.take_rate_limits(p_account_id, p_amount, 1);
+      else
+        if v_flags >= 2 then
+          perform billing_internal.raise_rate_limited(p_account_id, p_amount, 1);
+        end if;
+        perform billing_internal.queue_alert_check(p_account_id);
       end if;
-      perform billing_internal.queue_alert_check(p_account_id);
     end if;
     insert into billing.token_usage (account_id, user_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
     values (p_account_id, p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, v_balance)
