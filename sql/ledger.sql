@@ -768,18 +768,64 @@ declare
   v_prev billing.token_reservations;
   v_res billing.token_reservations;
   v_windows bigint[];
+  v_head bigint;
+  v_spendable bigint;
+  v_alert boolean;
 begin
-  perform billing_internal.require_access(p_user_id);
-  if p_user_id is null then
-    raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
-  end if;
-  perform billing_internal.check_amount('p_amount', p_amount);
-  perform billing_internal.check_key(p_idempotency_key);
-  if p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day' then
-    raise exception using errcode = '22023', message = 'p_ttl must be between 0 and 1 day (exclusive of 0)';
+  -- One test for every check a backend's call passes, as in consume_tokens.
+  if p_user_id is null or p_amount is null or p_amount <= 0
+     or (p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 255)
+     or p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day'
+     or pg_catalog.current_setting('role') in ('authenticated', 'anon') then
+    perform billing_internal.require_access(p_user_id);
+    if p_user_id is null then
+      raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
+    end if;
+    perform billing_internal.check_amount('p_amount', p_amount);
+    perform billing_internal.check_key(p_idempotency_key);
+    if p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day' then
+      raise exception using errcode = '22023', message = 'p_ttl must be between 0 and 1 day (exclusive of 0)';
+    end if;
   end if;
   if v_account <> p_user_id then
     v_member := p_user_id;
+  end if;
+
+  -- Fast path, as consume_tokens': the head grant covers the amount, nothing is due, no debt and no
+  -- rate limits (a hold records the windows it counted in: the slow path). The UPDATE locks the
+  -- account's row and holds the tokens on the head, as burn would take them from it; next_event_at
+  -- becomes the hold's expiry at the latest, so whoever comes after it settles the hold. The key
+  -- is looked up under the lock; a key seen before undoes the UPDATE and the slow path replays it.
+  update billing.balances b
+     set spendable = b.spendable - p_amount, held = b.held + p_amount, head_remaining = b.head_remaining - p_amount,
+         next_event_at = least(b.next_event_at, pg_catalog.now() + p_ttl)
+   where b.account_id = v_account and b.head_remaining >= p_amount and b.debt = 0 and b.rate_state is null
+     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+  returning b.head_grant_id, b.spendable, (b.spendable < b.alert_below or b.spendable >= b.alert_above) is true
+       into v_head, v_spendable, v_alert;
+  if found then
+    if p_idempotency_key is not null and exists (
+         select 1 from billing.token_reservations r
+          where r.account_id = v_account and r.user_id is not distinct from v_member
+            and r.idempotency_key = p_idempotency_key) then
+      update billing.balances b
+         set spendable = b.spendable + p_amount, held = b.held - p_amount, head_remaining = b.head_remaining + p_amount
+       where b.account_id = v_account;
+    else
+      if v_member is not null then
+        v_period := billing_internal.charge_member(v_account, v_member, p_amount);  -- counts while held
+      end if;
+      if v_alert then
+        perform billing_internal.queue_alert_check(v_account);
+      end if;
+      insert into billing.token_reservations (account_id, user_id, tokens, idempotency_key, expires_at, drawn_from,
+                                              limit_period_start, metadata)
+      values (v_account, v_member, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, array[[v_head, p_amount]],
+              v_period, p_metadata)
+      returning * into v_res;
+      return query select v_res.id, v_res.tokens, v_res.expires_at, v_spendable, false;
+      return;
+    end if;
   end if;
 
   v_row := billing_internal.lock_and_settle(v_account, false);
@@ -824,8 +870,10 @@ create function billing.reserve_tokens(
   p_ttl interval default '15 minutes',
   p_account_id uuid default null
 ) returns table (reservation_id uuid, tokens_held bigint, expires_at timestamptz, balance_after bigint, replayed boolean)
-language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
-  select * from billing_internal.hold(p_user_id, p_amount, p_idempotency_key, p_ttl, p_account_id, '{}'::jsonb)
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+begin  -- PL/pgSQL keeps the plan (a SQL function with a SET clause is planned again on every call)
+  return query select * from billing_internal.hold(p_user_id, p_amount, p_idempotency_key, p_ttl, p_account_id, '{}'::jsonb);
+end
 $$;
 comment on function billing.reserve_tokens(uuid, bigint, text, interval, uuid) is
   'Holds tokens of the account (default: p_user_id''s personal account) for a streaming request; expired holds are released lazily or by billing.run_maintenance().';
@@ -870,7 +918,63 @@ declare
   v_part bigint;
   v_row billing.balances;
   v_usage bigint;
+  v_spendable bigint;
+  v_alert boolean;
 begin
+  -- Fast path, for a hold the fast path of billing_internal.hold made: held by the caller (or the
+  -- backend calls), drawn from one grant that is still the head, no rate-limit windows, nothing due
+  -- (so the hold has not expired), no debt. The balance UPDATE locks the account; the reservation's
+  -- UPDATE then checks, in a snapshot taken under the lock, that it is still held and that its grant
+  -- takes the rest back as spendable tokens (no debt or freeze on it: given_back_grant's plain
+  -- case). If not, the balance UPDATE is undone and the slow path answers.
+  select r.* into v_res from billing.token_reservations r where r.id = p_reservation_id;
+  if v_res.status = 'held' and v_res.rate_windows is null and pg_catalog.array_length(v_res.drawn_from, 1) = 1
+     and p_actual_amount between 0 and v_res.tokens
+     and (pg_catalog.current_setting('role') not in ('authenticated', 'anon')
+          or pg_catalog.current_setting('role') = 'authenticated'
+             and coalesce(v_res.user_id, v_res.account_id) = billing_internal.auth_uid()) then
+    update billing.balances b
+       set held = b.held - v_res.tokens, spendable = b.spendable + (v_res.tokens - p_actual_amount),
+           head_remaining = b.head_remaining + (v_res.tokens - p_actual_amount)
+     where b.account_id = v_res.account_id and b.head_grant_id = v_res.drawn_from[1][1] and b.held >= v_res.tokens
+       and b.debt = 0
+       and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+    returning b.spendable, (b.spendable < b.alert_below or b.spendable >= b.alert_above) is true
+         into v_spendable, v_alert;
+    if found then
+      update billing.token_reservations r
+         set status = 'committed', committed_tokens = p_actual_amount, settled_at = pg_catalog.now(),
+             usage_id = case when p_actual_amount > 0 then pg_catalog.nextval('billing.token_usage_id_seq'::pg_catalog.regclass) end
+       where r.account_id = v_res.account_id and r.id = v_res.id and r.status = 'held'
+         and (p_actual_amount = v_res.tokens or exists (
+               select 1 from billing.token_grants g
+                where g.account_id = v_res.account_id and g.id = v_res.drawn_from[1][1] and g.debt_incurred = 0
+                  and g.frozen = 0 and g.freeze_target = 0 and billing_internal.is_live(g.expires_at)))
+      returning r.usage_id into v_usage;
+      if found then
+        if p_actual_amount > 0 then
+          insert into billing.token_usage (id, account_id, user_id, tokens, metadata, drawn_from, balance_after, reservation_id)
+          overriding system value
+          values (v_usage, v_res.account_id, v_res.user_id, p_actual_amount, coalesce(p_metadata, v_res.metadata),
+                  array[[v_res.drawn_from[1][1], p_actual_amount]], v_spendable, v_res.id);
+        end if;
+        if v_res.user_id is not null and p_actual_amount < v_res.tokens then
+          perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens - p_actual_amount,
+                                                 v_res.limit_period_start);
+        end if;
+        if v_alert then
+          perform billing_internal.queue_alert_check(v_res.account_id);
+        end if;
+        return query select v_usage, p_actual_amount, v_res.tokens - p_actual_amount, v_spendable, false;
+        return;
+      end if;
+      update billing.balances b
+         set held = b.held + v_res.tokens, spendable = b.spendable - (v_res.tokens - p_actual_amount),
+             head_remaining = b.head_remaining - (v_res.tokens - p_actual_amount)
+       where b.account_id = v_res.account_id;
+    end if;
+  end if;
+
   v_res := billing_internal.lock_reservation(p_reservation_id);
   if v_res.status = 'committed' then
     if v_res.committed_tokens is distinct from p_actual_amount then
@@ -923,8 +1027,10 @@ $$;
 
 create function billing.commit_reservation(p_reservation_id uuid, p_actual_amount bigint)
 returns table (usage_id bigint, tokens_charged bigint, tokens_released bigint, balance_after bigint, replayed boolean)
-language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
-  select * from billing_internal.commit_hold(p_reservation_id, p_actual_amount, null)
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp as $$
+begin  -- PL/pgSQL keeps the plan (a SQL function with a SET clause is planned again on every call)
+  return query select * from billing_internal.commit_hold(p_reservation_id, p_actual_amount, null);
+end
 $$;
 comment on function billing.commit_reservation(uuid, bigint) is
   'Charges the actual amount (<= held) of a reservation and releases the rest.';

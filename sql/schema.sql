@@ -254,17 +254,20 @@ create unique index token_usage_member_idempotency on billing.token_usage (accou
 -- summarized as they fill, in the background).
 create index token_usage_created_at on billing.token_usage using brin (created_at) with (autosummarize = on);
 
+-- Holds. No CHECK constraints, like token_usage (docs/design.md): every hold writes this table twice
+-- (made, settled); only pg_billing's functions write it, validating the amount, the key and the
+-- metadata and setting the status, and verify_ledger() reports a row that breaks those rules.
 create table billing.token_reservations (
   id              uuid not null default gen_random_uuid(),
   account_id      uuid not null,
-  tokens          bigint not null check (tokens > 0),
-  idempotency_key text check (length(idempotency_key) between 1 and 255),
-  status          text not null default 'held' check (status in ('held', 'committed', 'released', 'expired')),
+  tokens          bigint not null,
+  idempotency_key text,
+  status          text not null default 'held',  -- held, committed, released or expired
   expires_at      timestamptz not null,
   drawn_from      bigint[] not null,
-  committed_tokens bigint check (committed_tokens >= 0),
+  committed_tokens bigint,
   usage_id        bigint,                        -- the usage row of the commit
-  metadata        jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
+  metadata        jsonb not null default '{}',
   created_at      timestamptz not null default now(),
   settled_at      timestamptz,
   user_id         uuid,                          -- the member who holds it; null: the account's own user

@@ -53,11 +53,13 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
   select 'debt with spendable tokens', b.account_id, pg_catalog.format('spendable %s, debt %s', b.spendable, b.debt)
     from billing.balances b where b.debt > 0 and b.spendable > 0
   union all
+  -- (head_remaining may exceed the head's stale token_grants.remaining: a hold committed for less on
+  -- the fast path gives tokens back to the head; 'grant tokens do not add up' checks it exactly)
   select 'head grant is not the user''s', b.account_id, pg_catalog.format('head %s', b.head_grant_id)
     from billing.balances b
    where b.head_grant_id is not null
      and not exists (select 1 from billing.token_grants g where g.id = b.head_grant_id and g.account_id = b.account_id
-                       and b.head_remaining <= g.remaining)
+                       and b.head_remaining <= g.tokens)
   union all
   select 'head grant is not first in burn order', b.account_id,
          pg_catalog.format('head %s, but grant %s expires sooner', b.head_grant_id, g.id)
@@ -84,6 +86,14 @@ language sql stable security definer set search_path = pg_catalog, pg_temp as $$
     from billing.token_usage u
    where u.tokens <= 0 or pg_catalog.length(u.idempotency_key) not between 1 and 255
       or pg_catalog.jsonb_typeof(u.metadata) <> 'object'
+  union all
+  select 'reservation row breaks its column rules', r.account_id,
+         pg_catalog.format('reservation %s: tokens %s, status %s, committed %s, key length %s, metadata %s', r.id,
+           r.tokens, r.status, r.committed_tokens, pg_catalog.length(r.idempotency_key), pg_catalog.jsonb_typeof(r.metadata))
+    from billing.token_reservations r
+   where r.tokens <= 0 or r.status not in ('held', 'committed', 'released', 'expired')
+      or r.committed_tokens not between 0 and r.tokens or (r.committed_tokens is null) <> (r.status <> 'committed')
+      or pg_catalog.length(r.idempotency_key) not between 1 and 255 or pg_catalog.jsonb_typeof(r.metadata) <> 'object'
   union all
   select 'duplicate grant reference', null::uuid, pg_catalog.format('(%s, %s) granted %s times', g.kind, g.reference, pg_catalog.count(*))
     from billing.token_grants g group by g.kind, g.reference having pg_catalog.count(*) > 1

@@ -177,6 +177,74 @@ def test_reservation_lifecycle(db):
     assert db.ledger_problems() == []
 
 
+def wait_for_a_lock_wait(db, fragment):
+    """Returns once another session running a statement containing `fragment` waits for a lock."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if db.one("select count(*) from pg_stat_activity where datname = current_database()"
+                  " and wait_event_type = 'Lock' and query like %s", (f"%{fragment}%",))[0]:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no session waited for a lock in {fragment}")
+
+
+def in_thread(db, sql, params):
+    """Runs sql on its own connection in a thread; returns (thread, result) with result's "row" or
+    "error" (SQLSTATE) filled when it ends."""
+    result = {}
+
+    def run():
+        try:
+            result["row"] = db.one(sql, params)
+        except psycopg.Error as e:
+            result["error"] = e.sqlstate
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def test_a_commit_racing_the_same_commit_answers_as_a_retry(db):
+    """Two commits of one hold at once: the second waits for the account's lock, then finds the hold
+    committed and answers as a retry would (the first result, replayed; PT409 for another amount).
+    One usage row per hold, whatever the interleaving."""
+    user = db.user()
+    db.grant(user, 100)
+    for second_amount, balance in ((30, 70), (31, 40)):
+        rid = db.one("select reservation_id from billing.reserve_tokens(%s, 50, %s)", (user, f"race-{second_amount}"))[0]
+        with db.service(autocommit=False) as first:
+            first_row = first.execute("select * from billing.commit_reservation(%s, 30)", (rid,)).fetchone()
+            thread, second = in_thread(db, "select * from billing.commit_reservation(%s, %s)", (rid, second_amount))
+            wait_for_a_lock_wait(db, "commit_reservation")
+            first.commit()
+            thread.join(10)
+        assert first_row[1:] == (30, 20, balance, False)
+        if second_amount == 30:
+            assert second == {"row": first_row[:4] + (True,)}
+        else:
+            assert second["error"] == "PT409"
+        assert db.one("select count(*), sum(tokens) from billing.token_usage where reservation_id = %s", (rid,)) == (1, 30)
+        assert db.balance(user) == balance
+    assert db.ledger_problems() == []
+
+
+def test_a_reserve_racing_its_retry_makes_one_hold(db):
+    """A retry of a reserve that runs while the first is still open waits for it, then returns the
+    same hold (replayed) instead of holding the tokens twice."""
+    user = db.user()
+    db.grant(user, 100)
+    with db.service(autocommit=False) as first:
+        rid = first.execute("select reservation_id from billing.reserve_tokens(%s, 40, 'retry')", (user,)).fetchone()[0]
+        thread, second = in_thread(db, "select * from billing.reserve_tokens(%s, 40, 'retry')", (user,))
+        wait_for_a_lock_wait(db, "reserve_tokens")
+        first.commit()
+        thread.join(10)
+    assert second["row"][0] == rid and second["row"][1] == 40 and second["row"][4] is True
+    assert db.balance(user) == 60
+    assert db.one("select count(*) from billing.token_reservations where account_id = %s", (user,))[0] == 1
+    assert db.ledger_problems() == []
+
+
 def test_expired_hold_is_released_without_a_scheduler(db):
     user = db.user()
     db.grant(user, 100)
@@ -312,6 +380,26 @@ def test_balance_counters_cannot_go_negative_even_behind_the_functions_back(db):
                 c.execute(f"update billing.balances set {column} = {column} - 1000 where account_id = %s", (user,))
         assert sqlstate(e) == "23514", column
     assert db.balance(user) == 10
+    assert db.ledger_problems() == []
+
+
+def test_verify_ledger_reports_reservation_rows_that_break_the_column_rules(db):
+    """token_reservations has no CHECK constraints either (every hold writes it twice); a row written
+    behind the functions' back with a bad value is reported."""
+    user = db.user()
+    db.grant(user, 10, reference=f"hold-rules-{user}")
+    rid = db.one("select reservation_id from billing.reserve_tokens(%s, 2, 'k')", (user,))[0]
+    db.one("select * from billing.commit_reservation(%s, 1)", (rid,))
+    bad = [("tokens", "0"), ("status", "'gone'"), ("committed_tokens", "3"), ("committed_tokens", "null"),
+           ("idempotency_key", "''"), ("metadata", "'[]'::jsonb")]
+    for column, value in bad:
+        with db.service() as c:
+            c.execute("begin")
+            c.execute(f"update billing.token_reservations set {column} = {value} where id = %s", (rid,))
+            problems = {r[0] for r in c.execute(
+                "select invariant from billing.verify_ledger() where account_id = %s", (user,)).fetchall()}
+            c.execute("rollback")
+        assert "reservation row breaks its column rules" in problems, (column, value, problems)
     assert db.ledger_problems() == []
 
 

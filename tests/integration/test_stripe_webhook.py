@@ -298,6 +298,20 @@ def test_released_hold_of_a_disputed_grant_stays_frozen():
     assert d.ledger_problems() == []
 
 
+def test_committed_hold_of_a_disputed_grant_gives_back_frozen_tokens():
+    """A hold committed for less during a dispute: what it gives back stays frozen, as a release's does."""
+    d = fresh_story_db(db_name("hold_commit_frozen"))
+    d.deliver(event(CLOVER, "01"))
+    res = d.one("select reservation_id from billing.reserve_tokens(%s, 600, 'chat-1')", (USER,))[0]
+    d.deliver(event(CLOVER, "14"))  # the whole payment disputed: the 400 unspent freeze
+    assert d.one("select * from billing.commit_reservation(%s, 100)", (res,))[1:] == (100, 500, 0, False)
+    assert d.grant_row("cs_test_PackA", "remaining, frozen") == (0, 900)
+    assert d.balance(USER) == 0
+    d.deliver(event(CLOVER, "16"))  # won
+    assert d.balance(USER) == 900
+    assert d.ledger_problems() == []
+
+
 def test_expired_hold_of_a_disputed_grant_stays_frozen():
     d = fresh_story_db(db_name("hold_expired"))
     d.deliver(event(CLOVER, "01"))
