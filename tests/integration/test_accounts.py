@@ -222,6 +222,11 @@ def test_outsiders_cannot_spend_or_read_through_postgrest(db):
     status, body = rpc(db, "consume_tokens", {"p_user_id": str(member), "p_amount": 1, "p_account_id": str(outsider)},
                        sub=member)
     assert (status, body["code"]) == (403, "42501")  # the same answer as for any team they are not in
+    # a member reads the team's balance as a member (p_account_id), not by passing it as their user id
+    status, body = rpc(db, "get_balance", {"p_user_id": str(account)}, sub=member)
+    assert (status, body["code"]) == (403, "42501")
+    status, body = rpc(db, "get_balance", {"p_user_id": str(member), "p_account_id": str(account)}, sub=member)
+    assert (status, body) == (200, 500)
     assert db.one("select billing.get_balance(%s, %s)", (owner, account))[0] == 500
     assert db.one("select billing.get_balance(%s, %s)", (other_owner, other))[0] == 500
     assert db.balance(outsider) == 10

@@ -245,6 +245,25 @@ def test_a_reserve_racing_its_retry_makes_one_hold(db):
     assert db.ledger_problems() == []
 
 
+@pytest.mark.parametrize("second_expires", [None, "soon"])
+def test_a_hold_committed_for_less_gives_back_to_its_grant_whatever_happened_between(db, second_expires):
+    """Reserve, then a write that re-reads the grants (a new grant: burned after the first one, so the
+    commit stays on the fast path, or before it, so it does not), then commit for less: the unused
+    tokens go back to the grant the hold came from, and the next consume burns in the usual order."""
+    user = db.user()
+    first = db.grant(user, 100, reference=f"first-{user}")[0]
+    rid = db.one("select reservation_id from billing.reserve_tokens(%s, 30, 'between')", (user,))[0]
+    expires = NOW() + dt.timedelta(days=1) if second_expires else None
+    second = db.grant(user, 5, reference=f"second-{user}", kind="promo", expires_at=expires)[0]
+    assert db.one("select * from billing.commit_reservation(%s, 10)", (rid,))[1:] == (10, 20, 95, False)
+    assert db.one("select drawn_from from billing.token_usage where reservation_id = %s", (rid,))[0] == [[first, 10]]
+    usage = db.one("select usage_id from billing.consume_tokens(%s, 7)", (user,))[0]
+    drawn = db.one("select drawn_from from billing.token_usage where id = %s", (usage,))[0]
+    assert drawn == ([[second, 5], [first, 2]] if second_expires else [[first, 7]])
+    assert db.balance(user) == 88
+    assert db.ledger_problems() == []
+
+
 def test_expired_hold_is_released_without_a_scheduler(db):
     user = db.user()
     db.grant(user, 100)
