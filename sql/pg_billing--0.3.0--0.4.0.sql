@@ -1250,6 +1250,7 @@ declare
   v_head bigint;
   v_spendable bigint;
   v_alert boolean;
+  v_over boolean;
 begin
   -- One test for every check a backend's call passes, as in consume_tokens.
   if p_user_id is null or p_amount is null or p_amount <= 0
@@ -1270,18 +1271,22 @@ begin
     v_member := p_user_id;
   end if;
 
-  -- Fast path, as consume_tokens': the head grant covers the amount, nothing is due, no debt and no
-  -- rate limits (a hold records the windows it counted in: the slow path). The UPDATE locks the
-  -- account's row and holds the tokens on the head, as burn would take them from it; next_event_at
-  -- becomes the hold's expiry at the latest, so whoever comes after it settles the hold. The key
-  -- is looked up under the lock; a key seen before undoes the UPDATE and the slow path replays it.
+  -- Fast path, as consume_tokens': the head grant covers the amount, nothing is due, no debt. The
+  -- UPDATE locks the account's row, holds the tokens on the head, as burn would take them from it,
+  -- and counts the call against the plan's rate limits as take_rate_limits does (v_windows: where it
+  -- counted, for the commit or release to give back); next_event_at becomes the hold's expiry at
+  -- the latest, so whoever comes after it settles the hold. The key is looked up under the lock; a
+  -- key seen before undoes the UPDATE and the count, and the slow path replays it.
   update billing.balances b
      set spendable = b.spendable - p_amount, held = b.held + p_amount, head_remaining = b.head_remaining - p_amount,
-         next_event_at = least(b.next_event_at, pg_catalog.now() + p_ttl)
-   where b.account_id = v_account and b.head_remaining >= p_amount and b.debt = 0 and b.rate_state is null
+         next_event_at = least(b.next_event_at, pg_catalog.now() + p_ttl),
+         rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
+   where b.account_id = v_account and b.head_remaining >= p_amount and b.debt = 0
      and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-  returning b.head_grant_id, b.spendable, (b.spendable < b.alert_below or b.spendable >= b.alert_above) is true
-       into v_head, v_spendable, v_alert;
+  returning b.head_grant_id, b.spendable, (b.spendable < b.alert_below or b.spendable >= b.alert_above) is true,
+            billing_internal.rate_over(b.rate_state, p_amount, 1) is true,
+            billing_internal.rate_windows(b.rate_state, p_amount, 1)
+       into v_head, v_spendable, v_alert, v_over, v_windows;
   if found then
     if p_idempotency_key is not null and exists (
          select 1 from billing.token_reservations r
@@ -1290,17 +1295,24 @@ begin
       update billing.balances b
          set spendable = b.spendable + p_amount, held = b.held - p_amount, head_remaining = b.head_remaining + p_amount
        where b.account_id = v_account;
+      if v_windows is not null then
+        perform billing_internal.return_rate_limits(v_account, v_windows, p_amount, 1);
+      end if;
+      v_windows := null;
     else
       if v_member is not null then
         v_period := billing_internal.charge_member(v_account, v_member, p_amount);  -- counts while held
+      end if;
+      if v_over then
+        perform billing_internal.raise_rate_limited(v_account, p_amount, 1);
       end if;
       if v_alert then
         perform billing_internal.queue_alert_check(v_account);
       end if;
       insert into billing.token_reservations (account_id, user_id, tokens, idempotency_key, expires_at, drawn_from,
-                                              limit_period_start, metadata)
+                                              limit_period_start, rate_windows, metadata)
       values (v_account, v_member, p_amount, p_idempotency_key, pg_catalog.now() + p_ttl, array[[v_head, p_amount]],
-              v_period, p_metadata)
+              v_period, v_windows, p_metadata)
       returning * into v_res;
       return query select v_res.id, v_res.tokens, v_res.expires_at, v_spendable, false;
       return;
@@ -1397,13 +1409,13 @@ declare
   v_alert boolean;
 begin
   -- Fast path, for a hold the fast path of billing_internal.hold made: held by the caller (or the
-  -- backend calls), drawn from one grant that is still the head, no rate-limit windows, nothing due
-  -- (so the hold has not expired), no debt. The balance UPDATE locks the account; the reservation's
+  -- backend calls), drawn from one grant that is still the head, nothing due (so the hold has not
+  -- expired), no debt. The balance UPDATE locks the account; the reservation's
   -- UPDATE then checks, in a snapshot taken under the lock, that it is still held and that its grant
   -- takes the rest back as spendable tokens (no debt or freeze on it: given_back_grant's plain
   -- case). If not, the balance UPDATE is undone and the slow path answers.
   select r.* into v_res from billing.token_reservations r where r.id = p_reservation_id;
-  if v_res.status = 'held' and v_res.rate_windows is null and pg_catalog.array_length(v_res.drawn_from, 1) = 1
+  if v_res.status = 'held' and pg_catalog.array_length(v_res.drawn_from, 1) = 1
      and p_actual_amount between 0 and v_res.tokens
      and (pg_catalog.current_setting('role') not in ('authenticated', 'anon')
           or pg_catalog.current_setting('role') = 'authenticated'
@@ -1436,6 +1448,10 @@ begin
         if v_res.user_id is not null and p_actual_amount < v_res.tokens then
           perform billing_internal.refund_member(v_res.account_id, v_res.user_id, v_res.tokens - p_actual_amount,
                                                  v_res.limit_period_start);
+        end if;
+        if v_res.rate_windows is not null and p_actual_amount < v_res.tokens then
+          perform billing_internal.return_rate_limits(v_res.account_id, v_res.rate_windows,
+                                                      v_res.tokens - p_actual_amount, 0);
         end if;
         if v_alert then
           perform billing_internal.queue_alert_check(v_res.account_id);

@@ -235,6 +235,10 @@ def test_reservations_count_when_made_and_are_corrected_at_commit_release_and_ex
     with db.service() as c:
         a = c.execute("select reservation_id from billing.reserve_tokens(%s, 60, 'a')", (user,)).fetchone()[0]
         assert used() == {"tokens": 60, "requests": 1}
+        # a retry of the same reserve returns the same hold and counts nothing more
+        assert c.execute("select reservation_id, replayed from billing.reserve_tokens(%s, 60, 'a')",
+                         (user,)).fetchone() == (a, True)
+        assert used() == {"tokens": 60, "requests": 1}
         with pytest.raises(psycopg.Error) as e:
             c.execute("select * from billing.reserve_tokens(%s, 50, 'b')", (user,))
         assert sqlstate(e) == "PT429"
