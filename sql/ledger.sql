@@ -816,10 +816,7 @@ begin
       update billing.balances b
          set spendable = b.spendable + p_amount, held = b.held - p_amount, head_remaining = b.head_remaining + p_amount
        where b.account_id = v_account;
-      if v_windows is not null then
-        perform billing_internal.return_rate_limits(v_account, v_windows, p_amount, 1);
-      end if;
-      v_windows := null;
+      perform billing_internal.return_rate_limits(v_account, v_windows, p_amount, 1);  -- no-op without limits
     else
       if v_member is not null then
         v_period := billing_internal.charge_member(v_account, v_member, p_amount);  -- counts while held
