@@ -622,7 +622,7 @@ begin
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
         from debit d
-      on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
+      on conflict (account_id, idempotency_key, user_id) where idempotency_key is not null do nothing
       returning id
     )
     select n.id, p_amount, d.spendable, false,

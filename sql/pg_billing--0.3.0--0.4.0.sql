@@ -31,8 +31,8 @@
 --   automations (billing.account_settings: balance.low, balance.depleted, auto top-up;
 --   balances.alert_below / alert_above, alert_checks and its constraint trigger alert_checks_run).
 -- * usage rollups (usage_rollups, usage_rollup_state; token_usage.created_at is the insertion clock),
---   read by get_usage_history with the rows since; its buckets are UTC; two idempotency indexes on
---   token_usage (an account's own, a member's).
+--   read by get_usage_history with the rows since; its buckets are UTC; idempotency keys unique per
+--   (account, key, member) on token_usage and token_reservations.
 
 create schema billing_internal;
 comment on schema billing_internal is 'pg_billing internals: never exposed through PostgREST; call the functions in schema billing.';
@@ -108,10 +108,8 @@ alter table billing.token_usage
   add primary key (account_id, created_at, id);
 drop index billing.token_usage_idempotency;
 drop index billing.token_usage_user_time;
-create unique index token_usage_idempotency on billing.token_usage (account_id, idempotency_key)
-  where idempotency_key is not null and user_id is null;
-create unique index token_usage_member_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
-  where idempotency_key is not null and user_id is not null;
+create unique index token_usage_idempotency on billing.token_usage (account_id, idempotency_key, user_id)
+  nulls not distinct where idempotency_key is not null;
 
 alter table billing.token_reservations rename column user_id to account_id;
 alter table billing.token_reservations
@@ -130,7 +128,7 @@ drop index billing.token_reservations_idempotency;
 drop index billing.token_reservations_usage_id;
 alter index billing.token_reservations_user rename to token_reservations_account;
 create index token_reservations_id on billing.token_reservations (id);
-create unique index token_reservations_idempotency on billing.token_reservations (account_id, user_id, idempotency_key)
+create unique index token_reservations_idempotency on billing.token_reservations (account_id, idempotency_key, user_id)
   nulls not distinct where idempotency_key is not null;
 
 alter table billing.promo_redemptions rename column user_id to account_id;
@@ -1105,7 +1103,7 @@ begin
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
       select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
         from debit d
-      on conflict (account_id, idempotency_key) where idempotency_key is not null and user_id is null do nothing
+      on conflict (account_id, idempotency_key, user_id) where idempotency_key is not null do nothing
       returning id
     )
     select n.id, p_amount, d.spendable, false,

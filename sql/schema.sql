@@ -243,12 +243,13 @@ create table billing.token_usage (
   primary key (account_id, created_at, id)      -- also serves usage history by time
 );
 comment on table billing.token_usage is 'Append-only debit ledger.';
--- Idempotency keys: per account for its own user (user_id NULL: the personal fast path's ON CONFLICT
--- target, as narrow as before accounts existed), per account and member on a team account.
-create unique index token_usage_idempotency on billing.token_usage (account_id, idempotency_key)
-  where idempotency_key is not null and user_id is null;
-create unique index token_usage_member_idempotency on billing.token_usage (account_id, user_id, idempotency_key)
-  where idempotency_key is not null and user_id is not null;
+-- Idempotency keys: unique per account and member (user_id NULL, the account's own user, counts as one
+-- member: NULLS NOT DISTINCT). One partial index, not one per kind of caller: every insert evaluates
+-- each partial index's predicate, and opens each index. The key comes before user_id so that a lookup
+-- by account and key finds its row through the index even when user_id is matched with IS NOT
+-- DISTINCT FROM (a generic plan cannot turn that into an index condition).
+create unique index token_usage_idempotency on billing.token_usage (account_id, idempotency_key, user_id)
+  nulls not distinct where idempotency_key is not null;
 -- Rows by insertion time, for roll_up_usage: created_at follows the physical order, so a BRIN index
 -- finds the rows since the watermark for almost nothing per insert (autosummarize: ranges are
 -- summarized as they fill, in the background).
@@ -276,7 +277,8 @@ create table billing.token_reservations (
   primary key (account_id, id)
 );
 create index token_reservations_id on billing.token_reservations (id);
-create unique index token_reservations_idempotency on billing.token_reservations (account_id, user_id, idempotency_key)
+-- As token_usage_idempotency: the key before user_id.
+create unique index token_reservations_idempotency on billing.token_reservations (account_id, idempotency_key, user_id)
   nulls not distinct where idempotency_key is not null;
 create index token_reservations_held on billing.token_reservations (account_id, expires_at) where status = 'held';
 create index token_reservations_account on billing.token_reservations (account_id, created_at);

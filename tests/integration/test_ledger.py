@@ -1,5 +1,6 @@
 """Ledger core: atomic consumption, idempotent grants, reservations, expiry, the ledger check."""
 import datetime as dt
+import re
 import threading
 import time
 import uuid
@@ -442,3 +443,36 @@ def test_verify_ledger_reports_usage_rows_that_break_the_column_rules(db):
         expected = "head tokens without a head grant" if column == "head" else "usage row breaks its column rules"
         assert expected in problems, (column, problems)
     assert db.ledger_problems() == []
+
+
+def test_idempotency_keys_are_found_through_their_index_in_generic_plans(db):
+    """A key is looked up by (account, key) through the idempotency index on every path, also after
+    PL/pgSQL switches a function's statements to generic plans, where `user_id IS NOT DISTINCT FROM`
+    a parameter cannot be an index condition. A lookup that filtered the account's rows (or the whole
+    table) would slow every keyed call down as the ledger grows. Sequential scans are disabled so the
+    test's small tables plan as large ones do."""
+    user, owner, member = db.user(), db.user(), db.user()
+    db.grant(user, 1000)
+    account = db.one("select billing.create_team_account('keys', %s)", (owner,))[0]
+    db.one("select * from billing.grant_purchase(null, 1000, %s, p_account_id => %s)", (f"fund-{uuid.uuid4()}", account))
+    db.one("select * from billing.add_account_member(%s, %s)", (account, member))
+    plans = []
+    with db.service() as c:
+        c.add_notice_handler(lambda n: plans.append(n.message_primary))
+        for setting in ("plan_cache_mode = force_generic_plan", "enable_seqscan = off", "client_min_messages = log",
+                        "auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on"):
+            c.execute("set " + setting)
+        c.execute("load 'auto_explain'")
+        for _ in range(2):  # the first call of each path, then its replay
+            c.execute("select * from billing.consume_tokens(%s, 1, 'consume-key')", (user,))
+            c.execute("select * from billing.consume_tokens(%s, 1, 'team-key', '{}', %s)", (member, account))
+            c.execute("select * from billing.reserve_tokens(%s, 1, 'hold-key')", (user,))
+            c.execute("select * from billing.reserve_tokens(%s, 1, 'team-hold-key', p_account_id => %s)", (member, account))
+    lookups = [p for p in plans if "idempotency_key = p_" in p]  # the statements that look a key up
+    for table in ("token_usage", "token_reservations"):
+        mine = [p for p in lookups if f"billing.{table} " in p]
+        assert mine, f"no key lookup on {table} was planned"
+        for plan in mine:
+            assert re.search(rf"Index (Only )?Scan using \w+ on {table} ", plan), plan
+            assert "idempotency_key = $" in plan.split("Index Cond:", 1)[-1].split("\n", 1)[0], plan
+    assert db.balance(user) == 998 and db.ledger_problems() == []
