@@ -976,10 +976,11 @@ begin
   -- One test for every check a backend's call passes (PL/pgSQL sets each expression up again in
   -- every transaction, so the hot path evaluates as few as it can): a browser caller, or an argument
   -- to check. The checks inside are the rules of billing_internal.require_access and the check_*
-  -- helpers, with their errors.
+  -- helpers, with their errors. The key's length is tested in bytes here (no character count on
+  -- the hot path; at most 255 bytes is at most 255 characters), in characters inside.
   if p_user_id is null or p_amount is null or p_amount <= 0 or p_metadata is null
      or pg_catalog.jsonb_typeof(p_metadata) <> 'object'
-     or (p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 255)
+     or (p_idempotency_key is not null and pg_catalog.octet_length(p_idempotency_key) not between 1 and 255)
      or pg_catalog.current_setting('role') in ('authenticated', 'anon') then
     v_role := pg_catalog.current_setting('role');
     if v_role = 'authenticated' or v_role = 'anon' then
@@ -1250,9 +1251,9 @@ declare
   v_alert boolean;
   v_over boolean;
 begin
-  -- One test for every check a backend's call passes, as in consume_tokens.
+  -- One test for every check a backend's call passes, as in consume_tokens (the key in bytes).
   if p_user_id is null or p_amount is null or p_amount <= 0
-     or (p_idempotency_key is not null and pg_catalog.length(p_idempotency_key) not between 1 and 255)
+     or (p_idempotency_key is not null and pg_catalog.octet_length(p_idempotency_key) not between 1 and 255)
      or p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day'
      or pg_catalog.current_setting('role') in ('authenticated', 'anon') then
     perform billing_internal.require_access(p_user_id);

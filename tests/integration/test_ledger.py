@@ -337,7 +337,10 @@ def test_invalid_arguments_are_22023(db):
     db.grant(user, 10)
     cases = [
         ("select * from billing.consume_tokens(%s, 1, %s)", (user, "x" * 256)),
+        ("select * from billing.consume_tokens(%s, 1, %s)", (user, "é" * 256)),
         ("select * from billing.consume_tokens(%s, 1, %s)", (user, "")),
+        ("select * from billing.reserve_tokens(%s, 1, %s)", (user, "é" * 256)),
+        ("select * from billing.reserve_tokens(%s, 1, %s)", (user, "")),
         ("select * from billing.consume_tokens(%s, 1, null, '[1]')", (user,)),
         ("select * from billing.consume_tokens(null, 1)", None),
         ("select * from billing.grant_purchase(%s, 1, '')", (user,)),
@@ -352,6 +355,20 @@ def test_invalid_arguments_are_22023(db):
             db.one(sql, params)
         assert sqlstate(e) == "22023", sql
     assert db.balance(user) == 10
+    assert db.ledger_problems() == []
+
+
+def test_a_key_of_255_characters_is_valid_whatever_its_bytes(db):
+    """The limit is 255 characters: a key of 255 two- or four-byte characters is a key like any other."""
+    user = db.user()
+    db.grant(user, 10)
+    for key in ("é" * 255, "😀" * 255, "x" * 255):
+        first = db.one("select * from billing.consume_tokens(%s, 1, %s)", (user, key))
+        again = db.one("select * from billing.consume_tokens(%s, 1, %s)", (user, key))
+        assert first[3] is False and again[:3] == first[:3] and again[3] is True
+    hold = db.one("select * from billing.reserve_tokens(%s, 2, %s)", (user, "😀" * 255))
+    assert db.one("select * from billing.reserve_tokens(%s, 2, %s)", (user, "😀" * 255))[:2] == hold[:2]
+    assert db.balance(user) == 5
     assert db.ledger_problems() == []
 
 
