@@ -56,6 +56,12 @@ class Bench:
         self.rows.append((group, label, [value] if not isinstance(value, list) else value, note))
 
 
+def backend_cpu_seconds(pid):
+    """User + system CPU time a local server process has used (/proc/PID/stat, fields 14 and 15)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def per_run(m, num, den):
     """The ratio of two variants for each interleaved run (run i of one against run i of the other),
     so its spread shows the noise: min, median and max are reported."""
@@ -324,6 +330,7 @@ def rollups(b):
         variant = f"run_maintenance {label}"
         results = {"no maintenance": [], variant: []}
         durations = []
+        cpu_shares = []  # the maintenance backend's CPU time over the run's machine time (all cores)
 
         def run(with_maintenance):
             with b.conn() as c:  # two calls: the first sets the watermark's candidate, the second rolls up to it
@@ -335,10 +342,13 @@ def rollups(b):
 
             def maintain():
                 with b.conn() as c:
+                    pid = c.execute("select pg_backend_pid()").fetchone()[0]
+                    cpu0 = backend_cpu_seconds(pid)
                     while not stop.wait(every):
                         t0 = time.perf_counter()
                         c.execute("select billing.run_maintenance()")
                         durations.append(time.perf_counter() - t0)
+                    cpu_shares.append((backend_cpu_seconds(pid) - cpu0) / (seconds * (os.cpu_count() or 1)))
             t = threading.Thread(target=maintain)
             t.start()
             try:
@@ -353,6 +363,8 @@ def rollups(b):
         for name, values in results.items():
             b.record(group, name, values)
         b.record(group, "run_maintenance, longest call (s)", max(durations))
+        b.record(group, "run_maintenance, server CPU time per run (% of the machine's, all cores)",
+                 [round(100 * x, 2) for x in cpu_shares])
         ratios.append((f"consume with rollups {label} vs none", per_run(results, variant, "no maintenance"), 0.97))
     return ratios
 
