@@ -1067,11 +1067,14 @@ begin
   end if;
 
   -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
-  -- grant covers the amount. One statement: the UPDATE of the balance row (which also locks it) and
-  -- the INSERT of the usage row. Without a key it is a plain INSERT; with one, ON CONFLICT makes a
-  -- key seen before insert nothing. The UPDATE also counts the call against the rate limits of the
-  -- account's plan (balances.rate_state; NULL, and no call, without limits). The statement fills the
-  -- OUT parameters and says (v_flags) what is left to do: 1 the balance crossed an alert level, 2 the
+  -- grant covers the amount. The UPDATE of the balance row (which also locks it) and the INSERT of
+  -- the usage row: without a key one statement, the INSERT plain; with one, two statements, the
+  -- INSERT with ON CONFLICT inserting nothing for a key seen before (one statement would have to
+  -- join the two results to tell a key seen before from a fast path that did not apply, and that
+  -- join cost more than the second statement). A racing retry waits for this UPDATE's lock, so it
+  -- finds the first call's row. The UPDATE also counts the call against the rate limits of the
+  -- account's plan (balances.rate_state; NULL, and no call, without limits). The statements fill the
+  -- OUT parameters and say (v_flags) what is left to do: 1 the balance crossed an alert level, 2 the
   -- call went over a rate limit, 4 the key was used before; NULL: the fast path did not apply.
   if p_idempotency_key is null then
     with debit as (
@@ -1092,26 +1095,24 @@ begin
                  from debit d)
          into usage_id, tokens_charged, balance_after, replayed, v_flags;
   else
-    with debit as (
-      update billing.balances b
-         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
-             rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
-       where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
-         and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above,
-                billing_internal.rate_over(b.rate_state, p_amount, 1) as over_rate_limit
-    ), usage as (
+    update billing.balances b
+       set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+           rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
+     where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+       and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+    returning b.spendable, array[[b.head_grant_id, p_amount]],
+              ((b.spendable < b.alert_below or b.spendable >= b.alert_above) is true)::integer
+              + 2 * (billing_internal.rate_over(b.rate_state, p_amount, 1) is true)::integer
+         into balance_after, v_drawn, v_flags;
+    if v_flags is not null then
       insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
-      select d.account_id, p_amount, p_idempotency_key, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
-        from debit d
+      values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, balance_after)
       on conflict (account_id, idempotency_key, user_id) where idempotency_key is not null do nothing
-      returning id
-    )
-    select n.id, p_amount, d.spendable, false,
-           ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-           + 2 * (d.over_rate_limit is true)::integer + 4 * (n.id is null)::integer
-      into usage_id, tokens_charged, balance_after, replayed, v_flags
-      from debit d left join usage n on true;
+      returning id, token_usage.tokens, false into usage_id, tokens_charged, replayed;
+      if usage_id is null then
+        v_flags := v_flags + 4;
+      end if;
+    end if;
   end if;
   if v_flags = 0 then  -- the common case: nothing more to do
     return next;
