@@ -45,6 +45,29 @@ begin
                  (select prosrc from pg_proc where oid = 'bench.consume_plpgsql(uuid, bigint, text)'::regprocedure));
 end $$;
 
+-- (c) with a key, made safe for a retry that races the first call: (c) looks the key up before it
+-- locks, so a racing retry passes the lookup and fails on the unique index (23505) instead of getting
+-- the first call's result. Safe: lock first, insert the usage row unless the key exists (ON CONFLICT),
+-- debit only if it was inserted. Measured in instructions only (bench/instructions.py): what the
+-- contract's replay rule costs a hand-written RPC.
+create function bench.consume_plpgsql_safe_key(p_user uuid, p_amount bigint, p_key text)
+returns bigint language plpgsql as $$
+declare v bigint; v_id bigint;
+begin
+  select tokens into v from bench.accounts where user_id = p_user for update;
+  if v is null or v < p_amount then
+    raise exception 'insufficient tokens' using errcode = 'P0001';
+  end if;
+  insert into bench.usage (user_id, tokens, idempotency_key) values (p_user, p_amount, p_key)
+  on conflict (user_id, idempotency_key) where idempotency_key is not null do nothing
+  returning id into v_id;
+  if v_id is null then
+    return v;  -- the key was used before: nothing charged
+  end if;
+  update bench.accounts set tokens = tokens - p_amount where user_id = p_user;
+  return v - p_amount;
+end $$;
+
 -- (b) inside the leanest PL/pgSQL function (invoker, no SET, no checks): what any function-based API
 -- costs on top of (b). Not a baseline with a target; it shows where the gap to (b) comes from.
 create function bench.consume_cte_fn(p_user uuid, p_amount bigint) returns bigint language plpgsql as $$
