@@ -14,9 +14,10 @@ import time
 
 import psycopg
 
+from proc_cpu import cpu_seconds
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "bench" / "scripts"
-TICK = os.sysconf("SC_CLK_TCK")
 WORKLOADS = [  # (label, script)
     ("(b) UPDATE+INSERT CTE", "consume_cte.sql"),
     ("(b) inside a minimal PL/pgSQL function", "consume_cte_fn.sql"),
@@ -56,13 +57,10 @@ def server_cpu(postmaster_pid, uid):
         try:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
+            total += cpu_seconds(pid, reaped_children=int(pid) == postmaster_pid)
+        except OSError:  # the process ended meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-        if int(pid) == postmaster_pid:
-            total += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped backends
-    return total / TICK
+    return total
 
 
 def pgbench(a, script, seconds, dbname=None):

@@ -19,6 +19,8 @@ import time
 
 import psycopg
 
+from proc_cpu import cpu_seconds
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "bench" / "scripts"
 
@@ -54,12 +56,6 @@ class Bench:
 
     def record(self, group, label, value, note=""):
         self.rows.append((group, label, [value] if not isinstance(value, list) else value, note))
-
-
-def backend_cpu_seconds(pid):
-    """User + system CPU time a local server process has used (/proc/PID/stat, fields 14 and 15)."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def per_run(m, num, den):
@@ -343,12 +339,12 @@ def rollups(b):
             def maintain():
                 with b.conn() as c:
                     pid = c.execute("select pg_backend_pid()").fetchone()[0]
-                    cpu0 = backend_cpu_seconds(pid)
+                    cpu0 = cpu_seconds(pid)
                     while not stop.wait(every):
                         t0 = time.perf_counter()
                         c.execute("select billing.run_maintenance()")
                         durations.append(time.perf_counter() - t0)
-                    cpu_shares.append((backend_cpu_seconds(pid) - cpu0) / (seconds * (os.cpu_count() or 1)))
+                    cpu_shares.append((cpu_seconds(pid) - cpu0) / (seconds * (os.cpu_count() or 1)))
             t = threading.Thread(target=maintain)
             t.start()
             try:
