@@ -586,51 +586,36 @@ begin
   end if;
 
   -- The user's personal account (id = p_user_id). Fast path: nothing is due to expire and the head
-  -- grant covers the amount. The UPDATE of the balance row (which also locks it) and the INSERT of
-  -- the usage row: without a key one statement, the INSERT plain; with one, two statements, the
-  -- INSERT with ON CONFLICT inserting nothing for a key seen before (one statement would have to
-  -- join the two results to tell a key seen before from a fast path that did not apply, and that
-  -- join cost more than the second statement). A racing retry waits for this UPDATE's lock, so it
-  -- finds the first call's row. The UPDATE also counts the call against the rate limits of the
-  -- account's plan (balances.rate_state; NULL, and no call, without limits). The statements fill the
-  -- OUT parameters and say (v_flags) what is left to do: 1 the balance crossed an alert level, 2 the
-  -- call went over a rate limit, 4 the key was used before; NULL: the fast path did not apply.
-  if p_idempotency_key is null then
-    with debit as (
-      update billing.balances b
-         set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
-             rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
-       where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
-         and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-      returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above,
-                billing_internal.rate_over(b.rate_state, p_amount, 1) as over_rate_limit
-    )
+  -- grant covers the amount. Two statements: the UPDATE of the balance row (which also locks it),
+  -- then the INSERT of the usage row; with a key, ON CONFLICT inserts nothing for a key seen before.
+  -- (One statement, a CTE feeding the INSERT, costs more: its CTE scans and the subquery that reads
+  -- the flags back set up more executor state than the second statement does.) A racing retry waits
+  -- for this UPDATE's lock, so it finds the first call's row. The UPDATE also counts the call against
+  -- the rate limits of the account's plan (balances.rate_state; NULL, and no call, without limits).
+  -- v_flags says what is left to do: 1 the balance crossed an alert level, 2 the call went over a
+  -- rate limit, 4 the key was used before; NULL: the fast path did not apply.
+  update billing.balances b
+     set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
+         rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
+   where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
+     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+  returning b.spendable, array[[b.head_grant_id, p_amount]],
+            ((b.spendable < b.alert_below or b.spendable >= b.alert_above) is true)::integer
+            + 2 * (billing_internal.rate_over(b.rate_state, p_amount, 1) is true)::integer
+       into balance_after, v_drawn, v_flags;
+  if v_flags is null then
+    null;  -- the slow path below
+  elsif p_idempotency_key is null then
     insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
-    select d.account_id, p_amount, p_metadata, array[[d.head_grant_id, p_amount]], d.spendable
-      from debit d
-    returning id, token_usage.tokens, token_usage.balance_after, false,
-              (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-                      + 2 * (d.over_rate_limit is true)::integer
-                 from debit d)
-         into usage_id, tokens_charged, balance_after, replayed, v_flags;
+    values (p_user_id, p_amount, p_metadata, v_drawn, balance_after)
+    returning id, token_usage.tokens, false into usage_id, tokens_charged, replayed;
   else
-    update billing.balances b
-       set spendable = b.spendable - p_amount, head_remaining = b.head_remaining - p_amount,
-           rate_state = billing_internal.rate_counted(b.rate_state, p_amount, 1, pg_catalog.now())
-     where b.account_id = p_user_id and b.head_remaining >= p_amount and b.debt = 0
-       and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-    returning b.spendable, array[[b.head_grant_id, p_amount]],
-              ((b.spendable < b.alert_below or b.spendable >= b.alert_above) is true)::integer
-              + 2 * (billing_internal.rate_over(b.rate_state, p_amount, 1) is true)::integer
-         into balance_after, v_drawn, v_flags;
-    if v_flags is not null then
-      insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
-      values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, balance_after)
-      on conflict (account_id, idempotency_key, user_id) where idempotency_key is not null do nothing
-      returning id, token_usage.tokens, false into usage_id, tokens_charged, replayed;
-      if usage_id is null then
-        v_flags := v_flags + 4;
-      end if;
+    insert into billing.token_usage (account_id, tokens, idempotency_key, metadata, drawn_from, balance_after)
+    values (p_user_id, p_amount, p_idempotency_key, p_metadata, v_drawn, balance_after)
+    on conflict (account_id, idempotency_key, user_id) where idempotency_key is not null do nothing
+    returning id, token_usage.tokens, false into usage_id, tokens_charged, replayed;
+    if usage_id is null then
+      v_flags := v_flags + 4;
     end if;
   end if;
   if v_flags = 0 then  -- the common case: nothing more to do
