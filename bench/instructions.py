@@ -5,6 +5,13 @@ tps ratios of bench/run.py, so it shows where a change saves work and what the r
 Each workload is a PL/pgSQL loop body run N times, one transaction per iteration (as pgbench runs
 one per call); the count of a run with 300 iterations is subtracted from one with 1,300, so start-up
 and shutdown cancel, and the loop's own cost (the same body with nothing in it) is subtracted too.
+Page pruning (heap_page_prune_opt: removing dead row versions from a page as it is read) is counted
+apart and left out of the comparisons: how often a workload prunes depends on the state its table's
+pages are in, not on its code. A single-user backend runs no autovacuum, so the pages of the
+baselines' small, densely packed table (115 rows a page) fill up with row versions and line
+pointers over the runs, and from then on every read of such a page prunes all of it: about 50,000
+instructions per call. In `make bench`'s steady state, with autovacuum, the same baselines prune
+rarely (bench/results/profile.md).
 The cluster is a fresh one of its own with the bench's users (bench/setup.sql). Writes
 bench/results/instructions.md. Usage: bench/instructions.py --dir DIR --port PORT
 """
@@ -21,22 +28,19 @@ USER = "bench.uid(1 + i % 10000)"
 MEMBER = "bench.uid(20001 + i % 8)"  # the team account's members (bench/setup.sql)
 KEY = "'k' || i || '-' || clock_timestamp()"
 # consume_tokens' fast path for a personal account without a key (sql/ledger.sql), run bare: what
-# the statement costs without the function around it.
+# its two statements cost without the function around them.
 FAST_STATEMENT = f"""
-with debit as (
-  update billing.balances b
-     set spendable = b.spendable - 1, head_remaining = b.head_remaining - 1,
-         rate_state = billing_internal.rate_counted(b.rate_state, 1, 1, pg_catalog.now())
-   where b.account_id = {USER} and b.head_remaining >= 1 and b.debt = 0
-     and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
-  returning b.account_id, b.spendable, b.head_grant_id, b.alert_below, b.alert_above,
-            billing_internal.rate_over(b.rate_state, 1, 1) as over_rate_limit
-)
+update billing.balances b
+   set spendable = b.spendable - 1, head_remaining = b.head_remaining - 1,
+       rate_state = billing_internal.rate_counted(b.rate_state, 1, 1, pg_catalog.now())
+ where b.account_id = {USER} and b.head_remaining >= 1 and b.debt = 0
+   and (b.next_event_at is null or b.next_event_at > pg_catalog.now())
+returning b.spendable, array[[b.head_grant_id, 1::bigint]],
+          ((b.spendable < b.alert_below or b.spendable >= b.alert_above) is true)::integer
+          + 2 * (billing_internal.rate_over(b.rate_state, 1, 1) is true)::integer into r;
 insert into billing.token_usage (account_id, tokens, metadata, drawn_from, balance_after)
-select d.account_id, 1, '{{}}', array[[d.head_grant_id, 1::bigint]], d.spendable from debit d
-returning id, token_usage.tokens, token_usage.balance_after, false,
-          (select ((d.spendable < d.alert_below or d.spendable >= d.alert_above) is true)::integer
-                  + 2 * (d.over_rate_limit is true)::integer from debit d) into r"""
+values ({USER}, 1, '{{}}', r.array, r.spendable)
+returning id, token_usage.tokens, false into r"""
 B = (f"with d as (update bench.accounts set tokens = tokens - 1 where user_id = {USER} and tokens >= 1"
      " returning user_id, tokens) insert into bench.usage (user_id, tokens{k}) select user_id, 1{v} from d")
 # (label, loop body, loop it is measured against)
@@ -47,7 +51,7 @@ WORKLOADS = [
     ("(b) inside a minimal PL/pgSQL function", f"perform bench.consume_cte_fn({USER}, 1)", "loop"),
     ("(c) PL/pgSQL RPC", f"perform bench.consume_plpgsql({USER}, 1)", "loop"),
     ("(c) as a Supabase RPC (definer)", f"perform bench.consume_plpgsql_definer({USER}, 1)", "loop"),
-    ("consume_tokens' fast statement, bare", FAST_STATEMENT, "loop"),
+    ("consume_tokens' fast path statements, bare", FAST_STATEMENT, "loop"),
     ("pg_billing consume_tokens", f"perform balance_after from billing.consume_tokens({USER}, 1)", "loop"),
     ("(b) with a key", B.format(k=", idempotency_key", v=", " + KEY), "loop with a key"),
     ("(c) with a key", f"perform bench.consume_plpgsql({USER}, 1, {KEY})", "loop with a key"),
@@ -84,7 +88,7 @@ RATIOS = [  # (label, numerator, denominator, target): ratios of work, so (b)/co
      "primary-key lookup inside a minimal PL/pgSQL function", "primary-key lookup", None),
     ("(b) inside a minimal function vs (b): any function API", "(b) inside a minimal PL/pgSQL function",
      "(b) UPDATE+INSERT CTE", None),
-    ("consume's fast statement vs (b): the tables and the statement", "consume_tokens' fast statement, bare",
+    ("consume's fast path statements vs (b): the tables and the statements", "consume_tokens' fast path statements, bare",
      "(b) UPDATE+INSERT CTE", None),
 ]
 
@@ -94,24 +98,31 @@ def as_postgres(cmd, **kw):
 
 
 def instructions(data, body, n):
+    """(all instructions, those inside heap_page_prune_opt) of a run of n iterations."""
     sql = (f"set synchronous_commit = off;\n\n"
            f"do $$ declare r record; begin for i in 1..{n} loop {body}; commit; end loop; end $$;\n\n")
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-        f.write(sql)
-    pathlib.Path(f.name).chmod(0o644)
-    with open(f.name) as stdin:
-        out = as_postgres(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", f"{PGBIN}/postgres",
-                           "--single", "-j", "-D", data, "pg_billing_instructions"],
-                          stdin=stdin, capture_output=True, text=True)
-    pathlib.Path(f.name).unlink()
-    text = out.stdout + out.stderr
-    if "ERROR" in text or out.returncode != 0:
-        raise RuntimeError(f"single-user run failed:\n{text[-3000:]}")
-    return int(re.search(r"Collected : (\d+)", text).group(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o777)
+        script, profile = pathlib.Path(tmp, "run.sql"), pathlib.Path(tmp, "callgrind.out")
+        script.write_text(sql)
+        script.chmod(0o644)
+        with open(script) as stdin:
+            out = as_postgres(["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}", f"{PGBIN}/postgres",
+                               "--single", "-j", "-D", data, "pg_billing_instructions"],
+                              stdin=stdin, capture_output=True, text=True)
+        text = out.stdout + out.stderr
+        if "ERROR" in text or out.returncode != 0:
+            raise RuntimeError(f"single-user run failed:\n{text[-3000:]}")
+        inclusive = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(profile)],
+                                   capture_output=True, text=True, check=True).stdout
+    pruning = re.search(r"^\s*([\d,]+) \([^)]*\)\s+\S*heap_page_prune_opt ", inclusive, re.M)
+    return int(re.search(r"Collected : (\d+)", text).group(1)), int(pruning.group(1).replace(",", "")) if pruning else 0
 
 
 def per_call(data, body):
-    return (instructions(data, body, 1300) - instructions(data, body, 300)) / 1000
+    """(instructions per call without page pruning, page pruning per call)"""
+    (a, a_prune), (b, b_prune) = instructions(data, body, 300), instructions(data, body, 1300)
+    return (b - b_prune - (a - a_prune)) / 1000, (b_prune - a_prune) / 1000
 
 
 def main():
@@ -130,10 +141,10 @@ def main():
                            "-c", "create extension pg_billing", "-f", str(ROOT / "bench" / "setup.sql")], **quiet)
     subprocess.run(cluster + ["stop"], env=env, check=True)
     data = f"{a.dir}/data"
-    counts = {}
+    counts, pruning = {}, {}
     for label, body, base in WORKLOADS:
-        counts[label] = per_call(data, body)
-        print(f"{counts[label]:10,.0f}  {label}", flush=True)
+        counts[label], pruning[label] = per_call(data, body)
+        print(f"{counts[label]:10,.0f}  {label} (page pruning {pruning[label]:,.0f})", flush=True)
     net = {label: counts[label] - (counts[base] if base else 0) for label, _, base in WORKLOADS}
     lines = ["# Instructions per call", "",
              "Counted by valgrind (callgrind) in a single-user PostgreSQL 15 backend: N calls in a PL/pgSQL loop, "
@@ -142,8 +153,13 @@ def main():
              "better; a ratio is the baseline's count over pg_billing's, so ≥ 1 means pg_billing does no more work "
              "per call. Server work only: the protocol, the client and waiting are not in it (bench/results/latest.md "
              "measures those).", "",
-             "| workload | instructions per call |", "|---|---|"]
-    lines += [f"| {label} | {net[label]:,.0f} |" for label, _, base in WORKLOADS if base]
+             "Page pruning (removing dead row versions from a page as it is read) is shown apart and not in the "
+             "counts: it depends on the state of a table's pages, not on the code. Without autovacuum (a single-user "
+             "backend) the pages of the baselines' densely packed table fill up over the runs, and then every read "
+             "of one prunes all of it; in `make bench`'s steady state the baselines rarely prune "
+             "(bench/results/profile.md).", "",
+             "| workload | instructions per call | page pruning per call (not counted) |", "|---|---|---|"]
+    lines += [f"| {label} | {net[label]:,.0f} | {pruning[label]:,.0f} |" for label, _, base in WORKLOADS if base]
     lines += ["", "| ratio | value | target (tps) |", "|---|---|---|"]
     for label, num, den, target in RATIOS:
         lines.append(f"| {label} | {net[den] / net[num]:.2f} | {'' if target is None else f'≥ {target:.2f}'} |")
