@@ -61,24 +61,33 @@ end
 $$;
 
 -- balances.plan_code follows account_plan. A subscription written (by a webhook or by hand) updates
--- its account's row, creating it if need be, so that a balance row inserted concurrently, before the
--- subscription committed, is updated too. The row is locked as by every writer, so a consume counts
--- against the plan in force when it ran.
+-- its account's row, creating it if need be. The row is locked before the plan is read: concurrent
+-- writers of one account's subscriptions then take turns, and each reads the plan by a snapshot
+-- taken after the one before it committed (reading first let a writer that waited for the lock
+-- store a plan computed without the other's change: a cancelled plan could stay in force). The
+-- lock is the one every writer of the row takes, so a consume counts against the plan in force when
+-- it ran. Accounts are locked in one order, so two writers moving subscriptions between the same
+-- two accounts cannot deadlock.
 create function billing_internal.subscription_written() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_account uuid;
   v_plan text;
+  v_new boolean;
 begin
-  foreach v_account in array array[old.account_id, new.account_id] loop
-    if v_account is not null then
-      v_plan := billing_internal.account_plan(v_account);
-      insert into billing.balances as b (account_id, plan_code, rate_state)
-      values (v_account, v_plan, billing_internal.plan_rate_state(v_plan, null))
-      on conflict (account_id) do update
-         set plan_code = excluded.plan_code, rate_state = billing_internal.plan_rate_state(excluded.plan_code, b.rate_state)
-       where b.plan_code is distinct from excluded.plan_code;
+  foreach v_account in array array(select distinct a from pg_catalog.unnest(array[old.account_id, new.account_id]) a
+                                    where a is not null order by a) loop
+    perform from billing.balances b where b.account_id = v_account for update;
+    v_new := not found;
+    if v_new then
+      -- (if another transaction inserts it first, this waits for it, and the next statement sees it)
+      insert into billing.balances (account_id) values (v_account) on conflict (account_id) do nothing;
+      perform from billing.balances b where b.account_id = v_account for update;
     end if;
+    v_plan := billing_internal.account_plan(v_account);
+    update billing.balances b
+       set plan_code = v_plan, rate_state = billing_internal.plan_rate_state(v_plan, b.rate_state)
+     where b.account_id = v_account and (v_new or b.plan_code is distinct from v_plan);
   end loop;
   return null;
 end

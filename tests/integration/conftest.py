@@ -6,6 +6,7 @@ Each test uses its own random user ids and catalog rows, so tests do not see eac
 """
 import json
 import threading
+import time
 import os
 import pathlib
 import uuid
@@ -33,6 +34,17 @@ def create_database(name, extension=True):
         c.execute((ROOT / "sql" / "supabase-compat.sql").read_text())
         if extension:
             c.execute("create extension pg_billing")
+
+
+def wait_for_a_lock_wait(db, fragment):
+    """Returns once another session running a statement containing `fragment` waits for a lock."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if db.one("select count(*) from pg_stat_activity where datname = current_database()"
+                  " and wait_event_type = 'Lock' and query like %s", (f"%{fragment}%",))[0]:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no session waited for a lock in {fragment}")
 
 
 class Db:

@@ -8,7 +8,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import run_threads, sqlstate
+from conftest import run_threads, sqlstate, wait_for_a_lock_wait
 
 NOW = lambda: dt.datetime.now(dt.timezone.utc)  # noqa: E731
 
@@ -176,17 +176,6 @@ def test_reservation_lifecycle(db):
         db.one("select * from billing.commit_reservation(%s, 1)", (uuid.uuid4(),))
     assert sqlstate(e) == "PT404"
     assert db.ledger_problems() == []
-
-
-def wait_for_a_lock_wait(db, fragment):
-    """Returns once another session running a statement containing `fragment` waits for a lock."""
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        if db.one("select count(*) from pg_stat_activity where datname = current_database()"
-                  " and wait_event_type = 'Lock' and query like %s", (f"%{fragment}%",))[0]:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no session waited for a lock in {fragment}")
 
 
 def in_thread(db, sql, params):

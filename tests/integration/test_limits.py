@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import Db, connect, create_database, run_threads, sqlstate
+from conftest import Db, connect, create_database, run_threads, sqlstate, wait_for_a_lock_wait
 
 
 def limited_user(db, limits, tokens=10_000):
@@ -215,6 +215,57 @@ def test_the_plan_a_consume_counts_against_follows_subscriptions_and_renamed_pla
             found = c.execute("select invariant from billing.verify_ledger() where account_id = %s", (user,)).fetchall()
             c.rollback()
         assert found == [("rate-limit counters differ from the plan's limits",)], damage
+
+
+def subscription_race(db, tokens):
+    """Two transactions change one account's subscriptions at once: the first cancels its 'pro'
+    subscription, the second starts a 'starter' one while the first has not committed. Each one's
+    trigger reads the account's plan; the second, which waits for the first, must read it after the
+    first committed (a read from before, with the cancellation unseen, left 'pro' behind). Returns
+    (balances.plan_code, the plan the subscriptions say, verify_ledger's findings)."""
+    user = db.user()
+    plans = {name: f"{name}-{uuid.uuid4().hex[:12]}" for name in ("pro", "starter")}
+    with db.service() as c:
+        for code in plans.values():
+            c.execute("insert into billing.plans (code, stripe_price_id, tokens_per_period) values (%s, %s, 1)",
+                      (code, f"price_{code}"))
+        c.execute("insert into billing.user_subscriptions (stripe_subscription_id, account_id, plan_id, status,"
+                  " current_period_end, last_event_created, last_event_id)"
+                  " select %s, %s, id, 'active', now() + interval '30 days', now(), 'evt_a' from billing.plans"
+                  " where code = %s", (f"sub_pro_{user.hex}", user, plans["pro"]))
+    if tokens:
+        db.grant(user, tokens)
+    with connect(db.name, autocommit=False) as first:
+        first.execute("update billing.user_subscriptions set status = 'canceled' where stripe_subscription_id = %s",
+                      (f"sub_pro_{user.hex}",))
+        outcome = {}
+
+        def second():
+            with connect(db.name, autocommit=False) as c:
+                c.execute("insert into billing.user_subscriptions (stripe_subscription_id, account_id, plan_id, status,"
+                          " current_period_end, last_event_created, last_event_id)"
+                          " select %s, %s, id, 'active', now() + interval '10 days', now(), 'evt_b'"
+                          " from billing.plans where code = %s", (f"sub_starter_{user.hex}", user, plans["starter"]))
+                c.commit()
+                outcome["ok"] = True
+
+        t = threading.Thread(target=second)
+        t.start()
+        wait_for_a_lock_wait(db, "evt_b")
+        first.commit()
+        t.join()
+    assert outcome == {"ok": True}
+    cached = db.one("select plan_code from billing.balances where account_id = %s", (user,))[0]
+    return cached, db.one("select billing_internal.account_plan(%s)", (user,))[0], \
+        db.all("select invariant from billing.verify_ledger() where account_id = %s", (user,)), plans
+
+
+@pytest.mark.parametrize("tokens", [100, 0], ids=["balance row", "no balance row yet"])
+def test_concurrent_subscription_changes_leave_the_plan_the_subscriptions_say(db, tokens):
+    cached, current, problems, plans = subscription_race(db, tokens)
+    assert current == plans["starter"]
+    assert cached == plans["starter"]
+    assert problems == []
 
 
 def test_a_subscription_written_before_the_first_grant_limits_the_account(db):
