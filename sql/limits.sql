@@ -48,12 +48,21 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
   select billing_internal.rate_rebuilt(p_state, billing_internal.plan_limits(p_plan_code), pg_catalog.now())
 $$;
 
+-- Every writer that copies a plan's limits into an account's counters takes one transaction lock
+-- first: a change of limits exclusively (rate_limits_changed), the others shared (a subscription
+-- written, a balance row created). So a change of limits and such a writer take turns, and each
+-- reads by a snapshot taken after the other committed: the writer sees the new limits, or the
+-- change sees the account on its plan and rebuilds it. (Without it either could copy the limits
+-- from before the other's change, and the counters kept them until the next change.)
+
 -- Inserts an account's balance row, with its plan and counters, unless it has one.
 create function billing_internal.new_balance(p_account_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_plan text := billing_internal.account_plan(p_account_id);
+  v_plan text;
 begin
+  perform pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
+  v_plan := billing_internal.account_plan(p_account_id);
   insert into billing.balances (account_id, plan_code, rate_state)
   values (p_account_id, v_plan, billing_internal.plan_rate_state(v_plan, null))
   on conflict (account_id) do nothing;
@@ -75,6 +84,7 @@ declare
   v_plan text;
   v_new boolean;
 begin
+  perform pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
   foreach v_account in array array(select distinct a from pg_catalog.unnest(array[old.account_id, new.account_id]) a
                                     where a is not null order by a) loop
     perform from billing.balances b where b.account_id = v_account for update;
@@ -107,12 +117,14 @@ $$;
 
 -- Limits added, changed or removed: the counters of every account of the plans concerned are
 -- rebuilt, in one statement over balances (it locks the rows it rebuilds, as a consume does; each
--- plan's limits are read once, not per row).
+-- plan's limits are read once, not per row), after the lock above: concurrent changes of limits
+-- take turns, and the statement sees the limits and the accounts' plans the others committed.
 create function billing_internal.rate_limits_changed() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_plans text[];  -- the plans whose limits changed (a NULL element: accounts without a plan)
 begin
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
   if tg_op = 'INSERT' then
     select pg_catalog.array_agg(distinct n.plan_code) into v_plans from new_limits n;
   elsif tg_op = 'DELETE' then

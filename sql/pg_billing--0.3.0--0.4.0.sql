@@ -1893,8 +1893,10 @@ $$;
 create or replace function billing_internal.new_balance(p_account_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_plan text := billing_internal.account_plan(p_account_id);
+  v_plan text;
 begin
+  perform pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
+  v_plan := billing_internal.account_plan(p_account_id);
   insert into billing.balances (account_id, plan_code, rate_state)
   values (p_account_id, v_plan, billing_internal.plan_rate_state(v_plan, null))
   on conflict (account_id) do nothing;
@@ -1908,6 +1910,7 @@ declare
   v_plan text;
   v_new boolean;
 begin
+  perform pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
   foreach v_account in array array(select distinct a from pg_catalog.unnest(array[old.account_id, new.account_id]) a
                                     where a is not null order by a) loop
     perform from billing.balances b where b.account_id = v_account for update;
@@ -1940,6 +1943,7 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_plans text[];  -- the plans whose limits changed (a NULL element: accounts without a plan)
 begin
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
   if tg_op = 'INSERT' then
     select pg_catalog.array_agg(distinct n.plan_code) into v_plans from new_limits n;
   elsif tg_op = 'DELETE' then

@@ -268,6 +268,77 @@ def test_concurrent_subscription_changes_leave_the_plan_the_subscriptions_say(db
     assert problems == []
 
 
+def blocked_or_done(db, fragment, thread):
+    """Returns once `thread` has ended or a session running a statement containing `fragment` waits
+    for a lock (which of the two depends on whether the statement serializes with the open one)."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if not thread.is_alive() or db.one("select count(*) from pg_stat_activity where datname = current_database()"
+                                           " and wait_event_type = 'Lock' and query like %s", (f"%{fragment}%",))[0]:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{fragment} neither ended nor waited for a lock")
+
+
+def one_while_another_is_open(db, first, second):
+    """Runs `first` (sql, params) in a transaction left open, then `second` (sql, params, a fragment of
+    its text) on another connection until it ends or waits; commits the first, then the second."""
+    with connect(db.name, autocommit=False) as c:
+        c.execute(*first)
+        errors = []
+
+        def run():
+            try:
+                with connect(db.name, autocommit=False) as c2:
+                    c2.execute(second[0], second[1])
+                    c2.commit()
+            except psycopg.Error as e:
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        blocked_or_done(db, second[2], t)
+        c.commit()
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("first", ["limit change", "subscription"])
+def test_a_change_of_limits_and_a_subscription_written_at_once_leave_the_plans_limits(db, first):
+    """A limit added to a plan while an account moves onto the plan, in either order: the account's
+    counters hold the plan's limits after both commit (verify_ledger compares them)."""
+    user = db.user()
+    db.grant(user, 100)
+    plan = f"race-{uuid.uuid4().hex[:12]}"
+    with db.service() as c:
+        c.execute("insert into billing.plans (code, stripe_price_id, tokens_per_period) values (%s, %s, 1)",
+                  (plan, f"price_{plan}"))
+        c.execute("insert into billing.rate_limits (plan_code, metric, window_seconds, max_amount)"
+                  " values (%s, 'requests', 3600, 1000)", (plan,))
+    limit = ("insert into billing.rate_limits (plan_code, metric, window_seconds, max_amount)"
+             " values (%s, 'tokens', 3600, 777)", (plan,), "777)")
+    subscription = ("insert into billing.user_subscriptions (stripe_subscription_id, account_id, plan_id, status,"
+                    " last_event_created, last_event_id) select %s, %s, id, 'active', now(), 'evt_race'"
+                    " from billing.plans where code = %s", (f"sub_{user.hex}", user, plan), "evt_race")
+    a, b = (limit, subscription) if first == "limit change" else (subscription, limit)
+    one_while_another_is_open(db, a[:2], b)
+    assert db.one("select plan_code from billing.balances where account_id = %s", (user,))[0] == plan
+    assert sorted(counters(db, user)) == ["requests", "tokens"]
+    assert db.all("select invariant from billing.verify_ledger() where account_id = %s", (user,)) == []
+
+
+def test_two_changes_of_one_plans_limits_at_once_both_reach_its_accounts(db):
+    user, plan = limited_user(db, [("requests", 3600, 1000)])
+    one_while_another_is_open(
+        db, ("insert into billing.rate_limits (plan_code, metric, window_seconds, max_amount)"
+             " values (%s, 'tokens', 3600, 777)", (plan,)),
+        ("insert into billing.rate_limits (plan_code, metric, window_seconds, max_amount)"
+         " values (%s, 'tokens', 60, 555)", (plan,), "555)"))
+    assert db.one("select pg_catalog.array_length(rate_state, 1) / 7 from billing.balances where account_id = %s",
+                  (user,))[0] == 3
+    assert db.all("select invariant from billing.verify_ledger() where account_id = %s", (user,)) == []
+
+
 def test_a_subscription_written_before_the_first_grant_limits_the_account(db):
     user, _ = limited_user(db, [("requests", 3600, 1)], tokens=0)  # no balance row until now
     away_from_window_end(3600)
