@@ -506,7 +506,7 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rate_usage_wrapper';
 
--- SQL functions new or changed in 0.4.0 (122 of 122)
+-- SQL functions new or changed in 0.4.0 (123 of 123)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -1890,12 +1890,23 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
   select billing_internal.rate_rebuilt(p_state, billing_internal.plan_limits(p_plan_code), pg_catalog.now())
 $$;
 
+create or replace function billing_internal.lock_plan_limits(p_exclusive boolean) returns void
+language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+begin
+  if p_exclusive then
+    perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
+  else
+    perform pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
+  end if;
+end
+$$;
+
 create or replace function billing_internal.new_balance(p_account_id uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_plan text;
 begin
-  perform pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
+  perform billing_internal.lock_plan_limits(false);
   v_plan := billing_internal.account_plan(p_account_id);
   insert into billing.balances (account_id, plan_code, rate_state)
   values (p_account_id, v_plan, billing_internal.plan_rate_state(v_plan, null))
@@ -1910,16 +1921,13 @@ declare
   v_plan text;
   v_new boolean;
 begin
-  perform pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
+  perform billing_internal.lock_plan_limits(false);
   foreach v_account in array array(select distinct a from pg_catalog.unnest(array[old.account_id, new.account_id]) a
                                     where a is not null order by a) loop
+    -- (a row another transaction is inserting is waited for, and the lock below then sees it)
+    insert into billing.balances (account_id) values (v_account) on conflict (account_id) do nothing;
+    v_new := found;
     perform from billing.balances b where b.account_id = v_account for update;
-    v_new := not found;
-    if v_new then
-      -- (if another transaction inserts it first, this waits for it, and the next statement sees it)
-      insert into billing.balances (account_id) values (v_account) on conflict (account_id) do nothing;
-      perform from billing.balances b where b.account_id = v_account for update;
-    end if;
     v_plan := billing_internal.account_plan(v_account);
     update billing.balances b
        set plan_code = v_plan, rate_state = billing_internal.plan_rate_state(v_plan, b.rate_state)
@@ -1943,7 +1951,7 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   v_plans text[];  -- the plans whose limits changed (a NULL element: accounts without a plan)
 begin
-  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_billing.rate_limits'), 0);
+  perform billing_internal.lock_plan_limits(true);
   if tg_op = 'INSERT' then
     select pg_catalog.array_agg(distinct n.plan_code) into v_plans from new_limits n;
   elsif tg_op = 'DELETE' then

@@ -217,6 +217,30 @@ def test_the_plan_a_consume_counts_against_follows_subscriptions_and_renamed_pla
         assert found == [("rate-limit counters differ from the plan's limits",)], damage
 
 
+def one_while_another_is_open(db, first, second):
+    """Runs `first` (sql, params) in a transaction left open, then `second` (sql, params, a fragment of
+    its text) on another connection, which must wait for a lock; commits the first, then the second."""
+    with connect(db.name, autocommit=False) as c:
+        c.execute(*first)
+        outcome = []
+
+        def run():
+            try:
+                with connect(db.name, autocommit=False) as c2:
+                    c2.execute(second[0], second[1])
+                    c2.commit()
+                outcome.append("committed")
+            except psycopg.Error as e:
+                outcome.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        wait_for_a_lock_wait(db, second[2])
+        c.commit()
+        t.join()
+    assert outcome == ["committed"]
+
+
 def subscription_race(db, tokens):
     """Two transactions change one account's subscriptions at once: the first cancels its 'pro'
     subscription, the second starts a 'starter' one while the first has not committed. Each one's
@@ -235,26 +259,13 @@ def subscription_race(db, tokens):
                   " where code = %s", (f"sub_pro_{user.hex}", user, plans["pro"]))
     if tokens:
         db.grant(user, tokens)
-    with connect(db.name, autocommit=False) as first:
-        first.execute("update billing.user_subscriptions set status = 'canceled' where stripe_subscription_id = %s",
-                      (f"sub_pro_{user.hex}",))
-        outcome = {}
-
-        def second():
-            with connect(db.name, autocommit=False) as c:
-                c.execute("insert into billing.user_subscriptions (stripe_subscription_id, account_id, plan_id, status,"
-                          " current_period_end, last_event_created, last_event_id)"
-                          " select %s, %s, id, 'active', now() + interval '10 days', now(), 'evt_b'"
-                          " from billing.plans where code = %s", (f"sub_starter_{user.hex}", user, plans["starter"]))
-                c.commit()
-                outcome["ok"] = True
-
-        t = threading.Thread(target=second)
-        t.start()
-        wait_for_a_lock_wait(db, "evt_b")
-        first.commit()
-        t.join()
-    assert outcome == {"ok": True}
+    one_while_another_is_open(
+        db, ("update billing.user_subscriptions set status = 'canceled' where stripe_subscription_id = %s",
+             (f"sub_pro_{user.hex}",)),
+        ("insert into billing.user_subscriptions (stripe_subscription_id, account_id, plan_id, status,"
+         " current_period_end, last_event_created, last_event_id)"
+         " select %s, %s, id, 'active', now() + interval '10 days', now(), 'evt_b'"
+         " from billing.plans where code = %s", (f"sub_starter_{user.hex}", user, plans["starter"]), "evt_b"))
     cached = db.one("select plan_code from billing.balances where account_id = %s", (user,))[0]
     return cached, db.one("select billing_internal.account_plan(%s)", (user,))[0], \
         db.all("select invariant from billing.verify_ledger() where account_id = %s", (user,)), plans
@@ -266,41 +277,6 @@ def test_concurrent_subscription_changes_leave_the_plan_the_subscriptions_say(db
     assert current == plans["starter"]
     assert cached == plans["starter"]
     assert problems == []
-
-
-def blocked_or_done(db, fragment, thread):
-    """Returns once `thread` has ended or a session running a statement containing `fragment` waits
-    for a lock (which of the two depends on whether the statement serializes with the open one)."""
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        if not thread.is_alive() or db.one("select count(*) from pg_stat_activity where datname = current_database()"
-                                           " and wait_event_type = 'Lock' and query like %s", (f"%{fragment}%",))[0]:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{fragment} neither ended nor waited for a lock")
-
-
-def one_while_another_is_open(db, first, second):
-    """Runs `first` (sql, params) in a transaction left open, then `second` (sql, params, a fragment of
-    its text) on another connection until it ends or waits; commits the first, then the second."""
-    with connect(db.name, autocommit=False) as c:
-        c.execute(*first)
-        errors = []
-
-        def run():
-            try:
-                with connect(db.name, autocommit=False) as c2:
-                    c2.execute(second[0], second[1])
-                    c2.commit()
-            except psycopg.Error as e:
-                errors.append(e)
-
-        t = threading.Thread(target=run)
-        t.start()
-        blocked_or_done(db, second[2], t)
-        c.commit()
-        t.join()
-    assert errors == []
 
 
 @pytest.mark.parametrize("first", ["limit change", "subscription"])
