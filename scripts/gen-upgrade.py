@@ -80,8 +80,14 @@ def functions(files):
         for m in FUNCTION.finditer(text):
             args, after_args = balanced_args(text, m.end() - 1)
             body_open = re.compile(r"\$(\w*)\$").search(text, after_args)
-            body_close = text.index(body_open.group(0), body_open.end())
-            end = text.index(";", body_close) + 1
+            statement_end = text.index(";", after_args)
+            if body_open is None or statement_end < body_open.start():
+                # no body: a C function, `as 'MODULE_PATHNAME', 'symbol';`
+                body_open = re.compile(r"\s+as\s+'MODULE_PATHNAME'", re.I).search(text, after_args, statement_end)
+                end = statement_end + 1
+            else:
+                body_close = text.index(body_open.group(0), body_open.end())
+                end = text.index(";", body_close) + 1
             comment = re.compile(r"\s*comment on function " + re.escape(m.group(1)) + r"\(.*?';\n", re.S).match(text, end)
             if comment:
                 end = comment.end()

@@ -423,6 +423,17 @@ $$;
 -- search_path every function, operator and type is qualified (tests/integration/test_linter.py
 -- checks it). It runs with the caller's rights: row-level security limits `authenticated` to its
 -- own row, and the explicit check adds the 42501 the contract promises.
+-- Whether a call must run its checks (src/sql_api/call.rs, the rules in pg_billing_core::call), the
+-- first test of the hot paths: true unless a caller that is not a browser passes valid arguments
+-- (consume_tokens, reserve_tokens) or asks about a personal account (get_balance). One call, where the
+-- same rules as a PL/pgSQL expression cost a set-up of up to eight functions in every transaction.
+-- Rust that runs no SQL: no SET search_path (a SET costs every call a GUC save and restore).
+create function billing_internal.spend_needs_checks(p_user_id uuid, p_amount bigint, p_idempotency_key text,
+                                                    p_metadata jsonb) returns boolean
+language c stable parallel safe as 'MODULE_PATHNAME', 'spend_needs_checks';
+create function billing_internal.read_needs_checks(p_user_id uuid, p_account_id uuid) returns boolean
+language c stable parallel safe as 'MODULE_PATHNAME', 'read_needs_checks';
+
 create function billing.get_balance(p_user_id uuid, p_account_id uuid default null) returns bigint
 language plpgsql stable as $$
 declare
@@ -430,8 +441,7 @@ declare
 begin
   -- One test on the hot path, which a backend asking about a personal account passes: PL/pgSQL sets
   -- each expression up again in every transaction.
-  if p_user_id is null or p_account_id is not null
-     or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
+  if billing_internal.read_needs_checks(p_user_id, p_account_id) then
     if p_user_id is null
        or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
       perform billing_internal.check_balance_reader(p_user_id);
@@ -495,12 +505,9 @@ begin
   -- One test for every check a backend's call passes (PL/pgSQL sets each expression up again in
   -- every transaction, so the hot path evaluates as few as it can): a browser caller, or an argument
   -- to check. The checks inside are the rules of billing_internal.require_access and the check_*
-  -- helpers, with their errors. The key's length is tested in bytes here (no character count on
+  -- helpers, with their errors. The key's length is tested in bytes first (no character count on
   -- the hot path; at most 255 bytes is at most 255 characters), in characters inside.
-  if p_user_id is null or p_amount is null or p_amount <= 0 or p_metadata is null
-     or pg_catalog.jsonb_typeof(p_metadata) <> 'object'
-     or (p_idempotency_key is not null and pg_catalog.octet_length(p_idempotency_key) not between 1 and 255)
-     or pg_catalog.current_setting('role') in ('authenticated', 'anon') then
+  if billing_internal.spend_needs_checks(p_user_id, p_amount, p_idempotency_key, p_metadata) then
     v_role := pg_catalog.current_setting('role');
     if v_role = 'authenticated' or v_role = 'anon' then
       perform billing_internal.require_access(p_user_id);
@@ -518,7 +525,7 @@ begin
       perform billing_internal.check_metadata(p_metadata);
     end if;
   end if;
-  if p_account_id is not null and p_account_id <> p_user_id then
+  if p_account_id <> p_user_id then  -- (p_user_id is not NULL here; no account given: NULL, not taken)
     -- A member spends from a team account. Every writer of an account locks its balance row first:
     -- here the debit's UPDATE takes it (or lock_and_settle on the slow path, or, with a key, a lock
     -- taken before the key is looked up), and the member is charged under it, so a member removed
@@ -760,11 +767,9 @@ declare
   v_alert boolean;
   v_over boolean;
 begin
-  -- One test for every check a backend's call passes, as in consume_tokens (the key in bytes).
-  if p_user_id is null or p_amount is null or p_amount <= 0
-     or (p_idempotency_key is not null and pg_catalog.octet_length(p_idempotency_key) not between 1 and 255)
-     or p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day'
-     or pg_catalog.current_setting('role') in ('authenticated', 'anon') then
+  -- One test for every check a backend's call passes, as in consume_tokens (no metadata here).
+  if billing_internal.spend_needs_checks(p_user_id, p_amount, p_idempotency_key, '{}')
+     or p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day' then
     perform billing_internal.require_access(p_user_id);
     if p_user_id is null then
       raise exception using errcode = '22023', message = 'p_user_id must not be NULL';

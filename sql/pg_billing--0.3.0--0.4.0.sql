@@ -506,7 +506,7 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rate_usage_wrapper';
 
--- SQL functions new or changed in 0.4.0 (123 of 123)
+-- SQL functions new or changed in 0.4.0 (125 of 125)
 
 create or replace function billing_internal.auth_uid() returns uuid
 language sql stable parallel safe set search_path = pg_catalog, pg_temp as $$
@@ -905,6 +905,13 @@ begin
 end
 $$;
 
+create or replace function billing_internal.spend_needs_checks(p_user_id uuid, p_amount bigint, p_idempotency_key text,
+                                                    p_metadata jsonb) returns boolean
+language c stable parallel safe as 'MODULE_PATHNAME', 'spend_needs_checks';
+
+create or replace function billing_internal.read_needs_checks(p_user_id uuid, p_account_id uuid) returns boolean
+language c stable parallel safe as 'MODULE_PATHNAME', 'read_needs_checks';
+
 create or replace function billing.get_balance(p_user_id uuid, p_account_id uuid default null) returns bigint
 language plpgsql stable as $$
 declare
@@ -912,8 +919,7 @@ declare
 begin
   -- One test on the hot path, which a backend asking about a personal account passes: PL/pgSQL sets
   -- each expression up again in every transaction.
-  if p_user_id is null or p_account_id is not null
-     or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
+  if billing_internal.read_needs_checks(p_user_id, p_account_id) then
     if p_user_id is null
        or pg_catalog.current_setting('role') operator(pg_catalog.=) any (array['anon', 'authenticated']::pg_catalog.text[]) then
       perform billing_internal.check_balance_reader(p_user_id);
@@ -976,12 +982,9 @@ begin
   -- One test for every check a backend's call passes (PL/pgSQL sets each expression up again in
   -- every transaction, so the hot path evaluates as few as it can): a browser caller, or an argument
   -- to check. The checks inside are the rules of billing_internal.require_access and the check_*
-  -- helpers, with their errors. The key's length is tested in bytes here (no character count on
+  -- helpers, with their errors. The key's length is tested in bytes first (no character count on
   -- the hot path; at most 255 bytes is at most 255 characters), in characters inside.
-  if p_user_id is null or p_amount is null or p_amount <= 0 or p_metadata is null
-     or pg_catalog.jsonb_typeof(p_metadata) <> 'object'
-     or (p_idempotency_key is not null and pg_catalog.octet_length(p_idempotency_key) not between 1 and 255)
-     or pg_catalog.current_setting('role') in ('authenticated', 'anon') then
+  if billing_internal.spend_needs_checks(p_user_id, p_amount, p_idempotency_key, p_metadata) then
     v_role := pg_catalog.current_setting('role');
     if v_role = 'authenticated' or v_role = 'anon' then
       perform billing_internal.require_access(p_user_id);
@@ -999,7 +1002,7 @@ begin
       perform billing_internal.check_metadata(p_metadata);
     end if;
   end if;
-  if p_account_id is not null and p_account_id <> p_user_id then
+  if p_account_id <> p_user_id then  -- (p_user_id is not NULL here; no account given: NULL, not taken)
     -- A member spends from a team account. Every writer of an account locks its balance row first:
     -- here the debit's UPDATE takes it (or lock_and_settle on the slow path, or, with a key, a lock
     -- taken before the key is looked up), and the member is charged under it, so a member removed
@@ -1237,11 +1240,9 @@ declare
   v_alert boolean;
   v_over boolean;
 begin
-  -- One test for every check a backend's call passes, as in consume_tokens (the key in bytes).
-  if p_user_id is null or p_amount is null or p_amount <= 0
-     or (p_idempotency_key is not null and pg_catalog.octet_length(p_idempotency_key) not between 1 and 255)
-     or p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day'
-     or pg_catalog.current_setting('role') in ('authenticated', 'anon') then
+  -- One test for every check a backend's call passes, as in consume_tokens (no metadata here).
+  if billing_internal.spend_needs_checks(p_user_id, p_amount, p_idempotency_key, '{}')
+     or p_ttl is null or p_ttl <= interval '0' or p_ttl > interval '1 day' then
     perform billing_internal.require_access(p_user_id);
     if p_user_id is null then
       raise exception using errcode = '22023', message = 'p_user_id must not be NULL';
@@ -3916,7 +3917,8 @@ declare
   c_caller_helpers constant text[] := array[
     'billing_internal.auth_uid()', 'billing_internal.jwt_claims()', 'billing_internal.is_billing_admin()',
     'billing_internal.caller_kind()', 'billing_internal.current_user_id()', 'billing_internal.require_access(uuid)',
-    'billing_internal.check_balance_reader(uuid)', 'billing_internal.spendable_now(uuid)',
+    'billing_internal.check_balance_reader(uuid)', 'billing_internal.read_needs_checks(uuid, uuid)',
+    'billing_internal.spendable_now(uuid)',
     'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)',
     'billing_internal.require_member(uuid, uuid)', 'billing_internal.member_account_ids()',
     'billing_internal.managed_account_ids()', 'billing_internal.limit_period_start(text)',

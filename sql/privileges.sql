@@ -70,7 +70,8 @@ declare
   c_caller_helpers constant text[] := array[
     'billing_internal.auth_uid()', 'billing_internal.jwt_claims()', 'billing_internal.is_billing_admin()',
     'billing_internal.caller_kind()', 'billing_internal.current_user_id()', 'billing_internal.require_access(uuid)',
-    'billing_internal.check_balance_reader(uuid)', 'billing_internal.spendable_now(uuid)',
+    'billing_internal.check_balance_reader(uuid)', 'billing_internal.read_needs_checks(uuid, uuid)',
+    'billing_internal.spendable_now(uuid)',
     'billing_internal.is_live(timestamptz)', 'billing_internal.check_page(integer, integer)',
     'billing_internal.require_member(uuid, uuid)', 'billing_internal.member_account_ids()',
     'billing_internal.managed_account_ids()', 'billing_internal.limit_period_start(text)',

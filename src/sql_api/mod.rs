@@ -1,5 +1,6 @@
 //! `#[pg_extern]` functions: check arguments, call the pure core, map errors to SQLSTATEs.
 
+pub mod call;
 pub mod ledger;
 pub mod pricing;
 pub mod rate;

@@ -361,6 +361,56 @@ def test_a_key_of_255_characters_is_valid_whatever_its_bytes(db):
     assert db.ledger_problems() == []
 
 
+# The rules billing_internal.spend_needs_checks (Rust) decides in one call, as the SQL expression they
+# were: the hot path may skip the checks exactly when none of these holds.
+NEEDS_CHECKS_SQL = """coalesce(u is null or a is null or a <= 0 or m is null or jsonb_typeof(m) <> 'object'
+                     or (k is not null and octet_length(k) not between 1 and 255)
+                     or current_setting('role') in ('authenticated', 'anon'), false)"""
+
+
+def test_the_tests_whether_a_call_needs_checks_follow_the_rules(db):
+    """Every combination of NULL, edge and stored (compressed, out-of-line) arguments, for a backend
+    and for each role PostgREST sets: the Rust tests say what the rules say."""
+    with db.service() as c:
+        c.execute("create temporary table stored (k text, m jsonb)")
+        c.execute("insert into stored values (null, null), ('k', '{}'), (repeat('x', 255), '{\"a\": 1}'),"
+                  " (repeat('é', 128), '[]'), (repeat('k', 100000), jsonb_build_object('big', repeat('v', 100000))),"
+                  " (repeat('ab', 127), '1'), ('', '\"s\"'), (repeat('x', 256), 'null'),"
+                  " (repeat('x', 3000), jsonb_build_array(repeat('w', 3000)))")
+        assert c.execute("select count(*) from stored where pg_column_size(k) < octet_length(k)").fetchone()[0] >= 2
+        disagreements, total = c.execute(
+            "select count(*) filter (where billing_internal.spend_needs_checks(u, a, k, m) is distinct from "
+            + NEEDS_CHECKS_SQL + "), count(*)"
+            " from (values (null::uuid), (gen_random_uuid())) users(u),"
+            " (values (null::bigint), (-9223372036854775808), (-1), (0), (1), (9223372036854775807)) amounts(a),"
+            " stored keys(k, ignored), stored metas(ignored, m)").fetchone()
+        assert (disagreements, total) == (0, 2 * 6 * 9 * 9)
+        assert c.execute("select array_agg(billing_internal.read_needs_checks(u, t) order by u nulls first, t nulls first)"
+                         " from (values (null::uuid), (gen_random_uuid())) users(u),"
+                         " (values (null::uuid), (gen_random_uuid())) teams(t)").fetchone()[0] == [True, True, False, True]
+    for role in ("authenticated", "anon", "service_role"):
+        with db.service() as c, c.transaction() as undone:  # the grants below are rolled back
+            c.execute("grant usage on schema billing_internal to " + role)
+            c.execute("grant execute on function billing_internal.spend_needs_checks(uuid, bigint, text, jsonb),"
+                      " billing_internal.read_needs_checks(uuid, uuid) to " + role)
+            c.execute("set local role " + role)
+            # get_balance's test: a NULL user, a team account or a browser
+            assert c.execute(
+                "select array_agg(billing_internal.read_needs_checks(u, t) order by u nulls first, t nulls first)"
+                " from (values (null::uuid), (gen_random_uuid())) users(u), (values (null::uuid), (gen_random_uuid())) teams(t)"
+            ).fetchone()[0] == ([True, True, True, True] if role != "service_role" else [True, True, False, True]), role
+            disagreements, total, needing = c.execute(
+                "select count(*) filter (where billing_internal.spend_needs_checks(u, a, k, m) is distinct from "
+                + NEEDS_CHECKS_SQL + "), count(*), count(*) filter (where billing_internal.spend_needs_checks(u, a, k, m))"
+                " from (values (gen_random_uuid())) users(u), (values (1::bigint), (0)) amounts(a),"
+                " (values (null::text), ('k')) keys(k), (values ('{}'::jsonb), ('[]')) metas(m)").fetchone()
+            assert (disagreements, total) == (0, 8), role
+            assert needing == (8 if role != "service_role" else 6), role
+            raise psycopg.Rollback(undone)
+    assert not db.one("select has_function_privilege('authenticated',"
+                      " 'billing_internal.spend_needs_checks(uuid, bigint, text, jsonb)', 'execute')")[0]
+
+
 def test_grant_reference_reused_with_other_terms_is_pt409(db):
     a, b = db.user(), db.user()
     db.grant(a, 10, reference="shared-ref")

@@ -16,15 +16,20 @@ DEFINER_FOR_USERS = {"consume_tokens", "reserve_tokens", "commit_reservation", "
 UNPINNED = {"billing.get_balance(uuid,uuid)": ("plpgsql", "s"),
             "billing_internal.is_live(timestamp with time zone)": ("sql", "s"),
             "billing_internal.llm_count(jsonb,text)": ("sql", "i")}
-# Rust functions without a SET clause: they run no SQL, so no search_path reaches them, and the debit
-# that counts a rate limit calls them on every consume (src/sql_api/rate.rs).
-UNPINNED_RUST = {"billing_internal.rate_counted(bigint[],bigint,integer,timestamp with time zone)",
-                 "billing_internal.rate_over(bigint[],bigint,integer)",
-                 "billing_internal.rate_refusal(bigint[],bigint,integer)",
-                 "billing_internal.rate_windows(bigint[],bigint,integer)",
-                 "billing_internal.rate_given_back(bigint[],bigint[],bigint,integer)",
-                 "billing_internal.rate_rebuilt(bigint[],bigint[],timestamp with time zone)",
-                 "billing_internal.rate_usage(bigint[],timestamp with time zone)"}
+# Rust functions without a SET clause: they run no SQL, so no search_path reaches them, and the hot
+# path calls them on every consume: the debit that counts a rate limit (src/sql_api/rate.rs, pure
+# arithmetic) and the test whether a call needs its checks (src/sql_api/call.rs, which reads the role
+# setting). {function: (source, volatility)}
+RATE_RS, CALL_RS = "rate.rs", "call.rs"
+UNPINNED_RUST = {"billing_internal.rate_counted(bigint[],bigint,integer,timestamp with time zone)": (RATE_RS, "i"),
+                 "billing_internal.rate_over(bigint[],bigint,integer)": (RATE_RS, "i"),
+                 "billing_internal.rate_refusal(bigint[],bigint,integer)": (RATE_RS, "i"),
+                 "billing_internal.rate_windows(bigint[],bigint,integer)": (RATE_RS, "i"),
+                 "billing_internal.rate_given_back(bigint[],bigint[],bigint,integer)": (RATE_RS, "i"),
+                 "billing_internal.rate_rebuilt(bigint[],bigint[],timestamp with time zone)": (RATE_RS, "i"),
+                 "billing_internal.rate_usage(bigint[],timestamp with time zone)": (RATE_RS, "i"),
+                 "billing_internal.spend_needs_checks(uuid,bigint,text,jsonb)": (CALL_RS, "s"),
+                 "billing_internal.read_needs_checks(uuid,uuid)": (CALL_RS, "s")}
 SQL_WORDS = {"select", "coalesce", "case", "when", "then", "else", "end", "from", "where", "and", "or", "any", "array",
              "operator", "is", "null", "not", "as", "exists", "in", "if", "perform", "into", "return", "found",
              "declare", "begin"}
@@ -40,18 +45,18 @@ def test_every_function_pins_search_path(db):  # splinter 0011, stricter: pg_tem
     unpinned = db.all(
         "select p.oid::regprocedure::text, p.proconfig from pg_proc p where p.pronamespace in ('billing'::regnamespace, 'billing_internal'::regnamespace)"
         " and not ('search_path=pg_catalog, pg_temp' = any(coalesce(p.proconfig, '{}')))")
-    assert {r[0] for r in unpinned} == set(UNPINNED) | UNPINNED_RUST
+    assert {r[0] for r in unpinned} == set(UNPINNED) | set(UNPINNED_RUST)
 
 
 def test_unpinned_rust_functions_run_no_sql(db):
-    for fn in UNPINNED_RUST:
+    for fn, (source_file, volatility_expected) in UNPINNED_RUST.items():
         lang, definer, volatility = db.one(
             "select l.lanname, p.prosecdef, p.provolatile from pg_proc p join pg_language l on l.oid = p.prolang"
             " where p.oid = %s::regprocedure", (fn,))
-        # pure arithmetic in Rust (pg_billing_core::rate): nothing a search_path could redirect
-        assert (lang, definer, volatility) == ("c", False, "i"), fn
-    source = (README.parent / "src" / "sql_api" / "rate.rs").read_text()
-    assert "Spi" not in source and "spi" not in source
+        # Rust that runs no SQL: nothing a search_path could redirect
+        assert (lang, definer, volatility) == ("c", False, volatility_expected), fn
+        source = (README.parent / "src" / "sql_api" / source_file).read_text()
+        assert not re.search(r"\bSpi|\bspi|SPI_", source), source_file
 
 
 def test_unpinned_functions_qualify_everything(db):

@@ -102,6 +102,7 @@ with fns(schema, fn, args, who) as (values
   ('billing_internal', 'current_user_id', '{}', 'caller'),
   ('billing_internal', 'require_access', '{uuid}', 'caller'),
   ('billing_internal', 'check_balance_reader', '{uuid}', 'caller'),
+  ('billing_internal', 'read_needs_checks', '{uuid,uuid}', 'caller'),
   ('billing_internal', 'spendable_now', '{uuid}', 'caller'),
   ('billing_internal', 'is_live', '{"timestamp with time zone"}', 'caller'),
   ('billing_internal', 'check_page', '{integer,integer}', 'caller'),
@@ -165,7 +166,7 @@ select function_privs_are(a.schema, a.fn, a.args::text[], a.role,
 
 -- Of the internals, API roles may execute exactly the caller helpers above; anon none of them.
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
-            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 21, 'authenticated executes 21 internal helpers');
+            and has_function_privilege('authenticated', p.oid, 'EXECUTE')), 22, 'authenticated executes 22 internal helpers');
 select is((select count(*)::int from pg_proc p where p.pronamespace = 'billing_internal'::regnamespace
             and has_function_privilege('anon', p.oid, 'EXECUTE')), 0, 'anon executes no internal helper');
 select schema_privs_are('billing_internal', 'anon', '{}'::text[], 'anon has no usage on billing_internal');
