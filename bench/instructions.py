@@ -93,12 +93,26 @@ RATIOS = [  # (label, numerator, denominator, target): ratios of work, so (b)/co
 ]
 
 
+# The workloads taken apart by layer: pg_billing's functions and the function baselines.
+LAYERED = ["(c) PL/pgSQL RPC", "(c) as a Supabase RPC (definer)", "pg_billing consume_tokens", "(c) definer with a key",
+           "consume_tokens with a key", "primary-key lookup inside a minimal PL/pgSQL function", "pg_billing get_balance"]
+
+
 def as_postgres(cmd, **kw):
     return subprocess.run(["sudo", "-u", "postgres"] + cmd, **kw)
 
 
+# Inclusive counts that take a function call apart (its layers: bench/results/instructions.md). Callgrind
+# names a function's second level of recursion NAME'2: the loop itself runs in plpgsql_exec_function and,
+# for a query (not a simple expression), in SPI_execute_plan_with_paramlist.
+LAYER_SYMBOLS = ["heap_page_prune_opt", "ExecInitFunctionScan", "ExecInitTableFunctionResult", "ExecMakeTableFunctionResult",
+                 "fmgr_security_definer",
+                 "plpgsql_call_handler", "plpgsql_exec_function'2", "SPI_execute_plan_with_paramlist",
+                 "SPI_execute_plan_with_paramlist'2"]
+
+
 def instructions(data, body, n):
-    """(all instructions, those inside heap_page_prune_opt) of a run of n iterations."""
+    """(all instructions, {symbol: inclusive instructions} for LAYER_SYMBOLS) of a run of n iterations."""
     sql = (f"set synchronous_commit = off;\n\n"
            f"do $$ declare r record; begin for i in 1..{n} loop {body}; commit; end loop; end $$;\n\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,14 +129,40 @@ def instructions(data, body, n):
             raise RuntimeError(f"single-user run failed:\n{text[-3000:]}")
         inclusive = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(profile)],
                                    capture_output=True, text=True, check=True).stdout
-    pruning = re.search(r"^\s*([\d,]+) \([^)]*\)\s+\S*heap_page_prune_opt ", inclusive, re.M)
-    return int(re.search(r"Collected : (\d+)", text).group(1)), int(pruning.group(1).replace(",", "")) if pruning else 0
+    symbols = {}
+    for symbol in LAYER_SYMBOLS:
+        found = re.search(r"^\s*([\d,]+) \([^)]*\)\s+(?:\?\?\?:)?" + re.escape(symbol) + r" ", inclusive, re.M)
+        symbols[symbol] = int(found.group(1).replace(",", "")) if found else 0
+    return int(re.search(r"Collected : (\d+)", text).group(1)), symbols
 
 
 def per_call(data, body):
-    """(instructions per call without page pruning, page pruning per call)"""
-    (a, a_prune), (b, b_prune) = instructions(data, body, 300), instructions(data, body, 1300)
-    return (b - b_prune - (a - a_prune)) / 1000, (b_prune - a_prune) / 1000
+    """(instructions per call without page pruning, {symbol: inclusive instructions per call})"""
+    (a, a_sym), (b, b_sym) = instructions(data, body, 300), instructions(data, body, 1300)
+    symbols = {k: (b_sym[k] - a_sym[k]) / 1000 for k in LAYER_SYMBOLS}
+    return (b - a) / 1000 - symbols["heap_page_prune_opt"], symbols
+
+
+def layers(net, sym):
+    """A call of a PL/pgSQL function taken apart, per call: the statements it runs, its PL/pgSQL
+    interpretation, the call, SECURITY DEFINER with its SET search_path, a row result (the function scan
+    of a set-returning function), and the rest (the calling query or expression, the transaction)."""
+    spi = sym["SPI_execute_plan_with_paramlist'2"] or sym["SPI_execute_plan_with_paramlist"]
+    # page pruning is left out of the counts (see the docstring), and it happens inside the statements
+    statements = spi - sym["heap_page_prune_opt"]
+    entry = sym["fmgr_security_definer"] or sym["plpgsql_call_handler"]
+    # the function scan's own set-up (its result type, slots) and its call around the function; the
+    # arguments' expressions and the function's lookup (ExecInitTableFunctionResult) are the calling
+    # query's, as they are in a scalar call's expression
+    row = (sym["ExecInitFunctionScan"] - sym["ExecInitTableFunctionResult"]
+           + (sym["ExecMakeTableFunctionResult"] - entry if sym["ExecMakeTableFunctionResult"] else 0))
+    parts = {"statements": statements,
+             "PL/pgSQL interpretation of the body": sym["plpgsql_exec_function'2"] - spi,
+             "PL/pgSQL call": sym["plpgsql_call_handler"] - sym["plpgsql_exec_function'2"],
+             "SECURITY DEFINER and SET search_path": entry - sym["plpgsql_call_handler"],
+             "row result (function scan)": row}
+    parts["the rest: calling query or expression, transaction"] = net - sum(parts.values())
+    return parts
 
 
 def main():
@@ -141,9 +181,11 @@ def main():
                            "-c", "create extension pg_billing", "-f", str(ROOT / "bench" / "setup.sql")], **quiet)
     subprocess.run(cluster + ["stop"], env=env, check=True)
     data = f"{a.dir}/data"
-    counts, pruning = {}, {}
+    counts, symbols = {}, {}
     for label, body, base in WORKLOADS:
-        counts[label], pruning[label] = per_call(data, body)
+        counts[label], symbols[label] = per_call(data, body)
+    pruning = {label: symbols[label]["heap_page_prune_opt"] for label in symbols}
+    for label, body, base in WORKLOADS:
         print(f"{counts[label]:10,.0f}  {label} (page pruning {pruning[label]:,.0f})", flush=True)
     net = {label: counts[label] - (counts[base] if base else 0) for label, _, base in WORKLOADS}
     lines = ["# Instructions per call", "",
@@ -163,6 +205,20 @@ def main():
     lines += ["", "| ratio | value | target (tps) |", "|---|---|---|"]
     for label, num, den, target in RATIOS:
         lines.append(f"| {label} | {net[den] / net[num]:.2f} | {'' if target is None else f'≥ {target:.2f}'} |")
+    taken_apart = [label for label in LAYERED if label in net]
+    lines += ["", "## A call taken apart", "",
+              "Where each function's instructions per call go, from callgrind's inclusive counts: the statements "
+              "it runs (executor start, run and end of each, through SPI), PL/pgSQL's own work in the body (its "
+              "tests and assignments: each simple expression is set up again in every transaction), the call "
+              "into PL/pgSQL, SECURITY DEFINER with the function's SET search_path (saving, setting and restoring "
+              "the setting), the set-returning function's row result (the calling query's function scan: its "
+              "result type read from pg_proc, its tuplestore), and the rest (the calling query or expression, "
+              "the transaction and its commit).", "",
+              "| layer | " + " | ".join(taken_apart) + " |", "|---" * (len(taken_apart) + 1) + "|"]
+    parts = {label: layers(net[label], symbols[label]) for label in taken_apart}
+    for layer in parts[taken_apart[0]]:
+        lines.append(f"| {layer} | " + " | ".join(f"{parts[label][layer]:,.0f}" for label in taken_apart) + " |")
+    lines.append("| whole call | " + " | ".join(f"{net[label]:,.0f}" for label in taken_apart) + " |")
     (ROOT / "bench" / "results" / "instructions.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
