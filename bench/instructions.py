@@ -95,7 +95,8 @@ RATIOS = [  # (label, numerator, denominator, target): ratios of work, so (b)/co
 
 # The workloads taken apart by layer: pg_billing's functions and the function baselines.
 LAYERED = ["(c) PL/pgSQL RPC", "(c) as a Supabase RPC (definer)", "pg_billing consume_tokens", "(c) definer with a key",
-           "consume_tokens with a key", "primary-key lookup inside a minimal PL/pgSQL function", "pg_billing get_balance"]
+           "consume_tokens with a key", "hand-written team RPC", "pg_billing consume_tokens for a team member",
+           "primary-key lookup inside a minimal PL/pgSQL function", "pg_billing get_balance"]
 
 
 def as_postgres(cmd, **kw):
