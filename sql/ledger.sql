@@ -417,12 +417,6 @@ begin
 end
 $$;
 
--- PL/pgSQL, SECURITY INVOKER, no SET: PostgreSQL never inlines a scalar SQL function whose body
--- reads a table, and a non-inlined SQL function is planned again on every call (docs/design.md,
--- bench/results/latest.md); PL/pgSQL keeps its plan for the session. Without a pinned
--- search_path every function, operator and type is qualified (tests/integration/test_linter.py
--- checks it). It runs with the caller's rights: row-level security limits `authenticated` to its
--- own row, and the explicit check adds the 42501 the contract promises.
 -- Whether a call must run its checks (src/sql_api/call.rs, the rules in pg_billing_core::call), the
 -- first test of the hot paths: true unless a caller that is not a browser passes valid arguments
 -- (consume_tokens, reserve_tokens) or asks about a personal account (get_balance). One call, where the
@@ -434,6 +428,12 @@ language c stable parallel safe as 'MODULE_PATHNAME', 'spend_needs_checks';
 create function billing_internal.read_needs_checks(p_user_id uuid, p_account_id uuid) returns boolean
 language c stable parallel safe as 'MODULE_PATHNAME', 'read_needs_checks';
 
+-- PL/pgSQL, SECURITY INVOKER, no SET: PostgreSQL never inlines a scalar SQL function whose body
+-- reads a table, and a non-inlined SQL function is planned again on every call (docs/design.md,
+-- bench/results/latest.md); PL/pgSQL keeps its plan for the session. Without a pinned
+-- search_path every function, operator and type is qualified (tests/integration/test_linter.py
+-- checks it). It runs with the caller's rights: row-level security limits `authenticated` to its
+-- own row, and the explicit check adds the 42501 the contract promises.
 create function billing.get_balance(p_user_id uuid, p_account_id uuid default null) returns bigint
 language plpgsql stable as $$
 declare

@@ -30,17 +30,18 @@ pub unsafe extern "C-unwind" fn spend_needs_checks(fcinfo: pg_sys::FunctionCallI
             error!("billing_internal.spend_needs_checks takes 4 arguments");
         }
         let args = (*fcinfo).args.as_slice(4);
-        let role = session_role();
-        let call = SpendCall {
-            user_id_given: !args[0].isnull,
-            amount: (!args[1].isnull).then(|| args[1].value.value() as i64),
-            // octet_length's count: the raw size, also of a compressed or out-of-line value
-            key_bytes: (!args[2].isnull)
-                .then(|| pg_sys::toast_raw_datum_size(args[2].value).saturating_sub(pg_sys::VARHDRSZ)),
-            metadata_is_object: (!args[3].isnull).then(|| jsonb_is_object(args[3].value)),
-            role: &role,
-        };
-        pg_sys::Datum::from(spend_rules(&call))
+        with_session_role(|role| {
+            let call = SpendCall {
+                user_id_given: !args[0].isnull,
+                amount: (!args[1].isnull).then(|| args[1].value.value() as i64),
+                // octet_length's count: the raw size, also of a compressed or out-of-line value
+                key_bytes: (!args[2].isnull)
+                    .then(|| pg_sys::toast_raw_datum_size(args[2].value).saturating_sub(pg_sys::VARHDRSZ)),
+                metadata_is_object: (!args[3].isnull).then(|| jsonb_is_object(args[3].value)),
+                role,
+            };
+            pg_sys::Datum::from(spend_rules(&call))
+        })
     }
 }
 
@@ -77,18 +78,19 @@ pub unsafe extern "C-unwind" fn read_needs_checks(fcinfo: pg_sys::FunctionCallIn
             error!("billing_internal.read_needs_checks takes 2 arguments");
         }
         let args = (*fcinfo).args.as_slice(2);
-        pg_sys::Datum::from(read_rules(!args[0].isnull, !args[1].isnull, &session_role()))
+        with_session_role(|role| pg_sys::Datum::from(read_rules(!args[0].isnull, !args[1].isnull, role)))
     }
 }
 
-/// current_setting('role'): "none" without SET ROLE, else the role PostgREST (or anyone) set.
-unsafe fn session_role() -> String {
+/// f(current_setting('role')): "none" without SET ROLE, else the role PostgREST (or anyone) set. The
+/// name is read where PostgreSQL put it, not copied.
+unsafe fn with_session_role<R>(f: impl FnOnce(&str) -> R) -> R {
     unsafe {
         let role = pg_sys::GetConfigOptionByName(c"role".as_ptr(), std::ptr::null_mut(), false);
-        if role.is_null() {
-            String::new()
+        f(if role.is_null() {
+            ""
         } else {
-            CStr::from_ptr(role).to_string_lossy().into_owned()
-        }
+            CStr::from_ptr(role).to_str().unwrap_or("")
+        })
     }
 }
