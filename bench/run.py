@@ -337,11 +337,29 @@ def rollups(b):
         results = {"no maintenance": [], variant: []}
         durations = []
         cpu_shares = []  # the maintenance backend's CPU time over the run's machine time (all cores)
+        # What else a rollup could cost consume besides CPU, per run: a long rollup transaction holds
+        # back the pruning of the balance rows' old versions (an UPDATE that finds no room on its page
+        # is not HOT and writes every index), and its writes share the WAL that each commit flushes.
+        hot_shares = {"no maintenance": [], variant: []}
+        wal_per_consume = {"no maintenance": [], variant: []}
 
         def run(with_maintenance):
             with b.conn() as c:  # two calls: the first sets the watermark's candidate, the second rolls up to it
                 c.execute("select billing.run_maintenance()")
                 c.execute("select billing.run_maintenance()")
+                time.sleep(1)  # the calls' statistics reach the shared counters
+                before = table_writes(c)
+            tps = run_pgbench(with_maintenance)
+            time.sleep(1)  # pgbench's backends have exited and flushed their statistics
+            with b.conn() as c:
+                after = table_writes(c)
+            name = variant if with_maintenance else "no maintenance"
+            updates, hot = after[0] - before[0], after[1] - before[1]
+            hot_shares[name].append(100.0 * hot / max(updates, 1))
+            wal_per_consume[name].append(float(after[2] - before[2]) / max(tps * seconds, 1))
+            return tps
+
+        def run_pgbench(with_maintenance):
             if not with_maintenance:
                 return b.pgbench("consume_ours.sql", seconds=seconds)
             stop = threading.Event()
@@ -371,8 +389,17 @@ def rollups(b):
         b.record(group, "run_maintenance, longest call (s)", max(durations))
         b.record(group, "run_maintenance, server CPU time per run (% of the machine's, all cores)",
                  [round(100 * x, 2) for x in cpu_shares])
+        for name in results:
+            b.record(group, f"{name}: balance row updates that were HOT (%)", [round(x, 2) for x in hot_shares[name]])
+            b.record(group, f"{name}: WAL bytes per consume, the rollups' included", wal_per_consume[name])
         ratios.append((f"consume with rollups {label} vs none", per_run(results, variant, "no maintenance"), 0.97))
     return ratios
+
+
+def table_writes(c):
+    """Updates and HOT updates of the balance rows so far, and the WAL position in bytes."""
+    return c.execute("select s.n_tup_upd, s.n_tup_hot_upd, pg_current_wal_lsn() - '0/0'::pg_lsn"
+                     "  from pg_stat_user_tables s where s.relid = 'billing.balances'::regclass").fetchone()
 
 
 def as_user(c, n):
