@@ -83,9 +83,10 @@ def functions(files):
             statement_end = text.index(";", after_args)
             if body_open is None or statement_end < body_open.start():
                 # no body: a C function, `as 'MODULE_PATHNAME', 'symbol';`
-                body_open = re.compile(r"\s+as\s+'MODULE_PATHNAME'", re.I).search(text, after_args, statement_end)
+                header_end = re.compile(r"\s+as\s+'MODULE_PATHNAME'", re.I).search(text, after_args, statement_end).start()
                 end = statement_end + 1
             else:
+                header_end = body_open.start()
                 body_close = text.index(body_open.group(0), body_open.end())
                 end = text.index(";", body_close) + 1
             comment = re.compile(r"\s*comment on function " + re.escape(m.group(1)) + r"\(.*?';\n", re.S).match(text, end)
@@ -93,7 +94,7 @@ def functions(files):
                 end = comment.end()
             arg_types = ", ".join(re.sub(r"\s+default\s+.*$", "", a.strip(), flags=re.S | re.I)
                                   for a in split_args(args) if not a.strip().lower().startswith("out "))
-            header = " ".join(text[m.start():body_open.start()].split())
+            header = " ".join(text[m.start():header_end].split())
             out[f"{m.group(1)}({arg_types})"] = (header, text[m.start():end].rstrip())
     return out
 

@@ -83,7 +83,8 @@ pub unsafe extern "C-unwind" fn read_needs_checks(fcinfo: pg_sys::FunctionCallIn
 }
 
 /// f(current_setting('role')): "none" without SET ROLE, else the role PostgREST (or anyone) set. The
-/// name is read where PostgreSQL put it, not copied.
+/// name is read in the copy current_setting's own function makes (in the call's memory context),
+/// not copied again into a Rust String.
 unsafe fn with_session_role<R>(f: impl FnOnce(&str) -> R) -> R {
     unsafe {
         let role = pg_sys::GetConfigOptionByName(c"role".as_ptr(), std::ptr::null_mut(), false);
